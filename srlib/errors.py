@@ -1,0 +1,66 @@
+"""One exception tree for srlib; every message says how to fix the problem.
+
+All errors derive from :class:`SrlibError` (a :class:`RuntimeError`) and also from the
+builtin that fits, so ``except ValueError`` keeps working for bad input.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatchSizeError",
+    "IncompleteStoreError",
+    "InputError",
+    "ModelError",
+    "QCFailed",
+    "SrlibError",
+    "SrlibWarning",
+    "StatsMismatchWarning",
+]
+
+
+class SrlibError(RuntimeError):
+    """Base class of every error raised by srlib."""
+
+
+class InputError(SrlibError, ValueError):
+    """The input data cannot be super-resolved as given (bands, dims, CRS, size)."""
+
+
+class ModelError(SrlibError, ValueError):
+    """A model, checkpoint or statistics file is invalid or does not fit the input."""
+
+
+class BatchSizeError(SrlibError, ValueError):
+    """A batch size would overflow PyTorch's 2**31-element limit or the device memory."""
+
+
+class IncompleteStoreError(SrlibError, OSError):
+    """A Zarr store was not completely written; rerun the writer to resume it."""
+
+
+class QCFailed(SrlibError):
+    """A product failed one or more quality checks.
+
+    Parameters
+    ----------
+    failed : list of str
+        Names of the failed checks.
+    report : object, optional
+        The :class:`srlib.qc.QCReport` that failed.
+    """
+
+    def __init__(self, failed: list[str], report: object | None = None) -> None:
+        self.failed = list(failed)
+        self.report = report
+        super().__init__(
+            f"quality checks failed: {', '.join(self.failed)}; the product was not accepted. "
+            "Inspect the QC table (report.to_table()) and the kept Zarr store."
+        )
+
+
+class SrlibWarning(UserWarning):
+    """Base class of srlib's warnings."""
+
+
+class StatsMismatchWarning(SrlibWarning):
+    """Normalisation statistics do not cover the model's bands; a fallback is used."""

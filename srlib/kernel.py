@@ -1,0 +1,214 @@
+"""The per-block super-resolution kernel that dask runs on each chunk (CPU or GPU).
+
+One call gets one chunk plus its halo, shaped ``(bands [+ scl], h + 2 halo, w + 2 halo)``
+as float32 reflectance x 10000 with NaN for nodata, and returns the chunk's output
+``(len(bands_out) + 1, h * scale, w * scale)`` int16: reflectance bands, then quality.
+Steps: normalise with the model's stats, fill nodata with the band mean (so it cannot
+poison valid neighbours), cut patches, run them in batches on the device under
+``torch.inference_mode`` (autocast on CUDA), stitch (trim or feather), de-normalise,
+quantise, and write nodata wherever the input pixel was nodata.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .bands import OUTPUT_NODATA, Quality, scl_to_quality
+from .batching import plan_batch_size
+from .errors import ModelError
+from .models.spec import ModelSpec, loaded_module
+
+__all__ = ["KernelConfig", "resolve_device", "sr_block"]
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """What every block task needs; small and picklable (the model loads per worker)."""
+
+    spec: ModelSpec
+    n_bands: int
+    has_scl: bool
+    device: str | None
+    batch_size: int | None
+    safe_batch: int
+    precision: str
+    y_starts: tuple[int, ...]
+    x_starts: tuple[int, ...]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _ramp(n: int, width: int) -> np.ndarray:
+    """Feather weights along one axis: linear ramps of ``width`` at both ends."""
+    if width <= 0:
+        return np.ones(n, dtype=np.float32)
+    i = np.arange(n, dtype=np.float64)
+    w = np.minimum(i + 0.5, n - i - 0.5) / width
+    return np.clip(w, 1e-3, 1.0).astype(np.float32)
+
+
+def _even_tiles(length: int, max_core: int) -> list[tuple[int, int]]:
+    """Split ``[0, length)`` into near-equal cores of at most ``max_core``."""
+    n = max(1, math.ceil(length / max_core))
+    edges = [round(i * length / n) for i in range(n + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(n)]
+
+
+class _Runner:
+    """Runs batches of patches through the module on one device."""
+
+    def __init__(self, cfg: KernelConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.module = loaded_module(cfg.spec, str(self.device))
+        self.cuda = self.device.type == "cuda"
+
+    def batch_size(self, patch: int) -> int:
+        if self.cfg.batch_size is not None:
+            return self.cfg.batch_size
+        return plan_batch_size(self.cfg.spec, patch, self.device, safe=self.cfg.safe_batch)
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        spec = self.cfg.spec
+        tensor = torch.from_numpy(np.ascontiguousarray(patches))
+        if self.cuda:
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        dtype = _AUTOCAST.get(self.cfg.precision) if self.cuda else None
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+        ):
+            out = self.module(tensor)
+        n, _, h, w = patches.shape
+        expected = (n, len(spec.bands_out), h * spec.scale, w * spec.scale)
+        if tuple(out.shape) != expected:
+            raise ModelError(
+                f"model {spec.name} returned shape {tuple(out.shape)} for input "
+                f"{tuple(patches.shape)}; expected {expected} (bands_out={list(spec.bands_out)}, "
+                f"scale={spec.scale})"
+            )
+        return out.float().cpu().numpy()
+
+
+def _run_trim(x: np.ndarray, run: _Runner, spec: ModelSpec) -> np.ndarray:
+    """Local patch grid; each patch's border of ``halo`` input pixels is discarded."""
+    halo, s = spec.halo, spec.scale
+    _, ly, lx = x.shape
+    hy, hx = ly - 2 * halo, lx - 2 * halo
+    out = np.empty((len(spec.bands_out), hy * s, hx * s), dtype=np.float32)
+    core = spec.patch_size - 2 * halo
+    tiles = [(ty, tx) for ty in _even_tiles(hy, core) for tx in _even_tiles(hx, core)]
+    groups: dict[tuple[int, int], list[tuple[tuple[int, int], tuple[int, int]]]] = {}
+    for ty, tx in tiles:
+        groups.setdefault((ty[1] - ty[0], tx[1] - tx[0]), []).append((ty, tx))
+    for (cy, cx), members in groups.items():
+        bs = run.batch_size(max(cy, cx) + 2 * halo)
+        for i in range(0, len(members), bs):
+            chunk = members[i : i + bs]
+            patches = np.stack([x[:, y0 : y1 + 2 * halo, x0 : x1 + 2 * halo]
+                                for (y0, y1), (x0, x1) in chunk])
+            result = run(patches)
+            for k, ((y0, _), (x0, _)) in enumerate(chunk):
+                out[:, y0 * s : (y0 + cy) * s, x0 * s : (x0 + cx) * s] = result[
+                    k, :, halo * s : (halo + cy) * s, halo * s : (halo + cx) * s
+                ]
+    return out
+
+
+def _grid(start: int, length: int, patch: int, stride: int) -> list[int]:
+    """Scene-anchored patch origins ``k * stride`` whose patch touches [start, start+length)."""
+    first = math.ceil((start - patch + 1) / stride)
+    last = (start + length - 1) // stride
+    return [k * stride for k in range(first, last + 1)]
+
+
+def _run_feather(x: np.ndarray, run: _Runner, spec: ModelSpec, gy: int, gx: int) -> np.ndarray:
+    """Scene-anchored patch grid blended with linear ramps: chunking-independent."""
+    halo, s, p = spec.halo, spec.scale, spec.patch_size
+    stride = p - spec.overlap
+    _, ly, lx = x.shape
+    hy, hx = ly - 2 * halo, lx - 2 * halo
+    ramp = _ramp(p * s, spec.overlap * s)
+    weight = ramp[:, None] * ramp[None, :]
+    acc = np.zeros((len(spec.bands_out), hy * s, hx * s), dtype=np.float32)
+    wsum = np.zeros((hy * s, hx * s), dtype=np.float32)
+    origins = [(py, px) for py in _grid(gy, hy, p, stride) for px in _grid(gx, hx, p, stride)]
+    bs = run.batch_size(p)
+    for i in range(0, len(origins), bs):
+        chunk = origins[i : i + bs]
+        patches = np.stack([
+            x[:, py - gy + halo : py - gy + halo + p, px - gx + halo : px - gx + halo + p]
+            for py, px in chunk
+        ])
+        result = run(patches)
+        for k, (py, px) in enumerate(chunk):
+            # patch extent in core-relative output pixels, clipped to the core
+            oy, ox = (py - gy) * s, (px - gx) * s
+            y0, y1 = max(oy, 0), min(oy + p * s, hy * s)
+            x0, x1 = max(ox, 0), min(ox + p * s, hx * s)
+            w = weight[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+            acc[:, y0:y1, x0:x1] += result[k, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox] * w
+            wsum[y0:y1, x0:x1] += w
+    return acc / wsum
+
+
+def sr_block(block: np.ndarray, block_info: dict | None = None, *,
+             cfg: KernelConfig) -> np.ndarray:
+    """Super-resolve one chunk with its halo (see the module docstring).
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        ``(n_bands [+ 1], h + 2 halo, w + 2 halo)`` float32.
+    block_info : dict, optional
+        Dask's block information; the output chunk location anchors the patch grid.
+    cfg : KernelConfig
+        Model, device and grid configuration.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(bands_out) + 1, h * scale, w * scale)`` int16.
+    """
+    spec = cfg.spec
+    halo, s = spec.halo, spec.scale
+    x = np.asarray(block[: cfg.n_bands], dtype=np.float32)
+    valid = np.isfinite(x).all(axis=0)
+    if cfg.has_scl:
+        quality = np.where(valid, scl_to_quality(block[cfg.n_bands]), Quality.NODATA)
+    else:
+        quality = np.where(valid, Quality.CLEAR, Quality.NODATA)
+    quality = quality.astype(np.uint8)
+    mean, std = spec.stats.input.arrays()
+    xn = (x - mean) / std
+    xn[:, quality == Quality.NODATA] = 0.0  # the band mean: neutral for the neighbours
+
+    run = _Runner(cfg)
+    if spec.blend == "trim":
+        hr = _run_trim(xn, run, spec)
+    else:
+        iy, ix = block_info[None]["chunk-location"][1:] if block_info else (0, 0)
+        hr = _run_feather(xn, run, spec, cfg.y_starts[iy], cfg.x_starts[ix])
+
+    out_mean, out_std = spec.stats.output.arrays()
+    hr = hr * out_std + out_mean
+    q = quality[halo:-halo, halo:-halo]
+    q = np.repeat(np.repeat(q, s, axis=0), s, axis=1)
+    q[~np.isfinite(hr).all(axis=0)] = Quality.NODATA  # a model's NaN never looks valid
+    hr = np.nan_to_num(hr, nan=0.0, posinf=0.0, neginf=0.0)
+    out = np.empty((hr.shape[0] + 1, *hr.shape[1:]), dtype=np.int16)
+    np.clip(np.rint(hr), OUTPUT_NODATA + 1, 32767, out=hr)
+    out[:-1] = hr
+    out[:-1, q == Quality.NODATA] = OUTPUT_NODATA
+    out[-1] = q
+    return out

@@ -1,0 +1,83 @@
+"""Bicubic interpolation: a deterministic, weight-free baseline.
+
+This is **not** super-resolution: it adds no detail. It is the reference for speed, for
+the output path, and for checking that the pipeline does not depend on the chunking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Bicubic", "cubic_weights"]
+
+
+def cubic_weights(scale: int, a: float = -0.5) -> np.ndarray:
+    """Return the 4 Keys-cubic taps for each of the ``scale`` output phases.
+
+    Output pixel ``i`` of an input pixel ``k`` sits at input coordinate
+    ``k + (i + 0.5) / scale - 0.5`` (pixel-centre alignment, as GDAL and PyTorch with
+    ``align_corners=False``); its taps are input pixels ``k - 2 .. k + 1`` for the left
+    phases and ``k - 1 .. k + 2`` for the right ones, expressed here relative to
+    ``k - 2 .. k + 2`` (5 taps, one always zero).
+    """
+    weights = np.zeros((scale, 5), dtype=np.float64)
+    for phase in range(scale):
+        t = (phase + 0.5) / scale - 0.5  # offset from pixel k, in (-0.5, 0.5)
+        for j, tap in enumerate(range(-2, 3)):
+            d = abs(t - tap)
+            if d < 1:
+                w = (a + 2) * d**3 - (a + 3) * d**2 + 1
+            elif d < 2:
+                w = a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
+            else:
+                w = 0.0
+            weights[phase, j] = w
+    weights /= weights.sum(axis=1, keepdims=True)
+    return weights.astype(np.float32)
+
+
+class Bicubic(nn.Module):
+    """Separable bicubic upsampling of selected channels, with a 2-pixel receptive radius.
+
+    Every output value is the same fixed-order sum of 5 x 5 taps wherever the block
+    boundaries fall, so results are bit-identical for any chunking. Edge pixels need
+    2 pixels of context, which srlib's halo (reflect-padded at the scene edge) supplies;
+    the module itself replicates edges for standalone use.
+
+    Parameters
+    ----------
+    scale : int
+        Upscaling factor.
+    channels : list of int
+        Input channels to upsample, in output order.
+    """
+
+    def __init__(self, scale: int, channels: list[int]) -> None:
+        super().__init__()
+        self.scale = scale
+        self.register_buffer("channels", torch.tensor(channels, dtype=torch.long), persistent=False)
+        self.register_buffer("taps", torch.from_numpy(cubic_weights(scale)), persistent=False)
+
+    def _along(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        n = x.shape[dim]
+        pad = (2, 2, 0, 0) if dim == 3 else (0, 0, 2, 2)  # F.pad lists the last dim first
+        xp = nn.functional.pad(x, pad, mode="replicate")
+        shifted = [xp.narrow(dim, j, n) for j in range(5)]
+        phases = []
+        for phase in range(self.scale):
+            w = self.taps[phase]
+            acc = shifted[0] * w[0]
+            for j in range(1, 5):
+                acc = acc + shifted[j] * w[j]
+            phases.append(acc)
+        out = torch.stack(phases, dim=dim + 1)  # (..., n, scale, ...)
+        shape = list(x.shape)
+        shape[dim] = n * self.scale
+        return out.reshape(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Upsample ``(N, C, H, W)`` to ``(N, len(channels), H * scale, W * scale)``."""
+        x = x.index_select(1, self.channels)
+        return self._along(self._along(x, 2), 3)

@@ -1,0 +1,118 @@
+"""The model seam: a small frozen spec that travels to workers and loads weights once."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..errors import ModelError
+from .stats import Stats
+
+__all__ = ["ModelSpec", "loaded_module"]
+
+Blend = Literal["trim", "feather"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything srlib needs to run a model, small and picklable.
+
+    Parameters
+    ----------
+    name : str
+        Human-readable name (``"bicubic"``, ``"swin2sr"``, ...).
+    bands_in, bands_out : tuple of str
+        Input bands (model channel order) and output bands.
+    scale : int
+        Upscaling factor.
+    stats : Stats
+        Normalisation statistics.
+    build : callable
+        Zero-argument, picklable factory returning the ``torch.nn.Module`` on the CPU.
+        Called once per worker process and device (see :func:`loaded_module`).
+    token : str
+        Deterministic identity of architecture and weights (dask names, the model cache).
+    blend : {"trim", "feather"}
+        ``"trim"``: the model has a finite receptive field of ``halo`` input pixels; blocks
+        are cut into patches overlapping by ``2 * halo`` whose borders are trimmed, which
+        gives results independent of the chunking. ``"feather"``: patches of
+        ``patch_size`` on a grid anchored to the scene (stride ``patch_size - overlap``)
+        are blended with linear ramps over the overlap; ``halo`` must be at least
+        ``patch_size`` so that every patch that touches a chunk lies inside its halo.
+    patch_size : int
+        Input patch side in pixels (the largest for ``"trim"``, the exact one for
+        ``"feather"``).
+    overlap : int
+        Overlap of neighbouring patches for ``"feather"``.
+    halo : int
+        Context in input pixels added around each dask chunk.
+    peak_channels : int
+        Channels of the model's largest activation at the output resolution, per sample
+        (used by the batch planner with PyTorch's 2**31 element limit). ``0`` lets the
+        planner measure it with a meta-device forward pass.
+    """
+
+    name: str
+    bands_in: tuple[str, ...]
+    bands_out: tuple[str, ...]
+    scale: int
+    stats: Stats
+    build: Callable[[], torch.nn.Module] = field(repr=False)
+    token: str
+    blend: Blend = "trim"
+    patch_size: int = 256
+    overlap: int = 0
+    halo: int = 2
+    peak_channels: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.stats.input.bands) != len(self.bands_in):
+            raise ModelError(f"{self.name}: stats cover {len(self.stats.input.bands)} input bands, "
+                             f"the model takes {len(self.bands_in)}")
+        if self.scale < 1:
+            raise ModelError(f"{self.name}: scale must be a positive integer, got {self.scale}")
+        if self.blend == "feather":
+            if not 0 <= self.overlap < self.patch_size:
+                raise ModelError(f"{self.name}: overlap {self.overlap} must be in "
+                                 f"[0, patch_size={self.patch_size})")
+            if self.halo < self.patch_size:
+                raise ModelError(f"{self.name}: feather blending needs halo >= patch_size")
+        elif self.patch_size <= 2 * self.halo:
+            raise ModelError(f"{self.name}: patch_size {self.patch_size} must exceed 2 * halo")
+
+
+_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
+_LOCK = threading.Lock()
+
+
+def loaded_module(spec: ModelSpec, device: str) -> torch.nn.Module:
+    """Return the spec's module on ``device``, building it once per process.
+
+    Dask workers call this from every task; the first call builds the model and moves it
+    to the device, later calls (other blocks, other threads) reuse it.
+    """
+    key = (spec.token, device)
+    module = _CACHE.get(key)
+    if module is None:
+        with _LOCK:
+            module = _CACHE.get(key)
+            if module is None:
+                module = spec.build().eval().to(device)
+                _CACHE[key] = module
+    return module
+
+
+def state_token(module: torch.nn.Module, *parts: object) -> str:
+    """Hash a module's state dict (names, shapes and bytes) together with ``parts``."""
+    digest = hashlib.sha256(repr(parts).encode())
+    digest.update(type(module).__qualname__.encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

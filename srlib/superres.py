@@ -1,0 +1,263 @@
+"""``super_resolve``: lazy super-resolution of an xarray scene through dask ``map_overlap``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+from dask.base import tokenize
+
+from .bands import OUTPUT_NODATA, REFLECTANCE_SCALE, Quality
+from .batching import check_batch_size
+from .errors import InputError
+from .grid import check_grid, zoom_coords, zoom_transform
+from .kernel import KernelConfig, sr_block
+from .models import ModelSpec, load_model
+
+__all__ = ["default_chunk", "super_resolve"]
+
+#: Output tile side of the COG; output chunks are whole multiples of it.
+COG_TILE = 512
+
+
+def default_chunk(scale: int, target: int = 2560) -> int:
+    """Input chunk whose output side is a multiple of 512 px near ``target`` px."""
+    base = math.lcm(COG_TILE, scale) // scale
+    return base * max(1, round(target / scale / base))
+
+
+def _plan(n: int, chunk: int, halo: int) -> tuple[int, ...]:
+    """Chunks of ``chunk`` with a last one of at least ``halo`` (merged otherwise)."""
+    sizes = [chunk] * (n // chunk)
+    rest = n - chunk * len(sizes)
+    if rest:
+        if sizes and rest < halo:
+            sizes[-1] += rest
+        else:
+            sizes.append(rest)
+    return tuple(sizes)
+
+
+def _chunk_sizes(chunks: int | Mapping[str, int] | tuple[int, int] | None,
+                 scale: int) -> tuple[int, int]:
+    if chunks is None:
+        c = default_chunk(scale)
+        return c, c
+    if isinstance(chunks, int):
+        return chunks, chunks
+    if isinstance(chunks, Mapping):
+        default = default_chunk(scale)
+        return int(chunks.get("y", default)), int(chunks.get("x", default))
+    cy, cx = chunks
+    return int(cy), int(cx)
+
+
+def _spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[str, str]:
+    try:
+        return obj.rio.y_dim, obj.rio.x_dim
+    except Exception as err:
+        raise InputError(f"the input needs spatial dims named (y, x): {err}") from err
+
+
+def _squeeze(arr: xr.DataArray, keep: tuple[str, ...], name: str) -> xr.DataArray:
+    for dim in list(arr.dims):
+        if dim in keep:
+            continue
+        if arr.sizes[dim] != 1:
+            raise InputError(
+                f"{name} has dimension {dim!r} of size {arr.sizes[dim]}; super_resolve takes one "
+                f"scene: select one with .isel({dim}=0) or loop over {dim}"
+            )
+        arr = arr.squeeze(dim, drop=True)
+    return arr.transpose(*keep)
+
+
+def _reflectance(arr: xr.DataArray, attrs: Mapping) -> da.Array:
+    """Lazy float32 reflectance x 10000 with NaN at nodata."""
+    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.data, chunks=-1)
+    data = data.astype(np.float32)
+    nodata = arr.rio.nodata if arr.rio.nodata is not None else attrs.get("nodata")
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        data = da.where(data == np.float32(nodata), np.float32(np.nan), data)
+    scale = float(attrs.get("scale_factor", REFLECTANCE_SCALE)) / REFLECTANCE_SCALE
+    offset = float(attrs.get("add_offset", 0.0)) / REFLECTANCE_SCALE
+    if scale != 1.0 or offset != 0.0:
+        data = data * np.float32(scale) + np.float32(offset)
+    return data
+
+
+def _bands(ds: xr.Dataset | xr.DataArray, bands: tuple[str, ...]
+           ) -> tuple[list[da.Array], da.Array | None, xr.DataArray]:
+    """Per-band reflectance arrays, the SCL array (or None) and a template DataArray."""
+    ydim, xdim = _spatial_dims(ds)
+    if isinstance(ds, xr.DataArray):
+        if "band" not in ds.dims:
+            raise InputError("a DataArray input needs a 'band' dimension labelled with band "
+                             f"names such as {list(bands)}; or pass a Dataset")
+        names = [str(b) for b in ds["band"].values]
+        available = {b: ds.sel(band=b) for b in names}
+        attrs_of = {b: ds.attrs for b in names}
+    elif isinstance(ds, xr.Dataset):
+        available = {str(k): v for k, v in ds.data_vars.items()}
+        attrs_of = {b: v.attrs for b, v in available.items()}
+    else:
+        raise InputError(f"super_resolve takes an xarray Dataset or DataArray, got "
+                         f"{type(ds).__name__}")
+    missing = [b for b in bands if b not in available]
+    if missing:
+        raise InputError(
+            f"the input lacks bands {missing} that the model needs; it has {sorted(available)}. "
+            "Load them too (srlib.load_s2 loads all ten by default), or use a model whose "
+            "bands_in match"
+        )
+    template = _squeeze(available[bands[0]], (ydim, xdim), bands[0])
+    if 0 in template.shape:
+        raise InputError(f"the input is empty (shape {dict(template.sizes)}); "
+                         "check the crop or AOI")
+    out = []
+    for b in bands:
+        arr = _squeeze(available[b], (ydim, xdim), b)
+        if arr.shape != template.shape:
+            raise InputError(f"band {b} has shape {arr.shape}, {bands[0]} has {template.shape}; "
+                             "resample all bands onto one grid first")
+        out.append(_reflectance(arr, attrs_of[b]))
+    scl = None
+    if "scl" in available:
+        arr = _squeeze(available["scl"], (ydim, xdim), "scl")
+        data = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.data, chunks=-1)
+        scl = data.astype(np.float32)
+    return out, scl, template
+
+
+def super_resolve(
+    ds: xr.Dataset | xr.DataArray,
+    model: str | ModelSpec | torch.nn.Module = "bicubic",
+    *,
+    scale: int = 10,
+    chunks: int | Mapping[str, int] | tuple[int, int] | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    precision: str = "bf16",
+) -> xr.Dataset:
+    """Super-resolve a Sentinel-2 L2A scene, lazily.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset or xarray.DataArray
+        A scene like :func:`srlib.sample_scene`: variables named by Earth Search asset
+        keys with dims ``(y, x)`` or ``(time, y, x)`` with one time, or a DataArray with a
+        ``band`` dimension labelled by those names. A projected CRS is required. Integer
+        DN are converted with the ``scale_factor``/``add_offset`` attributes (default
+        1e-4 and 0); ``nodata`` (or ``_FillValue``) and NaN mark nodata. An ``scl``
+        variable, when present, feeds the quality band.
+    model : str, ModelSpec or torch.nn.Module
+        ``"bicubic"`` (default, interpolation, not super-resolution), a spec from
+        :func:`srlib.load_model`, or a module (wrapped with ``load_model(module)``).
+    scale : int
+        Upscaling factor; must equal the model's.
+    chunks : int, dict or tuple, optional
+        Input chunk size in pixels (``{"y": .., "x": ..}``); by default the input chunk
+        whose output is 2560 px (five 512 px COG tiles) at scale 10. The result does not
+        depend on it (exactly for bicubic; within the documented tolerance for Swin2SR).
+    device : str, optional
+        ``"cuda"``, ``"cuda:1"``, ``"cpu"``; by default CUDA where the worker has it.
+    batch_size : int, optional
+        Patches per forward pass; by default planned from free device memory. A value
+        that would overflow PyTorch's 2**31-element limit raises BatchSizeError here,
+        before any compute, naming the largest safe value.
+    precision : {"bf16", "fp16", "fp32"}
+        Autocast precision on CUDA (the CPU always runs float32).
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy ``red, green, blue, nir`` (int16 reflectance x 10000, nodata -32768) and
+        ``quality`` (uint8, :class:`srlib.Quality`), on the grid ``scale`` times finer
+        with the same CRS and bounds.
+
+    Raises
+    ------
+    InputError
+        Missing bands, wrong dims, no or geographic CRS, empty input, scale mismatch.
+    ModelError, BatchSizeError
+        An unusable model or batch size.
+    """
+    spec = load_model(model, scale=scale)
+    if spec.scale != scale:
+        raise InputError(f"scale={scale} but model {spec.name} upsamples by {spec.scale}; "
+                         f"pass scale={spec.scale}")
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise InputError(f"precision must be 'bf16', 'fp16' or 'fp32', got {precision!r}")
+    if device is not None:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device={device!r} but this machine has no CUDA device; use "
+                             "device='cpu' or leave device=None to choose automatically")
+    transform, crs = check_grid(ds)
+    bands, scl, template = _bands(ds, spec.bands_in)
+    ny, nx = template.shape
+    halo = spec.halo
+    patch = spec.patch_size if spec.blend == "feather" else spec.patch_size
+    safe = check_batch_size(spec, patch, batch_size)
+
+    stack = da.stack([*bands, scl] if scl is not None else bands, axis=0)
+    # Inputs smaller than the halo are mirrored up to it (reflect padding needs it);
+    # the padded part is cropped from the output.
+    py, px = max(ny, halo), max(nx, halo)
+    if (py, px) != (ny, nx):
+        stack = da.pad(stack, ((0, 0), (0, py - ny), (0, px - nx)), mode="symmetric")
+    cy, cx = _chunk_sizes(chunks, scale)
+    if cy < 1 or cx < 1:
+        raise InputError(f"chunks must be positive, got {chunks!r}")
+    ychunks, xchunks = _plan(py, max(cy, halo), halo), _plan(px, max(cx, halo), halo)
+    stack = stack.rechunk(((stack.shape[0],), ychunks, xchunks))
+
+    cfg = KernelConfig(
+        spec=spec, n_bands=len(bands), has_scl=scl is not None,
+        device=None if device is None else str(device), batch_size=batch_size,
+        safe_batch=safe, precision=precision,
+        y_starts=tuple(np.cumsum((0, *ychunks[:-1])).tolist()),
+        x_starts=tuple(np.cumsum((0, *xchunks[:-1])).tolist()),
+    )
+    n_out = len(spec.bands_out) + 1
+    out = da.map_overlap(
+        sr_block, stack,
+        depth={0: 0, 1: halo, 2: halo}, boundary="reflect", trim=False,
+        allow_rechunk=False, align_arrays=False,
+        chunks=((n_out,), tuple(c * scale for c in ychunks), tuple(c * scale for c in xchunks)),
+        dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
+        name=f"srlib-{spec.name}-{tokenize(stack.name, spec.token, cfg.device, precision, batch_size)}",
+        cfg=cfg,
+    )
+    if (py, px) != (ny, nx):
+        out = out[:, : ny * scale, : nx * scale]
+
+    coords = zoom_coords(transform, (ny, nx), scale)
+    variables: dict[str, xr.DataArray] = {}
+    for i, band in enumerate(spec.bands_out):
+        variables[band] = xr.DataArray(
+            out[i], dims=("y", "x"),
+            attrs={"long_name": f"{band} surface reflectance x 10000", "units": "1",
+                   "reflectance_scale": REFLECTANCE_SCALE, "nodata": OUTPUT_NODATA},
+        )
+    variables["quality"] = xr.DataArray(
+        out[-1].astype(np.uint8), dims=("y", "x"),
+        attrs={"long_name": "quality flags",
+               "flag_values": [int(q) for q in Quality],
+               "flag_meanings": " ".join(q.name.lower() for q in Quality),
+               "nodata": int(Quality.NODATA)},
+    )
+    result = xr.Dataset(variables, coords=coords)
+    result = result.rio.write_crs(crs).rio.write_transform(zoom_transform(transform, scale))
+    for band in spec.bands_out:
+        result[band] = result[band].rio.write_nodata(OUTPUT_NODATA, encoded=False)
+    result["quality"] = result["quality"].rio.write_nodata(int(Quality.NODATA), encoded=False)
+    if "time" in ds.coords and ds["time"].size == 1:
+        result = result.assign_coords(time=ds["time"].squeeze(drop=True))
+    result.attrs.update({k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)})
+    result.attrs.update(srlib_model=spec.name, srlib_model_token=spec.token, srlib_scale=scale)
+    return result
