@@ -6,10 +6,13 @@ import json
 from importlib import resources
 from pathlib import Path
 
+import dask
+import dask.array as da
 import numpy as np
-import rioxarray
+import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
-from odc.geo.xr import xr_reproject
+from rasterio.enums import Resampling
 
 from .bands import S2_FILE_BANDS
 from .errors import InputError
@@ -47,14 +50,20 @@ def _data_dir(folder: str) -> Path:
     return Path(str(resources.files("srlib") / "data" / folder))
 
 
+def _read(path: str, shape: tuple[int, int], resampling: Resampling) -> np.ndarray:
+    """Read one band onto the finest grid (GDAL resamples coarser bands on read)."""
+    with rasterio.open(path) as src:
+        return src.read(1, out_shape=shape, resampling=resampling)
+
+
 def sample_scene(name: str = "29RKH", *, chunks: int | dict[str, int] | None = None) -> xr.Dataset:
     """Return a bundled real Sentinel-2 L2A scene as a lazy, dask-backed Dataset.
 
     Variables are named by Earth Search v1 asset keys (``blue, green, red, rededge1,
     rededge2, rededge3, nir, nir08, swir16, swir22``, plus ``scl`` where the source has one),
     all on the grid of the finest bands. Bands at half that resolution (the 20 m group)
-    are resampled **bilinearly** while loading (odc-geo ``xr_reproject``), ``scl`` by
-    **nearest** neighbour. Values are uint16 DN with nodata 0; ``scale_factor`` and
+    are resampled **bilinearly** while loading (GDAL's resampling on read, pixel centres
+    aligned), ``scl`` by **nearest** neighbour. Values are uint16 DN with nodata 0; ``scale_factor`` and
     ``add_offset`` attributes give reflectance = DN * scale_factor + add_offset.
 
     Parameters
@@ -84,31 +93,28 @@ def sample_scene(name: str = "29RKH", *, chunks: int | dict[str, int] | None = N
     chunk_spec = {"y": size, "x": size} if isinstance(size, int) else dict(size)
 
     files = {S2_FILE_BANDS[p.stem]: p for p in sorted(folder.glob("*.tif"))}
-    opened = {
-        band: rioxarray.open_rasterio(path, chunks=chunk_spec, mask_and_scale=False)
-        .squeeze("band", drop=True)
-        .rename(band)
-        for band, path in files.items()
-    }
-    finest = min(opened.values(), key=lambda a: abs(a.rio.resolution()[0]))
-    geobox = finest.odc.geobox
+    with rasterio.open(files["blue"]) as ref:
+        shape, transform, crs = ref.shape, ref.transform, ref.crs
     variables = {}
-    for band in [b for b in S2_FILE_BANDS.values() if b in opened]:
-        arr = opened[band]
-        if arr.shape != finest.shape:
-            method = "nearest" if band == "scl" else "bilinear"
-            arr = xr_reproject(arr, geobox, resampling=method, dst_nodata=0)
-            arr = arr.chunk(chunk_spec)
-        arr = arr.assign_coords(y=finest.y, x=finest.x)
-        attrs = {"nodata": 0}
+    for band in [b for b in S2_FILE_BANDS.values() if b in files]:
+        dtype = np.uint8 if band == "scl" else np.uint16
+        method = Resampling.nearest if band == "scl" else Resampling.bilinear
+        data = da.from_delayed(
+            dask.delayed(_read, pure=True)(str(files[band]), shape, method),
+            shape=shape, dtype=dtype, name=f"srlib-sample-{name}-{band}",
+        ).rechunk((chunk_spec.get("y", 512), chunk_spec.get("x", 512)))
+        attrs: dict = {"nodata": 0}
         if band != "scl":
             attrs.update(scale_factor=1e-4, add_offset=0.0, units="1")
         else:
             attrs.update(long_name="Scene Classification Layer")
-        arr = arr.drop_vars([c for c in arr.coords if c not in ("y", "x")])
-        variables[band] = arr.astype(np.uint8 if band == "scl" else np.uint16).assign_attrs(attrs)
-    ds = xr.Dataset(variables)
-    ds = ds.rio.write_crs(finest.rio.crs).rio.write_transform(finest.rio.transform())
+        variables[band] = xr.DataArray(data, dims=("y", "x"), attrs=attrs)
+    coords = {
+        "y": transform.f + (np.arange(shape[0]) + 0.5) * transform.e,
+        "x": transform.c + (np.arange(shape[1]) + 0.5) * transform.a,
+    }
+    ds = xr.Dataset(variables, coords=coords)
+    ds = ds.rio.write_crs(crs).rio.write_transform(transform)
     for band in ds.data_vars:
         ds[band] = ds[band].rio.write_nodata(0, encoded=False)
     meta = dict(_METADATA[name])

@@ -197,19 +197,26 @@ def super_resolve(
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device={device!r} but this machine has no CUDA device; use "
                              "device='cpu' or leave device=None to choose automatically")
+    if not isinstance(ds, xr.Dataset | xr.DataArray):
+        raise InputError(f"super_resolve takes an xarray Dataset or DataArray, got "
+                         f"{type(ds).__name__}")
+    ydim, xdim = _spatial_dims(ds)
+    if ds.sizes[ydim] == 0 or ds.sizes[xdim] == 0:
+        raise InputError(f"the input is empty (sizes {dict(ds.sizes)}); check the crop or AOI")
     transform, crs = check_grid(ds)
     bands, scl, template = _bands(ds, spec.bands_in)
     ny, nx = template.shape
     halo = spec.halo
-    patch = spec.patch_size if spec.blend == "feather" else spec.patch_size
-    safe = check_batch_size(spec, patch, batch_size)
+    safe = check_batch_size(spec, spec.patch_size, batch_size)
 
     stack = da.stack([*bands, scl] if scl is not None else bands, axis=0)
     # Inputs smaller than the halo are mirrored up to it (reflect padding needs it);
     # the padded part is cropped from the output.
     py, px = max(ny, halo), max(nx, halo)
-    if (py, px) != (ny, nx):
-        stack = da.pad(stack, ((0, 0), (0, py - ny), (0, px - nx)), mode="symmetric")
+    while stack.shape[1:] != (py, px):  # mirror in steps: a pad may not exceed the size
+        grow_y = min(py - stack.shape[1], stack.shape[1])
+        grow_x = min(px - stack.shape[2], stack.shape[2])
+        stack = da.pad(stack, ((0, 0), (0, grow_y), (0, grow_x)), mode="symmetric")
     cy, cx = _chunk_sizes(chunks, scale)
     if cy < 1 or cx < 1:
         raise InputError(f"chunks must be positive, got {chunks!r}")

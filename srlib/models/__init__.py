@@ -89,6 +89,7 @@ def load_model(
     patch_size: int | None = None,
     overlap: int | None = None,
     halo: int | None = None,
+    blend: str | None = None,
     random_weights: bool = False,
     seed: int = 0,
     **arch: Any,
@@ -118,6 +119,10 @@ def load_model(
         Patch geometry in input pixels (see :class:`ModelSpec`). Swin2SR defaults to
         ``patch_size=img_size``, ``overlap=patch_size // 4``, ``halo=patch_size``; other
         modules to 64, 16, 64.
+    blend : {"feather", "trim"}, optional
+        Stitching of a given module (default ``"feather"``). ``"trim"`` suits fully
+        convolutional models whose receptive radius is ``halo`` input pixels: results are
+        then exactly independent of the chunking.
     random_weights : bool
         Allow ``"swin2sr"`` without a checkpoint, seeded by ``seed``.
     **arch
@@ -179,14 +184,21 @@ def load_model(
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model must be a name, a torch.nn.Module or a ModelSpec, got "
                          f"{type(model).__name__}")
-    p = patch_size or 64
-    return ModelSpec(
+    common = dict(
         name=type(model).__name__, bands_in=bands_in, bands_out=bands_out, scale=scale,
         stats=_stats(stats, bands_in, bands_out), build=functools.partial(_build_given, model),
-        token=f"module-{state_token(model, scale, bands_in, bands_out)}",
-        blend="feather", patch_size=p, overlap=p // 4 if overlap is None else overlap,
-        halo=max(halo or p, p),
+        token=f"module-{state_token(model, scale, bands_in, bands_out, blend, halo)}",
     )
+    if blend == "trim":
+        if halo is None:
+            raise ModelError("blend='trim' needs halo= (the model's receptive radius in input "
+                             "pixels)")
+        return ModelSpec(**common, blend="trim", patch_size=patch_size or 256, halo=halo)
+    if blend not in (None, "feather"):
+        raise ModelError(f"blend must be 'feather' or 'trim', got {blend!r}")
+    p = patch_size or 64
+    return ModelSpec(**common, blend="feather", patch_size=p,
+                     overlap=p // 4 if overlap is None else overlap, halo=max(halo or p, p))
 
 
 def _stats(stats: object, bands_in: tuple[str, ...], bands_out: tuple[str, ...]) -> Stats:

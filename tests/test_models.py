@@ -1,0 +1,253 @@
+"""Models: Swin2SR layout against the reference, checkpoints, stats, batch planning."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import srlib
+from srlib.batching import INDEX_LIMIT, check_batch_size, max_safe_batch, peak_elements
+from srlib.models.bicubic import cubic_weights
+from srlib.models.swin2sr import Swin2SR
+
+from .conftest import raise_if_dask_computes, synthetic_scene
+
+
+def reference_keys(*, in_chans, out_chans, embed_dim, depths, heads, window, img_size,
+                   mlp_ratio, upscale, upsampler, resi="1conv"):
+    """State-dict keys and shapes of mv-lab/swin2sr's Swin2SR, derived from its
+    constructor (models/network_swin2sr.py): written independently of srlib's module."""
+    e, f = embed_dim, 64
+    keys = {"conv_first.weight": (e, in_chans, 3, 3), "conv_first.bias": (e,),
+            "patch_embed.proj.weight": (e, e, 1, 1), "patch_embed.proj.bias": (e,),
+            "patch_embed.norm.weight": (e,), "patch_embed.norm.bias": (e,)}
+
+    def rstb(prefix, depth, nh):
+        w = min(window, img_size) if img_size <= window else window
+        for j in range(depth):
+            b = f"{prefix}.residual_group.blocks.{j}"
+            keys.update({
+                f"{b}.norm1.weight": (e,), f"{b}.norm1.bias": (e,),
+                f"{b}.attn.logit_scale": (nh, 1, 1),
+                f"{b}.attn.relative_coords_table": (1, 2 * w - 1, 2 * w - 1, 2),
+                f"{b}.attn.relative_position_index": (w * w, w * w),
+                f"{b}.attn.cpb_mlp.0.weight": (512, 2), f"{b}.attn.cpb_mlp.0.bias": (512,),
+                f"{b}.attn.cpb_mlp.2.weight": (nh, 512),
+                f"{b}.attn.qkv.weight": (3 * e, e),
+                f"{b}.attn.q_bias": (e,), f"{b}.attn.v_bias": (e,),
+                f"{b}.attn.proj.weight": (e, e), f"{b}.attn.proj.bias": (e,),
+                f"{b}.norm2.weight": (e,), f"{b}.norm2.bias": (e,),
+                f"{b}.mlp.fc1.weight": (int(e * mlp_ratio), e),
+                f"{b}.mlp.fc1.bias": (int(e * mlp_ratio),),
+                f"{b}.mlp.fc2.weight": (e, int(e * mlp_ratio)), f"{b}.mlp.fc2.bias": (e,),
+            })
+            if j % 2 == 1 and img_size > window:
+                n_win = (img_size // window) ** 2
+                keys[f"{b}.attn_mask"] = (n_win, w * w, w * w)
+        if resi == "1conv":
+            keys[f"{prefix}.conv.weight"] = (e, e, 3, 3)
+            keys[f"{prefix}.conv.bias"] = (e,)
+        keys[f"{prefix}.patch_embed.proj.weight"] = (e, e, 1, 1)
+        keys[f"{prefix}.patch_embed.proj.bias"] = (e,)
+
+    for i, (d, nh) in enumerate(zip(depths, heads, strict=True)):
+        rstb(f"layers.{i}", d, nh)
+    keys.update({"norm.weight": (e,), "norm.bias": (e,),
+                 "conv_after_body.weight": (e, e, 3, 3), "conv_after_body.bias": (e,)})
+    if upsampler == "pixelshuffle":
+        keys.update({"conv_before_upsample.0.weight": (f, e, 3, 3),
+                     "conv_before_upsample.0.bias": (f,)})
+        if upscale & (upscale - 1) == 0:
+            for i in range(int(math.log2(upscale))):
+                keys[f"upsample.{2 * i}.weight"] = (4 * f, f, 3, 3)
+                keys[f"upsample.{2 * i}.bias"] = (4 * f,)
+        elif upscale == 3:
+            keys["upsample.0.weight"] = (9 * f, f, 3, 3)
+            keys["upsample.0.bias"] = (9 * f,)
+        keys.update({"conv_last.weight": (out_chans, f, 3, 3), "conv_last.bias": (out_chans,)})
+    elif upsampler == "pixelshuffledirect":
+        keys["upsample.0.weight"] = (upscale**2 * out_chans, e, 3, 3)
+        keys["upsample.0.bias"] = (upscale**2 * out_chans,)
+    elif upsampler == "nearest+conv":
+        keys.update({"conv_before_upsample.0.weight": (f, e, 3, 3),
+                     "conv_before_upsample.0.bias": (f,),
+                     "conv_up1.weight": (f, f, 3, 3), "conv_up1.bias": (f,),
+                     "conv_up2.weight": (f, f, 3, 3), "conv_up2.bias": (f,),
+                     "conv_hr.weight": (f, f, 3, 3), "conv_hr.bias": (f,),
+                     "conv_last.weight": (out_chans, f, 3, 3), "conv_last.bias": (out_chans,)})
+    return keys
+
+
+CONFIGS = [
+    # classical SR x2 (reference pixelshuffle), x4, x3; lightweight; real-world x4
+    dict(upscale=2, upsampler="pixelshuffle", in_chans=3, out_chans=3),
+    dict(upscale=4, upsampler="pixelshuffle", in_chans=3, out_chans=3),
+    dict(upscale=3, upsampler="pixelshuffle", in_chans=3, out_chans=3),
+    dict(upscale=10, upsampler="pixelshuffledirect", in_chans=10, out_chans=4),
+    dict(upscale=4, upsampler="nearest+conv", in_chans=3, out_chans=3),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c['upsampler']}-x{c['upscale']}")
+def test_swin2sr_state_dict_matches_the_reference_layout(cfg):
+    arch = dict(embed_dim=12, depths=(2, 2), num_heads=(2, 3), window_size=8, img_size=16,
+                mlp_ratio=2.0)
+    model = Swin2SR(**arch, **cfg)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = reference_keys(in_chans=cfg["in_chans"], out_chans=cfg["out_chans"], embed_dim=12,
+                          depths=(2, 2), heads=(2, 3), window=8, img_size=16, mlp_ratio=2.0,
+                          upscale=cfg["upscale"], upsampler=cfg["upsampler"])
+    assert got == want
+    out = model(torch.randn(1, cfg["in_chans"], 16, 16))
+    assert out.shape == (1, cfg["out_chans"], 16 * cfg["upscale"], 16 * cfg["upscale"])
+
+
+def test_scale_10_generalises_upsample_with_factors_2_then_5():
+    model = Swin2SR(in_chans=10, out_chans=4, embed_dim=12, depths=(1,), num_heads=(2,),
+                    window_size=8, img_size=16, upscale=10, upsampler="pixelshuffle")
+    shapes = {k: tuple(v.shape) for k, v in model.upsample.state_dict().items()}
+    assert shapes == {"0.weight": (256, 64, 3, 3), "0.bias": (256,),
+                      "2.weight": (1600, 64, 3, 3), "2.bias": (1600,)}
+    assert model(torch.randn(2, 10, 12, 20)).shape == (2, 4, 120, 200)
+    with pytest.raises(srlib.ModelError, match="product of"):
+        Swin2SR(upscale=7, upsampler="pixelshuffle")
+
+
+def test_pixelshuffle_hf_runs():
+    model = Swin2SR(in_chans=3, embed_dim=12, depths=(1,), num_heads=(2,), window_size=8,
+                    img_size=16, upscale=2, upsampler="pixelshuffle_hf")
+    assert {"layers_hf.0.conv.weight", "upsample_hf.0.weight", "conv_last_hf.weight"} <= set(
+        model.state_dict())
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 3, 32, 32)
+
+
+ARCH = dict(img_size=16, window_size=8, embed_dim=12, depths=(2,), num_heads=(2,), mlp_ratio=2.0)
+
+
+@pytest.mark.parametrize("wrapper", [None, "params_ema", "params", "model", "state_dict"])
+def test_checkpoint_round_trip(tmp_path, wrapper):
+    source = Swin2SR(in_chans=10, out_chans=4, upscale=10, upsampler="pixelshuffledirect", **ARCH)
+    torch.nn.init.normal_(source.conv_first.weight)
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    path = tmp_path / "model.pth"
+    torch.save(state if wrapper is None else {wrapper: state, "iter": 5}, path)
+    spec = srlib.load_model("swin2sr", checkpoint=path, **ARCH)
+    loaded = spec.build()
+    x = torch.randn(1, 10, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), source.eval()(x))
+
+
+def test_torchscript_module_and_checkpoint_mismatch(tmp_path):
+    source = Swin2SR(in_chans=10, out_chans=4, upscale=10, upsampler="pixelshuffledirect", **ARCH)
+    path = tmp_path / "m.pth"
+    torch.save(source.state_dict(), path)
+    with pytest.raises(srlib.ModelError, match="shape mismatches.*embed_dim"):
+        srlib.load_model("swin2sr", checkpoint=path, **{**ARCH, "embed_dim": 16})
+    with pytest.raises(srlib.ModelError, match="does not exist"):
+        srlib.load_model("swin2sr", checkpoint=tmp_path / "missing.pth")
+    scripted = torch.jit.trace(srlib.load_model("bicubic").build(), torch.randn(1, 10, 8, 8))
+    ds = synthetic_scene((12, 12))
+    ref = srlib.super_resolve(ds).compute()
+    got = srlib.super_resolve(ds, srlib.load_model(scripted, blend="trim", halo=2)).compute()
+    np.testing.assert_array_equal(got.red.values, ref.red.values)
+
+
+STATS = {"input": {"bands": list(srlib.S2_BANDS), "mean": [1000.0 + i for i in range(10)],
+                   "std": [500.0] * 10},
+         "output": {"bands": ["red", "green", "blue"], "mean": [1, 2, 3], "std": [4, 5, 6]}}
+
+
+def test_stats_mismatch_warns_exactly_once(tmp_path, tiny_swin):
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(STATS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = srlib.load_model("swin2sr", random_weights=True, stats=path, **ARCH)
+        sr = srlib.super_resolve(synthetic_scene((64, 64)), spec, chunks=16)
+        sr.compute(scheduler="threads")
+    mismatch = [w for w in caught if issubclass(w.category, srlib.StatsMismatchWarning)]
+    assert len(mismatch) == 1
+    assert "input statistics" in str(mismatch[0].message)
+    assert spec.stats.output.bands == srlib.OUTPUT_BANDS
+    assert spec.stats.output.mean == (1002.0, 1001.0, 1000.0, 1006.0)  # red green blue nir
+
+
+def test_bad_stats_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"input": {"mean": [1, 2], "std": [1, 2]}}))
+    with pytest.raises(srlib.ModelError, match="cover 2 bands"):
+        srlib.load_model("bicubic", stats=bad)
+    bad.write_text("{nope")
+    with pytest.raises(srlib.ModelError, match="not valid JSON"):
+        srlib.load_model("bicubic", stats=bad)
+
+
+def test_batch_planner_respects_the_2_31_rule():
+    spec = srlib.load_model("swin2sr", random_weights=True, upsampler="pixelshuffle", **ARCH)
+    for patch in (16, 64, 256):
+        peak = peak_elements(spec, patch)
+        # the largest activation: 64 features at the output resolution
+        assert peak >= 64 * (patch * 10) ** 2
+        safe = max_safe_batch(spec, patch)
+        assert safe * peak <= INDEX_LIMIT < (safe + 1) * peak
+    assert max_safe_batch(spec, 64) == INDEX_LIMIT // (64 * 640**2) == 81
+    with pytest.raises(srlib.BatchSizeError, match="largest safe batch_size is 81"):
+        check_batch_size(spec, 64, 82)
+    assert check_batch_size(spec, 64, 81) == 81
+    with pytest.raises(srlib.BatchSizeError, match="patch_size="):
+        check_batch_size(spec, 1024, None)
+
+
+def test_meta_measurement_sees_attention_maps():
+    # big windows make the attention map (heads x N^2 per window) the largest tensor
+    spec = srlib.load_model("swin2sr", random_weights=True, img_size=32, window_size=32,
+                            embed_dim=8, depths=(1,), num_heads=(8,), scale=2)
+    assert peak_elements(spec, 32) >= 8 * (32 * 32) ** 2
+
+
+def test_unsafe_batch_size_is_refused_before_any_compute(scene):
+    spec = srlib.load_model("swin2sr", random_weights=True, upsampler="pixelshuffle", **ARCH)
+    safe = max_safe_batch(spec, spec.patch_size)
+    with raise_if_dask_computes(), pytest.raises(srlib.BatchSizeError, match=str(safe)):
+        srlib.super_resolve(scene, spec, batch_size=safe + 1)
+
+
+def test_cubic_weights_partition_unity_and_symmetry():
+    w = cubic_weights(10)
+    np.testing.assert_allclose(w.sum(axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(w[::-1, ::-1], w, atol=1e-6)
+
+
+BUILDS = {"n": 0}
+
+
+def _counting_build():
+    BUILDS["n"] += 1
+    return srlib.load_model("bicubic").build()
+
+
+def test_model_is_built_once_per_process_not_per_block():
+    base = srlib.load_model("bicubic")
+    spec = srlib.ModelSpec(**{**base.__dict__, "build": _counting_build, "token": "count-test"})
+    sr = srlib.super_resolve(synthetic_scene((64, 64)), spec, chunks=16)  # 16 blocks
+    planned = BUILDS["n"]  # the batch planner may build a meta-device copy on the client
+    sr.compute(scheduler="threads")
+    assert BUILDS["n"] == planned + 1
+    sr.compute(scheduler="threads")
+    assert BUILDS["n"] == planned + 1
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(scene, tiny_swin):
+    cpu = srlib.super_resolve(scene, tiny_swin, device="cpu").compute()
+    gpu = srlib.super_resolve(scene, tiny_swin, device="cuda", precision="fp32").compute()
+    for band in srlib.OUTPUT_BANDS:
+        assert np.abs(gpu[band].values.astype(int) - cpu[band].values).max() <= 2
+    bf16 = srlib.super_resolve(scene, tiny_swin, device="cuda").compute()
+    assert np.abs(bf16.red.values.astype(int) - cpu.red.values).mean() < 50

@@ -1,0 +1,228 @@
+"""super_resolve: georeferencing, chunk invariance, laziness, nodata, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import srlib
+from srlib.bands import OUTPUT_NODATA, Quality
+
+from .conftest import raise_if_dask_computes, synthetic_scene
+
+SCALE = 10
+
+
+def test_sample_scene_is_real_and_lazy():
+    ds = srlib.sample_scene()
+    assert set(srlib.S2_BANDS) | {"scl"} == set(ds.data_vars)
+    assert all(v.chunks is not None for v in ds.data_vars.values())
+    assert ds.rio.crs.to_epsg() == 32629
+    assert ds.rio.transform().c == 199980 and ds.rio.transform().f == 2800020
+    assert ds.red.dtype == np.uint16 and ds.red.rio.nodata == 0
+    assert ds.red.attrs["scale_factor"] == 1e-4
+    crop = ds.isel(y=slice(200, 456), x=slice(200, 456)).compute()
+    # real data: neighbouring pixels correlate, NIR and red are plausible DN
+    red = crop.red.values.astype(float)
+    assert np.corrcoef(red[:, :-1].ravel(), red[:, 1:].ravel())[0, 1] > 0.6
+    assert 100 < red.mean() < 8000
+    # the 20 m band resampled to 10 m agrees with its 10 m neighbour
+    assert np.corrcoef(crop.nir.values.ravel(), crop.nir08.values.ravel())[0, 1] > 0.8
+
+
+def test_output_grid_is_exactly_scale_times_finer(scene):
+    sr = srlib.super_resolve(scene)
+    assert sr.sizes == {"y": 96 * SCALE, "x": 96 * SCALE}
+    assert sr.rio.crs == scene.rio.crs
+    assert sr.rio.bounds() == pytest.approx(scene.rio.bounds(), abs=1e-6)
+    t_in, t_out = scene.rio.transform(), sr.rio.transform()
+    assert (t_out.a, t_out.e) == (t_in.a / SCALE, t_in.e / SCALE)
+    assert (t_out.c, t_out.f) == (t_in.c, t_in.f)
+    # coordinates are pixel centres of that transform
+    assert sr.x.values[0] == pytest.approx(t_out.c + t_out.a / 2)
+    assert sr.y.values[-1] == pytest.approx(t_out.f + t_out.e * (sr.sizes["y"] - 0.5))
+    assert sr.rio.transform(recalc=True) == t_out
+    assert [str(v) for v in sr.data_vars] == ["red", "green", "blue", "nir", "quality"]
+    assert all(sr[b].dtype == np.int16 for b in srlib.OUTPUT_BANDS)
+    assert sr.quality.dtype == np.uint8
+    assert sr.red.rio.nodata == OUTPUT_NODATA
+
+
+def test_ground_point_lands_in_the_right_output_pixel():
+    ds = synthetic_scene((30, 30), with_scl=False)
+    for band in srlib.S2_BANDS:
+        ds[band] = ds[band] * 0 + np.uint16(1000)
+    ds["red"][17, 11] = np.uint16(9000)  # a bright target at one input pixel
+    x_map, y_map = float(ds.x[11]), float(ds.y[17])
+    sr = srlib.super_resolve(ds).red.compute()
+    iy, ix = np.unravel_index(np.argmax(sr.values), sr.shape)
+    # the brightest output pixel lies within the input pixel's footprint ...
+    assert abs(float(sr.x[ix]) - x_map) < 5 and abs(float(sr.y[iy]) - y_map) < 5
+    # ... and the bright area is centred on the target's map coordinates
+    bright = sr.where(sr > 5000, drop=True)
+    assert float(bright.x.mean()) == pytest.approx(x_map, abs=0.01)
+    assert float(bright.y.mean()) == pytest.approx(y_map, abs=0.01)
+    col, row = (~sr.rio.transform()) * (x_map, y_map)
+    assert (int(row), int(col)) == (17 * SCALE + SCALE // 2, 11 * SCALE + SCALE // 2)
+    assert sr.values[int(row), int(col)] == sr.values.max()
+
+
+def test_nothing_computes_until_asked(scene, tiny_swin):
+    with raise_if_dask_computes():
+        sr = srlib.super_resolve(scene, chunks=32)
+        sr2 = srlib.super_resolve(scene, tiny_swin, chunks=32)
+        _ = sr.red + 1, sr2.quality == 1  # arithmetic stays lazy too
+    assert sr.red.chunks and sr2.red.chunks
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cy=st.integers(5, 96), cx=st.integers(5, 96))
+def test_bicubic_is_identical_for_any_chunking(scene, cy, cx):
+    ref = _reference_bicubic(scene)
+    got = srlib.super_resolve(scene, chunks=(cy, cx)).compute()
+    for var in ref.data_vars:
+        np.testing.assert_array_equal(got[var].values, ref[var].values)
+
+
+_REF: dict = {}
+
+
+def _reference_bicubic(scene):
+    if "bicubic" not in _REF:
+        _REF["bicubic"] = srlib.super_resolve(scene, chunks=96).compute()
+    return _REF["bicubic"]
+
+
+@pytest.mark.parametrize("chunks", [(16, 16), (24, 40), (70, 33), (96, 96)])
+def test_swin2sr_chunk_borders_within_tolerance(scene, tiny_swin, chunks):
+    ref = srlib.super_resolve(scene, tiny_swin, chunks=48).compute()
+    got = srlib.super_resolve(scene, tiny_swin, chunks=chunks).compute()
+    for var in srlib.OUTPUT_BANDS:
+        diff = np.abs(got[var].values.astype(np.int32) - ref[var].values)
+        # documented tolerance: 1 DN (reflectance 1e-4); measured 0 on CPU
+        assert diff.max() <= 1, (var, chunks, diff.max())
+    np.testing.assert_array_equal(got.quality.values, ref.quality.values)
+
+
+def test_bicubic_matches_interpolation_of_a_linear_ramp():
+    ds = synthetic_scene((24, 24), with_scl=False)
+    ramp = (1000 + 50 * np.arange(24))[None, :].repeat(24, axis=0).astype(np.uint16)
+    for band in srlib.S2_BANDS:
+        ds[band] = (("y", "x"), ramp)
+        ds[band].attrs.update(nodata=0)
+    sr = srlib.super_resolve(ds).red.compute().values
+    # a linear ramp is reproduced exactly away from the edges (cubic kernels are exact on
+    # linear functions): value at output column j is the input ramp at (j + 0.5)/10 - 0.5
+    cols = np.arange(30, 200)
+    expected = 1000 + 50 * ((cols + 0.5) / SCALE - 0.5)
+    np.testing.assert_allclose(sr[100, cols], np.rint(expected), atol=1)
+
+
+@pytest.mark.parametrize("kind", ["nodata", "nan"])
+def test_nodata_in_gives_nodata_out_without_poisoning_neighbours(kind, tiny_swin):
+    ds = synthetic_scene((40, 40), with_scl=False)
+    clean_bi = srlib.super_resolve(ds).compute()
+    clean_sw = srlib.super_resolve(ds, tiny_swin).compute()
+    holed = ds.copy()
+    if kind == "nan":
+        holed["nir"] = holed["nir"].astype(np.float32).where(
+            ~((holed.y == holed.y[20]) & (holed.x == holed.x[21])))
+    else:
+        holed["nir"] = holed["nir"].where(
+            ~((holed.y == holed.y[20]) & (holed.x == holed.x[21])), 0).astype(np.uint16)
+        holed["nir"].attrs.update(nodata=0)
+    for clean, sr in ((clean_bi, srlib.super_resolve(holed).compute()),
+                      (clean_sw, srlib.super_resolve(holed, tiny_swin).compute())):
+        foot = (slice(200, 210), slice(210, 220))
+        for band in srlib.OUTPUT_BANDS:
+            assert (sr[band].values[foot] == OUTPUT_NODATA).all()
+        assert (sr.quality.values[foot] == Quality.NODATA).all()
+        mask = np.ones(sr.quality.shape, bool)
+        mask[foot] = False
+        assert (sr.quality.values[mask] == Quality.CLEAR).all()
+        for band in srlib.OUTPUT_BANDS:
+            assert (sr[band].values[mask] != OUTPUT_NODATA).all()
+    # bicubic: pixels more than 2 input pixels away are untouched
+    sr = srlib.super_resolve(holed).compute()
+    far = np.ones(sr.quality.shape, bool)
+    far[170:240, 180:250] = False
+    np.testing.assert_array_equal(sr.nir.values[far], clean_bi.nir.values[far])
+    assert (sr.nir.values[mask] > 0).all()
+    # swin2sr: only the patches (16 px, stride 12) that contain the hole see the fill value
+    sr = srlib.super_resolve(holed, tiny_swin).compute()
+    far = np.ones(sr.quality.shape, bool)
+    far[120:280, 120:280] = False
+    np.testing.assert_array_equal(sr.nir.values[far], clean_sw.nir.values[far])
+
+
+def test_scl_feeds_quality_codes():
+    ds = synthetic_scene((20, 20))
+    scl = np.full((20, 20), 4, np.uint8)
+    scl[0, 0], scl[0, 1], scl[0, 2], scl[0, 3], scl[0, 4], scl[0, 5] = 9, 3, 11, 6, 0, 10
+    ds["scl"] = (("y", "x"), scl)
+    q = srlib.super_resolve(ds).quality.compute().values[::SCALE, ::SCALE]
+    assert list(q[0, :7]) == [Quality.CLOUD, Quality.CLOUD_SHADOW, Quality.SNOW, Quality.WATER,
+                              Quality.NODATA, Quality.CLOUD, Quality.CLEAR]
+    red = srlib.super_resolve(ds).red.compute().values
+    assert (red[:SCALE, 4 * SCALE: 5 * SCALE] == OUTPUT_NODATA).all()
+
+
+def test_accepts_time_dim_and_band_dataarray(scene):
+    ref = srlib.super_resolve(scene).red.compute()
+    with_time = scene.expand_dims(time=[np.datetime64("2020-02-19")])
+    got = srlib.super_resolve(with_time).red.compute()
+    np.testing.assert_array_equal(got.values, ref.values)
+    stacked = scene[list(srlib.S2_BANDS)].to_dataarray("band").rio.write_crs(scene.rio.crs)
+    stacked.attrs.update(nodata=0, scale_factor=1e-4, add_offset=0.0)
+    np.testing.assert_array_equal(srlib.super_resolve(stacked).red.values, ref.values)
+
+
+def test_add_offset_is_applied_once():
+    ds = synthetic_scene((16, 16), with_scl=False)
+    shifted = ds.copy()
+    for band in srlib.S2_BANDS:
+        shifted[band] = (ds[band] + 1000).astype(np.uint16)
+        shifted[band].attrs.update(nodata=0, scale_factor=1e-4, add_offset=-0.1)
+    a = srlib.super_resolve(ds).red.values
+    b = srlib.super_resolve(shifted).red.values
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tiny_input_smaller_than_the_halo(tiny_swin):
+    ds = synthetic_scene((7, 5))
+    sr = srlib.super_resolve(ds, tiny_swin).compute()
+    assert sr.sizes == {"y": 70, "x": 50}
+    assert (sr.quality.values == Quality.CLEAR).all()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda ds: ds.drop_vars(["nir", "swir22"]), "lacks bands ['nir', 'swir22']"),
+        (lambda ds: xr.concat([ds, ds], dim="time"), "isel(time=0)"),
+        (lambda ds: ds.rio.write_crs("EPSG:4326"), "not projected"),
+        (lambda ds: ds.isel(y=slice(0, 0)), "empty"),
+        (lambda ds: ds.drop_vars("spatial_ref"), "no CRS"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(mutate, message):
+    ds = synthetic_scene((16, 16))
+    with pytest.raises(srlib.InputError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        srlib.super_resolve(mutate(ds))
+
+
+def test_bad_arguments_raise_clear_errors(scene):
+    with pytest.raises(srlib.InputError, match="pass scale=10"):
+        srlib.super_resolve(scene, srlib.load_model("bicubic", scale=10), scale=4)
+    with pytest.raises(srlib.ModelError, match="unknown model"):
+        srlib.super_resolve(scene, "esrgan")
+    with pytest.raises(srlib.ModelError, match="random_weights=True"):
+        srlib.super_resolve(scene, "swin2sr")
+    with pytest.raises(srlib.InputError, match="device='cpu'"):
+        srlib.super_resolve(scene, device="cuda")
+    with pytest.raises(srlib.InputError, match="Dataset"):
+        srlib.super_resolve(np.zeros((3, 3)))
