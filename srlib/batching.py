@@ -110,14 +110,15 @@ def check_batch_size(spec: ModelSpec, patch: int, batch_size: int | None) -> int
     return safe
 
 
-def plan_batch_size(spec: ModelSpec, patch: int, device: torch.device, *, safe: int) -> int:
+def plan_batch_size(peak: int, device: torch.device, *, safe: int) -> int:
     """Choose a batch size from free device memory, capped at the 2**31-safe ``safe``.
 
-    On CUDA about half of the free memory is budgeted at ~8 float32 copies of the
-    largest activation per sample; on the CPU a 512 MiB budget per task keeps several
-    dask threads within RAM (larger CPU batches do not run faster).
+    ``peak`` is the largest activation of one sample in elements. On CUDA about half of
+    the free memory is budgeted at ~8 float32 copies of it per sample; on the CPU a
+    512 MiB budget per task keeps several dask threads within RAM (larger CPU batches do
+    not run faster).
     """
-    per_sample = peak_elements(spec, patch) * 4 * 8
+    per_sample = peak * 4 * 8
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         budget, cap = free // 2, 256

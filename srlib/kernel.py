@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .bands import OUTPUT_NODATA, Quality, scl_to_quality
-from .batching import plan_batch_size
+from .batching import INDEX_LIMIT, plan_batch_size
 from .errors import ModelError
 from .models.spec import ModelSpec, loaded_module
 
@@ -37,6 +37,7 @@ class KernelConfig:
     device: str | None
     batch_size: int | None
     safe_batch: int
+    peak_per_pixel: float
     precision: str
     y_starts: tuple[int, ...]
     x_starts: tuple[int, ...]
@@ -77,7 +78,9 @@ class _Runner:
     def batch_size(self, patch: int) -> int:
         if self.cfg.batch_size is not None:
             return self.cfg.batch_size
-        return plan_batch_size(self.cfg.spec, patch, self.device, safe=self.cfg.safe_batch)
+        peak = math.ceil(self.cfg.peak_per_pixel * patch * patch)
+        safe = min(self.cfg.safe_batch, INDEX_LIMIT // max(peak, 1))
+        return plan_batch_size(peak, self.device, safe=max(safe, 1))
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         spec = self.cfg.spec

@@ -12,7 +12,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from .bands import OUTPUT_NODATA, REFLECTANCE_SCALE, Quality
-from .batching import check_batch_size
+from .batching import check_batch_size, peak_elements
 from .errors import InputError
 from .grid import check_grid, zoom_coords, zoom_transform
 from .kernel import KernelConfig, sr_block
@@ -227,6 +227,7 @@ def super_resolve(
         spec=spec, n_bands=len(bands), has_scl=scl is not None,
         device=None if device is None else str(device), batch_size=batch_size,
         safe_batch=safe, precision=precision,
+        peak_per_pixel=peak_elements(spec, spec.patch_size) / spec.patch_size**2,
         y_starts=tuple(np.cumsum((0, *ychunks[:-1])).tolist()),
         x_starts=tuple(np.cumsum((0, *xchunks[:-1])).tolist()),
     )
