@@ -5,6 +5,7 @@ Lazy, dask-backed xarray in and out::
     import srlib
     ds = srlib.sample_scene()
     sr = srlib.super_resolve(ds)          # lazy: nothing computed yet
+    report = srlib.super_resolve_to_cog(ds, "out/product.tif")  # Zarr, COG, QC
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from .errors import (
     SrlibWarning,
     StatsMismatchWarning,
 )
+from .cog import to_cog
 from .models import ModelSpec, load_model
+from .pipeline import super_resolve_to_cog
+from .qc import CheckResult, QCReport, check_quality
 from .sample import sample_scene
 from .superres import super_resolve
+from .zarr_io import open_zarr, to_zarr
 
 __version__ = "0.1.0"
 
@@ -31,17 +36,24 @@ __all__ = [
     "OUTPUT_NODATA",
     "S2_BANDS",
     "BatchSizeError",
+    "CheckResult",
     "IncompleteStoreError",
     "InputError",
     "ModelError",
     "ModelSpec",
     "QCFailed",
+    "QCReport",
     "Quality",
     "SrlibError",
     "SrlibWarning",
     "StatsMismatchWarning",
     "__version__",
+    "check_quality",
     "load_model",
+    "open_zarr",
     "sample_scene",
     "super_resolve",
+    "super_resolve_to_cog",
+    "to_cog",
+    "to_zarr",
 ]

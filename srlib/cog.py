@@ -1,0 +1,231 @@
+"""Zarr store -> Cloud-Optimized GeoTIFF, fast, atomic and validated.
+
+How: the overview pyramid is computed with dask from the Zarr store and stored in it
+(``overviews/1``, ``overviews/2``, ...): reflectance is the mean of the valid pixels of
+each 2 x 2 block, and the quality band takes the most frequent valid code (ties go to
+the higher code, so clouds outrank clear), never an average of codes. A VRT then
+presents the full-resolution arrays (read by GDAL's Zarr driver) with those overviews,
+and GDAL's COG driver writes the file with its own threads (compression of tiles in
+parallel, ``NUM_THREADS``) and bounded memory. The COG profile (LZW, 512 px tiles) and
+the validation come from rio-cogeo. ``rio_cogeo.cog_translate`` is not used for the copy:
+it applies one overview resampling to every band (the quality band would be averaged)
+and copies 512 px blocks from a single Python loop (measured ~1.8x slower than the
+legacy writer on a 10240 x 10240 x 5 output).
+
+The file is written under a temporary name beside the target, validated, and moved into
+place with an atomic rename only when complete and valid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import xarray as xr
+import zarr
+from rasterio.shutil import copy as rio_copy
+from rio_cogeo.cogeo import cog_validate
+from rio_cogeo.profiles import cog_profiles
+
+from .bands import OUTPUT_NODATA, Quality
+from .errors import SrlibError
+from .zarr_io import ZARR_TILE, default_compressor, open_zarr
+
+__all__ = ["COG_TILE", "build_overviews", "overview_count", "to_cog"]
+
+COG_TILE = 512
+_OVR_GROUP = "overviews"
+
+
+def overview_count(height: int, width: int, *, tile: int = COG_TILE) -> int:
+    """Halvings until the larger side is at most ``tile`` (GDAL's rounding: ceil)."""
+    n, size = 0, max(height, width)
+    while size > tile:
+        size = math.ceil(size / 2)
+        n += 1
+    return n
+
+
+def _plain(attrs: dict) -> dict:
+    return {k: v for k, v in attrs.items() if k in ("long_name", "units")}
+
+
+def _mean2x2(arr: xr.DataArray, nodata: int) -> xr.DataArray:
+    valid = arr.where(arr != nodata)
+    mean = valid.astype(np.float32).coarsen(y=2, x=2, boundary="pad").mean()
+    out = xr.where(mean.notnull(), np.rint(mean), nodata).astype(np.int16)
+    return xr.DataArray(out.data, dims=out.dims, attrs=_plain(arr.attrs))
+
+
+def _mode2x2(q: xr.DataArray, nodata: int) -> xr.DataArray:
+    codes = [int(c) for c in Quality if c != Quality.NODATA][::-1]  # ties -> higher code
+    counts = xr.concat(
+        [(q == c).astype(np.uint8).coarsen(y=2, x=2, boundary="pad").sum() for c in codes],
+        dim="code",
+    )
+    best = counts.argmax("code")
+    code = codes[0] - best  # codes are consecutive, listed from the highest
+    out = xr.where(counts.max("code") > 0, code, nodata).astype(np.int16)
+    return xr.DataArray(out.data, dims=out.dims, attrs=_plain(q.attrs))
+
+
+def _group_complete(path: Path, group: str) -> bool:
+    try:
+        return bool(zarr.open_group(str(path), path=group, mode="r", zarr_format=2)
+                    .attrs.get("srlib_complete"))
+    except Exception:  # missing or torn group: rebuild it
+        return False
+
+
+def build_overviews(zarr_path: str | os.PathLike, *, tile: int = COG_TILE) -> int:
+    """Compute the overview pyramid into the store (idempotent); return the level count.
+
+    Level ``k`` is made from level ``k - 1`` with dask, so memory stays bounded and each
+    level reads the previous one from disk. Overview quality is int16 with the COG's
+    nodata (-32768) for "no valid pixel".
+    """
+    path = Path(zarr_path)
+    ds = open_zarr(path)
+    levels = overview_count(ds.sizes["y"], ds.sizes["x"], tile=tile)
+    prev = ds[[v for v in ds.data_vars if ds[v].dims == ("y", "x")]]
+    for k in range(1, levels + 1):
+        group = f"{_OVR_GROUP}/{k}"
+        if not _group_complete(path, group):
+            level = xr.Dataset()
+            for name, arr in prev.data_vars.items():
+                if name == "quality":
+                    nodata = int(Quality.NODATA) if k == 1 else OUTPUT_NODATA
+                    q = arr.where(arr != nodata, 0) if k > 1 else arr
+                    level[name] = _mode2x2(q, OUTPUT_NODATA)
+                else:
+                    level[name] = _mean2x2(arr, OUTPUT_NODATA)
+            level = level.drop_vars([c for c in level.coords], errors="ignore")
+            level = level.chunk({"y": ZARR_TILE * 4, "x": ZARR_TILE * 4})
+            encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": OUTPUT_NODATA,
+                            "compressors": [default_compressor()]} for v in level.data_vars}
+            level.attrs["srlib_complete"] = False
+            level.to_zarr(path, group=group, mode="w", zarr_format=2, encoding=encoding,
+                          consolidated=False)
+            zarr.open_group(str(path), path=group, mode="r+",
+                            zarr_format=2).attrs["srlib_complete"] = True
+        prev = xr.open_zarr(path, group=group, mask_and_scale=False, consolidated=False)
+    zarr.consolidate_metadata(str(path))  # GDAL finds groups through .zmetadata
+    return levels
+
+
+def _source(parent: ET.Element, tag: str, store: Path, array: str, shape: tuple[int, int],
+            dtype: str) -> ET.Element:
+    src = ET.SubElement(parent, tag)
+    name = ET.SubElement(src, "SourceFilename", relativeToVRT="0")
+    name.text = f'ZARR:"{store}":/{array}'
+    ET.SubElement(src, "SourceBand").text = "1"
+    if tag != "Overview":
+        ET.SubElement(src, "SourceProperties", RasterXSize=str(shape[1]),
+                      RasterYSize=str(shape[0]), DataType=dtype,
+                      BlockXSize=str(ZARR_TILE), BlockYSize=str(ZARR_TILE))
+        rect = {"xOff": "0", "yOff": "0", "xSize": str(shape[1]), "ySize": str(shape[0])}
+        ET.SubElement(src, "SrcRect", **rect)
+        ET.SubElement(src, "DstRect", **rect)
+    return src
+
+
+def _vrt(store: Path, ds: xr.Dataset, bands: list[str], levels: int) -> str:
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    t = ds.rio.transform()
+    root = ET.Element("VRTDataset", rasterXSize=str(w), rasterYSize=str(h))
+    ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = ds.rio.crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(
+        repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e))
+    for i, band in enumerate(bands, start=1):
+        vb = ET.SubElement(root, "VRTRasterBand", dataType="Int16", band=str(i),
+                           blockXSize=str(COG_TILE), blockYSize=str(COG_TILE))
+        ET.SubElement(vb, "Description").text = band
+        ET.SubElement(vb, "NoDataValue").text = str(OUTPUT_NODATA)
+        if band == "quality":
+            src = _source(vb, "ComplexSource", store, band, (h, w), "Byte")
+            lut = ",".join([f"0:{OUTPUT_NODATA}"] + [f"{int(q)}:{int(q)}" for q in Quality
+                                                        if q != Quality.NODATA])
+            ET.SubElement(src, "LUT").text = lut
+        else:
+            _source(vb, "SimpleSource", store, band, (h, w), "Int16")
+        for k in range(1, levels + 1):
+            _source(vb, "Overview", store, f"{_OVR_GROUP}/{k}/{band}", (0, 0), "Int16")
+    return ET.tostring(root, encoding="unicode")
+
+
+def to_cog(
+    zarr_path: str | os.PathLike,
+    cog_path: str | os.PathLike,
+    *,
+    threads: int | str = "ALL_CPUS",
+    bigtiff: str = "IF_SAFER",
+    **options: Any,
+) -> Path:
+    """Convert a complete srlib Zarr store into a validated Cloud-Optimized GeoTIFF.
+
+    Five int16 bands (red, green, blue, nir, quality; the quality band's code 0 "nodata"
+    is written as -32768 so that one nodata value covers every band), 512 x 512 tiles,
+    LZW with horizontal predictor, internal overviews down to 512 px or less (reflectance
+    averaged over valid pixels, quality by majority; see the module docstring), nodata
+    -32768 and band descriptions set.
+
+    Parameters
+    ----------
+    zarr_path : str or PathLike
+        Store written by :func:`srlib.to_zarr` (refused if incomplete).
+    cog_path : str or PathLike
+        Target file. Written as a hidden temporary file beside it and renamed into place
+        only when complete and ``cog_validate`` passes: a crash never leaves a file here.
+    threads : int or "ALL_CPUS"
+        GDAL compression threads.
+    bigtiff : str
+        GDAL ``BIGTIFF`` option.
+    **options
+        Further GDAL COG creation options (e.g. ``level=9``).
+
+    Returns
+    -------
+    Path
+    """
+    store = Path(zarr_path).resolve()
+    target = Path(cog_path)
+    ds = open_zarr(store)
+    bands = [b for b in ds.data_vars if ds[b].dims == ("y", "x")]
+    if ds.rio.crs is None:
+        raise SrlibError(f"{store} has no CRS; it was not written by srlib.to_zarr")
+    levels = build_overviews(store)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.tif",
+                                    dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    vrt = tmp.with_suffix(".vrt")
+    profile = cog_profiles.get("lzw")
+    creation = {
+        "COMPRESS": profile["compress"].upper(),
+        "PREDICTOR": "YES",
+        "BLOCKSIZE": str(profile["blockxsize"]),
+        "NUM_THREADS": str(threads),
+        "BIGTIFF": bigtiff,
+        "OVERVIEWS": "FORCE_USE_EXISTING",
+        **{k.upper(): str(v) for k, v in options.items()},
+    }
+    try:
+        vrt.write_text(_vrt(store, ds, bands, levels))
+        with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=512):
+            rio_copy(str(vrt), str(tmp), driver="COG", **creation)
+        valid, errors, _warnings = cog_validate(str(tmp), quiet=True)
+        if not valid:
+            raise SrlibError(f"GDAL wrote an invalid COG for {store}: {errors}")
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+        vrt.unlink(missing_ok=True)
+    return target

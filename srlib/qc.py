@@ -1,0 +1,272 @@
+"""Quality checks that gate a product: the legacy system's seven checks, made blocking.
+
+Each check gives a :class:`CheckResult` (``pass``, ``warn`` or ``fail``; the measured
+value; the threshold). ``warn`` is used only when a check cannot be measured (no timings
+given); any ``fail`` makes :meth:`QCReport.raise_for_failures` raise :class:`QCFailed`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+
+from .bands import OUTPUT_NODATA
+from .errors import InputError, QCFailed
+
+__all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality"]
+
+Status = Literal["pass", "warn", "fail"]
+
+#: Thresholds of the checks (reflectance in units of 1e-4, times in seconds).
+DEFAULT_THRESHOLDS: dict[str, Any] = {
+    "tile_size": 512,
+    "min_overviews": 4,
+    "mean_range": (1.0, 10000.0),
+    "std_range": (0.5, 6000.0),
+    "max_nodata_fraction": 0.95,
+    "band_count": 5,
+    "dtype": "int16",
+    "min_entropy": 0.0,
+    "max_gpu_s": 2 * 3600.0,
+    "max_cpu_s": 1 * 3600.0,
+    "max_total_s": 3 * 3600.0,
+    "max_file_bytes": 10e9,
+    "min_throughput_ha_per_min": 50.0,
+    "sample_pixels": 2048 * 2048,
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of one named check."""
+
+    name: str
+    status: Status
+    value: Any
+    threshold: str
+    message: str = ""
+
+
+@dataclass
+class QCReport:
+    """The results of :func:`check_quality` for one product."""
+
+    path: str
+    checks: list[CheckResult]
+    timings: dict[str, float] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the failed checks."""
+        return [c.name for c in self.checks if c.status == "fail"]
+
+    @property
+    def passed(self) -> bool:
+        """True when no check failed."""
+        return not self.failed
+
+    def __getitem__(self, name: str) -> CheckResult:
+        for check in self.checks:
+            if check.name == name:
+                return check
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"path": self.path, "passed": self.passed, "failed": self.failed,
+                "created": self.created, "timings": self.timings,
+                "checks": [asdict(c) for c in self.checks]}
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """Serialise to JSON; also write it to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2, default=_jsonable)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_table(self) -> str:
+        """A plain-text table, one row per check."""
+        rows = [("check", "status", "value", "threshold", "note")]
+        rows += [(c.name, c.status.upper(), _fmt(c.value), c.threshold, c.message)
+                 for c in self.checks]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+        verdict = "PASSED" if self.passed else f"FAILED: {', '.join(self.failed)}"
+        return "\n".join([*lines, f"QC {verdict} ({self.path})"])
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`QCFailed` naming the failed checks, if any."""
+        if self.failed:
+            raise QCFailed(self.failed, self)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _result(name: str, ok: bool, value: Any, threshold: str, message: str = "") -> CheckResult:
+    return CheckResult(name, "pass" if ok else "fail", value, threshold, message)
+
+
+def _sample_level(src: rasterio.DatasetReader, max_pixels: int) -> tuple[int, int]:
+    """Smallest read shape (an overview level) that still holds >= max_pixels or full res."""
+    h, w = src.height, src.width
+    for factor in [1, *src.overviews(1)][::-1]:
+        oh, ow = math.ceil(h / factor), math.ceil(w / factor)
+        if oh * ow >= max_pixels:
+            return oh, ow
+    return h, w
+
+
+def _entropy(values: np.ndarray) -> float:
+    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    p = hist[hist > 0] / hist.sum() if hist.sum() else np.array([1.0])
+    return float(-(p * np.log2(p)).sum())
+
+
+def check_quality(
+    cog_path: str | os.PathLike,
+    *,
+    timings: Mapping[str, float] | None = None,
+    thresholds: Mapping[str, Any] | None = None,
+) -> QCReport:
+    """Run the seven quality checks on a product COG.
+
+    Checks: ``tiling`` (512 x 512 internal tiles), ``overviews`` (at least 4 levels, or as
+    many as the size allows), ``values`` (mean and std of the reflectance within range,
+    nodata under 95%, not all zero; measured on the overview closest above 2048 x 2048 px),
+    ``bands`` (5 bands, int16), ``visual`` (Shannon entropy of the 8-bit RGB above 0),
+    ``timing`` (``gpu_s`` under 2 h, ``cpu_s`` under 1 h, ``total_s`` under 3 h) and
+    ``deploy`` (file under 10 GB, compressed, valid COG, throughput above 50 ha/min from
+    ``total_s``).
+
+    Parameters
+    ----------
+    cog_path : str or PathLike
+        The product.
+    timings : mapping, optional
+        Seconds per stage: ``gpu_s`` or ``cpu_s`` (inference), ``total_s``. Without them
+        the timing check and the throughput part of ``deploy`` warn.
+    thresholds : mapping, optional
+        Overrides of :data:`DEFAULT_THRESHOLDS`.
+
+    Returns
+    -------
+    QCReport
+    """
+    path = Path(cog_path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; pass the path of a product COG")
+    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    unknown = set(th) - set(DEFAULT_THRESHOLDS)
+    if unknown:
+        raise InputError(f"unknown QC thresholds {sorted(unknown)}; known: "
+                         f"{sorted(DEFAULT_THRESHOLDS)}")
+    timings = {k: float(v) for k, v in (timings or {}).items()}
+    checks: list[CheckResult] = []
+    with rasterio.open(path) as src:
+        blocks = set(src.block_shapes)
+        tile = th["tile_size"]
+        checks.append(_result("tiling", blocks == {(tile, tile)} and src.profile.get("tiled"),
+                              sorted(blocks), f"{tile}x{tile}"))
+        n_ovr = len(src.overviews(1))
+        needed, size = 0, max(src.height, src.width)
+        while size > tile and needed < th["min_overviews"]:
+            size, needed = math.ceil(size / 2), needed + 1
+        checks.append(_result("overviews", n_ovr >= needed, n_ovr, f">= {needed}",
+                              "" if needed == th["min_overviews"] else "small image"))
+
+        shape = _sample_level(src, th["sample_pixels"])
+        count = src.count
+        refl = src.read(list(range(1, min(count, 4) + 1)), out_shape=(min(count, 4), *shape),
+                        resampling=rasterio.enums.Resampling.nearest)
+        nodata = src.nodata if src.nodata is not None else OUTPUT_NODATA
+        valid = (refl != nodata).all(axis=0)
+        frac_nodata = 1.0 - float(valid.mean())
+        vals = refl[:, valid].astype(np.float64)
+        mean = float(vals.mean()) if vals.size else float("nan")
+        std = float(vals.std()) if vals.size else float("nan")
+        all_zero = not vals.size or not np.any(vals)
+        lo, hi = th["mean_range"]
+        slo, shi = th["std_range"]
+        ok = (vals.size > 0 and lo <= mean <= hi and slo <= std <= shi
+              and frac_nodata < th["max_nodata_fraction"] and not all_zero)
+        checks.append(_result(
+            "values", ok, {"mean": mean, "std": std, "nodata": frac_nodata},
+            f"mean in [{lo}, {hi}], std in [{slo}, {shi}], nodata < {th['max_nodata_fraction']}",
+            "all zero" if all_zero and vals.size else ""))
+
+        dtypes = set(src.dtypes)
+        checks.append(_result("bands", count == th["band_count"] and dtypes == {th["dtype"]},
+                              f"{count} x {'/'.join(sorted(dtypes))}",
+                              f"{th['band_count']} x {th['dtype']}"))
+
+        rgb = refl[:3][:, valid] if count >= 3 else refl[:, valid]
+        rgb8 = np.clip(rgb / 3000.0 * 255.0, 0, 255).astype(np.uint8)
+        entropy = _entropy(rgb8) if rgb8.size else 0.0
+        checks.append(_result("visual", entropy > th["min_entropy"], entropy,
+                              f"> {th['min_entropy']} bits"))
+
+        area_ha = src.width * src.height * abs(src.res[0] * src.res[1]) / 1e4
+        compression = src.compression.name if src.compression else None
+
+    limits = {"gpu_s": th["max_gpu_s"], "cpu_s": th["max_cpu_s"], "total_s": th["max_total_s"]}
+    measured = {k: v for k, v in timings.items() if k in limits}
+    if measured:
+        over = [k for k, v in measured.items() if v > limits[k]]
+        checks.append(_result("timing", not over, measured,
+                              ", ".join(f"{k} <= {v:g}" for k, v in limits.items()),
+                              f"over: {over}" if over else ""))
+    else:
+        checks.append(CheckResult("timing", "warn", None, "gpu_s <= 7200, cpu_s <= 3600, "
+                                  "total_s <= 10800", "no timings given"))
+
+    size = path.stat().st_size
+    valid_cog, errors, _ = cog_validate(str(path), quiet=True)
+    problems = []
+    if size >= th["max_file_bytes"]:
+        problems.append("too large")
+    if not compression or compression.upper() == "NONE":
+        problems.append("uncompressed")
+    if not valid_cog:
+        problems.append(f"invalid COG: {errors}")
+    value: dict[str, Any] = {"bytes": size, "compression": compression, "valid_cog": valid_cog}
+    status: Status = "fail" if problems else "pass"
+    if "total_s" in timings and timings["total_s"] > 0:
+        rate = area_ha / (timings["total_s"] / 60.0)
+        value["ha_per_min"] = rate
+        if rate < th["min_throughput_ha_per_min"]:
+            problems.append("throughput too low")
+            status = "fail"
+    elif not problems:
+        status = "warn"
+        problems.append("throughput not measured (no total_s)")
+    checks.append(CheckResult(
+        "deploy", status, value,
+        f"< {th['max_file_bytes']:.3g} B, compressed, valid COG, "
+        f">= {th['min_throughput_ha_per_min']} ha/min", "; ".join(problems)))
+    return QCReport(str(path), checks, timings)

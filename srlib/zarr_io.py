@@ -1,0 +1,199 @@
+"""Streaming a lazy product into a chunked, resumable Zarr store (format 2).
+
+Format 2 because GDAL (3.10, inside the rasterio wheel) reads it, which lets the COG
+stage read the store directly. Each dask block of the product is written as one
+chunk-aligned region; a marker file records each finished region, and the store is
+marked complete (root attribute ``srlib_complete``) only when every region is written.
+A rerun after a crash computes only the regions without a marker, rewriting each whole
+(a killed writer can tear a chunk), so it ends with the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dask
+import numcodecs
+import numpy as np
+import xarray as xr
+import zarr
+from dask.base import tokenize
+
+from .bands import OUTPUT_BANDS
+from .errors import IncompleteStoreError, InputError
+
+__all__ = ["ZARR_TILE", "default_compressor", "open_zarr", "to_zarr"]
+
+#: Zarr chunk side: the COG's internal tile, so that regions and tiles align.
+ZARR_TILE = 512
+
+
+def _progress_dir(path: Path) -> Path:
+    """Region markers live beside the store (Zarr readers warn about foreign entries)."""
+    return path.with_name(path.name + ".progress")
+
+
+def default_compressor() -> numcodecs.abc.Codec:
+    """Blosc zstd level 3 with bit-shuffle: ~300 MB/s a core, ratio ~1.6 on int16 SR output."""
+    return numcodecs.Blosc("zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+def product_token(sr: xr.Dataset) -> str:
+    """Deterministic identity of a lazy product: its dask graph names, shape and grid."""
+    names = [sr[v].data.name if hasattr(sr[v].data, "dask") else tokenize(sr[v].values)
+             for v in sr.data_vars]
+    return tokenize(names, dict(sr.sizes), str(sr.rio.crs), tuple(sr.rio.transform()))
+
+
+def _aligned(sr: xr.Dataset, tile: int) -> xr.Dataset:
+    """Rechunk so that every dask chunk but the last is a whole number of Zarr chunks."""
+    first = sr[next(iter(sr.data_vars))]
+    if first.chunks is None:
+        return sr.chunk({"y": tile * 5, "x": tile * 5})
+    sizes = {}
+    for dim, chunks in zip(first.dims, first.chunks, strict=True):
+        if any(c % tile for c in chunks[:-1]):
+            sizes[dim] = tile * max(1, round(chunks[0] / tile))
+    return sr.chunk(sizes) if sizes else sr
+
+
+def _write_region(path: str, region: tuple[slice, slice], marker: str,
+                  **blocks: np.ndarray) -> int:
+    for name, block in blocks.items():
+        arr = zarr.open_array(store=os.path.join(path, name), mode="r+", zarr_format=2)
+        arr[region] = block
+    # the marker goes last and atomically: its presence proves the whole region landed
+    tmp = marker + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write("done")
+    os.replace(tmp, marker)
+    return 1
+
+
+def _root_attrs(path: Path) -> dict:
+    zattrs = path / ".zattrs"
+    return json.loads(zattrs.read_text()) if zattrs.exists() else {}
+
+
+def to_zarr(
+    sr: xr.Dataset,
+    path: str | os.PathLike,
+    *,
+    chunks: int | None = None,
+    compressor: numcodecs.abc.Codec | None = None,
+    resume: bool = True,
+) -> Path:
+    """Stream a lazy super-resolved Dataset into a chunked Zarr store, resumably.
+
+    Parameters
+    ----------
+    sr : xarray.Dataset
+        Output of :func:`srlib.super_resolve` (or any dask-backed Dataset on a y/x grid).
+    path : str or PathLike
+        Store directory.
+    chunks : int, optional
+        Zarr chunk side in pixels (default 512, the COG tile). Dask chunks are aligned to
+        whole multiples of it.
+    compressor : numcodecs codec, optional
+        Default :func:`default_compressor` (Blosc zstd 3, bit-shuffle), readable by GDAL.
+    resume : bool
+        Continue an interrupted store of the same product (default). ``False`` deletes an
+        existing store and starts again.
+
+    Returns
+    -------
+    Path
+        The store, marked complete.
+
+    Raises
+    ------
+    InputError
+        The store at ``path`` holds a different product; delete it or pass
+        ``resume=False``.
+    """
+    path = Path(path)
+    tile = chunks or ZARR_TILE
+    sr = _aligned(sr, tile)
+    token = product_token(sr)
+    progress = _progress_dir(path)
+    if path.exists() and not resume:
+        shutil.rmtree(path)
+        shutil.rmtree(progress, ignore_errors=True)
+    if path.exists():
+        attrs = _root_attrs(path)
+        if attrs.get("srlib_product") != token:
+            raise InputError(
+                f"{path} holds another product (or is not an srlib store); delete it or pass "
+                "resume=False to overwrite it"
+            )
+        if attrs.get("srlib_complete"):
+            return path
+    else:
+        compressor = compressor or default_compressor()
+        encoding = {v: {"chunks": (tile, tile), "compressors": [compressor]}
+                    for v in sr.data_vars}
+        template = sr.rio.write_crs(sr.rio.crs) if sr.rio.crs else sr.copy()
+        crs_wkt = sr.rio.crs.to_wkt() if sr.rio.crs else None
+        for v in template.data_vars:
+            if crs_wkt:  # CF grid mapping for xarray/rioxarray, _CRS for GDAL's Zarr driver
+                template[v].attrs.update(grid_mapping="spatial_ref", _CRS={"wkt": crs_wkt})
+        template.attrs.update(srlib_product=token, srlib_complete=False,
+                              srlib_chunk=tile)
+        template.to_zarr(path, mode="w", compute=False, zarr_format=2, encoding=encoding,
+                         consolidated=True)
+        shutil.rmtree(progress, ignore_errors=True)
+        progress.mkdir()
+
+    first = sr[next(iter(sr.data_vars))]
+    ychunks, xchunks = first.chunks
+    ystarts, xstarts = np.cumsum((0, *ychunks)), np.cumsum((0, *xchunks))
+    tasks = []
+    for iy in range(len(ychunks)):
+        for ix in range(len(xchunks)):
+            marker = progress / f"{iy}-{ix}"
+            if marker.exists():
+                continue
+            region = (slice(int(ystarts[iy]), int(ystarts[iy + 1])),
+                      slice(int(xstarts[ix]), int(xstarts[ix + 1])))
+            blocks = {v: sr[v].data.blocks[iy, ix] for v in sr.data_vars}
+            tasks.append(dask.delayed(_write_region, pure=False)(
+                str(path), region, str(marker), **blocks))
+    if tasks:
+        dask.compute(*tasks)
+    missing = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
+               if not (progress / f"{iy}-{ix}").exists()]
+    if missing:
+        raise IncompleteStoreError(f"{path}: regions {missing[:5]} were not written; rerun "
+                                   "srlib.to_zarr to resume")
+    group = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    group.attrs["srlib_complete"] = True
+    if "spatial_ref" in sr.coords:  # CF: a plain xr.open_zarr then keeps it a coordinate
+        group.attrs["coordinates"] = "spatial_ref"
+    zarr.consolidate_metadata(str(path))
+    shutil.rmtree(progress, ignore_errors=True)
+    return path
+
+
+def open_zarr(path: str | os.PathLike) -> xr.Dataset:
+    """Open a complete srlib Zarr store lazily, int16 values and nodata kept as stored.
+
+    Raises
+    ------
+    IncompleteStoreError
+        The store was not completely written (the writer was interrupted).
+    """
+    path = Path(path)
+    if not (path / ".zattrs").exists():
+        raise InputError(f"{path} is not a Zarr store written by srlib.to_zarr")
+    attrs = _root_attrs(path)
+    if not attrs.get("srlib_complete"):
+        raise IncompleteStoreError(
+            f"{path} is incomplete: its writer stopped before every region was written. "
+            "Rerun srlib.to_zarr (or the srlib command) with the same input to resume it"
+        )
+    ds = xr.open_zarr(path, mask_and_scale=False, consolidated=True)
+    order = [v for v in (*OUTPUT_BANDS, "quality") if v in ds.data_vars]
+    return ds[order + [v for v in ds.data_vars if v not in order]]
