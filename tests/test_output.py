@@ -1,0 +1,322 @@
+"""Output path: resumable Zarr, COG conversion, QC gate, one-call pipeline."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rasterio.transform import from_origin
+from rio_cogeo.cogeo import cog_validate
+
+import srlib
+from srlib.bands import OUTPUT_NODATA, Quality
+from srlib.qc import check_quality
+
+from .conftest import raise_if_dask_computes, synthetic_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _chunk_files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
+            if p.is_file() and not p.name.startswith(".z")}
+
+
+def test_zarr_round_trip_keeps_grid_values_and_nodata(tmp_path, scene):
+    sr = srlib.super_resolve(scene)
+    with raise_if_dask_computes():
+        sr2 = srlib.super_resolve(scene)  # planning a write computes nothing
+    assert sr2.red.chunks
+    store = srlib.to_zarr(sr, tmp_path / "p.zarr")
+    plain = xr.open_zarr(store)  # plain xarray + rioxarray, no srlib
+    assert plain.rio.crs == sr.rio.crs
+    assert plain.rio.transform() == sr.rio.transform()
+    ours = srlib.open_zarr(store)
+    assert list(ours.data_vars) == ["red", "green", "blue", "nir", "quality"]
+    assert ours.red.dtype == np.int16 and ours.red.rio.nodata == OUTPUT_NODATA
+    ref = sr.compute()
+    for var in ref.data_vars:
+        np.testing.assert_array_equal(ours[var].values, ref[var].values)
+    assert ours.red.encoding["chunks"] == (512, 512)
+    assert ours.red.encoding["preferred_chunks"] == {"y": 512, "x": 512}
+    with rasterio.open(f'ZARR:"{store}":/red') as src:  # GDAL reads the store too
+        assert src.crs == sr.rio.crs and src.transform == sr.rio.transform()
+
+
+def test_store_of_another_product_is_refused(tmp_path):
+    a = srlib.super_resolve(synthetic_scene((20, 20), seed=1))
+    b = srlib.super_resolve(synthetic_scene((20, 20), seed=2))
+    store = srlib.to_zarr(a, tmp_path / "p.zarr")
+    with pytest.raises(srlib.InputError, match="resume=False"):
+        srlib.to_zarr(b, store)
+    srlib.to_zarr(b, store, resume=False)
+    np.testing.assert_array_equal(srlib.open_zarr(store).red.values, b.red.values)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    import dask
+    import srlib
+    from tests.conftest import synthetic_scene
+    from tests.slow_model import spec
+    sr = srlib.super_resolve(synthetic_scene((160, 160)), spec(), chunks=52)
+    with dask.config.set(scheduler="synchronous"):
+        srlib.to_zarr(sr, sys.argv[1])
+""")
+
+
+def test_writer_killed_mid_write_resumes_to_identical_bytes(tmp_path, monkeypatch):
+    from tests.slow_model import spec
+
+    store = tmp_path / "killed.zarr"
+    progress = store.with_name(store.name + ".progress")
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(root=str(ROOT)),
+                             str(store)])
+    deadline = time.time() + 120
+    while time.time() < deadline and not (progress.exists() and len(list(progress.iterdir())) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(progress.iterdir()))
+    assert 3 <= done_before < 16, "the writer was not killed mid-way"
+    with pytest.raises(srlib.IncompleteStoreError, match="resume"):
+        srlib.open_zarr(store)
+    with pytest.raises(srlib.IncompleteStoreError):
+        srlib.to_cog(store, tmp_path / "x.tif")
+    assert not (tmp_path / "x.tif").exists()
+
+    written = []
+    original = srlib.zarr_io._write_region
+    monkeypatch.setattr(srlib.zarr_io, "_write_region",
+                        lambda *a, **k: written.append(a[1]) or original(*a, **k))
+    sr = srlib.super_resolve(synthetic_scene((160, 160)), spec(), chunks=52)
+    srlib.to_zarr(sr, store)
+    assert len(written) == 16 - done_before  # only the missing regions were computed
+    clean = srlib.to_zarr(sr, tmp_path / "clean.zarr")
+    assert _chunk_files(store) == _chunk_files(clean)
+    assert not progress.exists()
+
+
+def test_cog_is_valid_tiled_and_equal_to_the_zarr(tmp_path, scene):
+    sr = srlib.super_resolve(scene)
+    store = srlib.to_zarr(sr, tmp_path / "p.zarr")
+    cog = srlib.to_cog(store, tmp_path / "p.tif")
+    assert cog_validate(str(cog), quiet=True)[0]
+    zarr_ds = srlib.open_zarr(store)
+    with rasterio.open(cog) as src:
+        assert src.count == 5 and set(src.dtypes) == {"int16"}
+        assert src.block_shapes == [(512, 512)] * 5
+        assert src.compression.name.lower() == "lzw"
+        assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
+        assert src.nodata == OUTPUT_NODATA
+        assert src.descriptions == ("red", "green", "blue", "nir", "quality")
+        assert src.overviews(1) == [2]  # 960 px: one halving reaches <= 512
+        assert src.crs == sr.rio.crs and src.transform == sr.rio.transform()
+        for i, band in enumerate(["red", "green", "blue", "nir"], start=1):
+            np.testing.assert_array_equal(src.read(i), zarr_ds[band].values)
+        q = zarr_ds.quality.values.astype(np.int16)
+        np.testing.assert_array_equal(src.read(5), np.where(q == 0, OUTPUT_NODATA, q))
+    from rio_tiler.io import Reader
+
+    with Reader(str(cog)) as r:
+        assert r.crs == sr.rio.crs and r.dataset.nodata == OUTPUT_NODATA
+        img = r.read(indexes=(1,))
+        assert img.bounds == pytest.approx(sr.rio.bounds())
+        np.testing.assert_array_equal(img.data[0], zarr_ds.red.values)
+        point = r.point(float(sr.x[100]), float(sr.y[200]), coord_crs=sr.rio.crs)
+        assert point.data[0] == zarr_ds.red.values[200, 100]
+
+
+def test_overviews_average_reflectance_and_keep_quality_codes(tmp_path):
+    ds = synthetic_scene((104, 104))  # 1040 px output: overview levels 2 and 4
+    scl = np.full((104, 104), 4, np.uint8)
+    scl[:52, :52] = 9  # a cloudy quarter
+    ds["scl"] = (("y", "x"), scl)
+    sr = srlib.super_resolve(ds)
+    store = srlib.to_zarr(sr, tmp_path / "p.zarr")
+    cog = srlib.to_cog(store, tmp_path / "p.tif")
+    full = srlib.open_zarr(store)
+    with rasterio.open(cog, overview_level=0) as ovr:
+        q = ovr.read(5)
+        red = ovr.read(1)
+    assert set(np.unique(q)) == {Quality.CLEAR, Quality.CLOUD}  # codes, never averages
+    assert (q[:250, :250] == Quality.CLOUD).all() and (q[-250:, -250:] == Quality.CLEAR).all()
+    expect = full.red.values.reshape(520, 2, 520, 2).astype(np.float64).mean(axis=(1, 3))
+    np.testing.assert_array_equal(red, np.rint(expect).astype(np.int16))
+
+
+def test_quality_overview_is_majority_and_nodata_only_when_all_nodata(tmp_path):
+    from srlib.cog import _mode2x2
+
+    q = xr.DataArray(np.array([[2, 2, 0, 0], [1, 0, 0, 0]], np.uint8), dims=("y", "x"))
+    out = _mode2x2(q.chunk(), OUTPUT_NODATA).values
+    assert out.tolist() == [[Quality.CLOUD, OUTPUT_NODATA]]
+
+
+def test_crash_during_cog_leaves_no_file_at_the_final_path(tmp_path):
+    sr = srlib.super_resolve(synthetic_scene((320, 320)))
+    store = srlib.to_zarr(sr, tmp_path / "p.zarr")
+    target = tmp_path / "final.tif"
+    script = f"import srlib; srlib.to_cog({str(store)!r}, {str(target)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".final.tif.*.tmp.tif")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".final.tif.*")), "the converter was not caught mid-write"
+    assert not target.exists()
+    srlib.to_cog(store, target)  # a rerun succeeds
+    assert cog_validate(str(target), quiet=True)[0]
+
+
+# ---------------------------------------------------------------- QC checks
+
+
+def _write(path, data, *, tiled=True, block=512, compress="lzw", overviews=(), nodata=-32768):
+    count, h, w = data.shape
+    profile = dict(driver="GTiff", width=w, height=h, count=count, dtype=data.dtype,
+                   crs="EPSG:32633", transform=from_origin(400000, 5000000, 1, 1),
+                   nodata=nodata, tiled=tiled, compress=compress)
+    if tiled:
+        profile.update(blockxsize=block, blockysize=block)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if overviews:
+            dst.build_overviews(list(overviews), rasterio.enums.Resampling.average)
+    return path
+
+
+def _good(h=1024, w=1024, count=5, dtype=np.int16, seed=0):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(500, 4000, size=(count, h, w)).astype(dtype)
+    if count == 5:
+        data[4] = 1
+    return data
+
+
+def _cog(tmp_path, name, data, **kw):
+    plain = _write(tmp_path / f"{name}.plain.tif", data, **kw)
+    out = tmp_path / f"{name}.tif"
+    rasterio.shutil.copy(plain, out, driver="COG", COMPRESS=kw.get("compress", "LZW"),
+                         BLOCKSIZE=512, OVERVIEWS="AUTO" if kw.get("ovr", True) else "NONE")
+    return out
+
+
+GOOD_TIMINGS = {"cpu_s": 10.0, "total_s": 20.0}
+
+
+@pytest.fixture(scope="module")
+def good_cog(tmp_path_factory):
+    return _cog(tmp_path_factory.mktemp("qc"), "good", _good())
+
+
+def test_qc_passes_a_good_product(good_cog):
+    report = check_quality(good_cog, timings=GOOD_TIMINGS)
+    assert report.passed, report.to_table()
+    assert [c.name for c in report.checks] == ["tiling", "overviews", "values", "bands",
+                                               "visual", "timing", "deploy"]
+    assert all(c.status == "pass" for c in report.checks)
+    assert '"passed": true' in report.to_json()
+    report.raise_for_failures()
+
+
+def test_qc_overviews_need_four_levels_on_large_images(tmp_path):
+    wide = _good(h=520, w=8300)
+    ok = _cog(tmp_path, "wide", wide)
+    assert check_quality(ok)["overviews"].status == "pass"
+    bad = _write(tmp_path / "noovr.tif", wide, overviews=(2, 4))
+    result = check_quality(bad)["overviews"]
+    assert result.status == "fail" and result.value == 2 and result.threshold == ">= 4"
+
+
+@pytest.mark.parametrize(
+    ("check", "make", "timings"),
+    [
+        ("tiling", lambda p: _write(p, _good(), block=256), None),
+        ("tiling", lambda p: _write(p, _good(), tiled=False), None),
+        ("overviews", lambda p: _write(p, _good()), None),
+        ("values", lambda p: _write(p, np.full((5, 1024, 1024), -32768, np.int16)), None),
+        ("values", lambda p: _write(p, np.zeros((5, 1024, 1024), np.int16), nodata=-32768), None),
+        ("values", lambda p: _write(p, np.full((5, 1024, 1024), 20000, np.int16)), None),
+        ("bands", lambda p: _write(p, _good(count=4)), None),
+        ("bands", lambda p: _write(p, _good(dtype=np.uint16), nodata=0), None),
+        ("visual", lambda p: _write(p, np.full((5, 1024, 1024), 700, np.int16)), None),
+        ("timing", None, {"gpu_s": 7201.0, "total_s": 7300.0}),
+        ("timing", None, {"cpu_s": 3601.0, "total_s": 3700.0}),
+        ("timing", None, {"cpu_s": 10.0, "total_s": 10801.0}),
+        ("deploy", lambda p: _write(p, _good(), compress=None), None),
+        ("deploy", None, {"cpu_s": 10.0, "total_s": 1e9}),
+    ],
+)
+def test_each_qc_check_fails_when_it_should(tmp_path, good_cog, check, make, timings):
+    path = make(tmp_path / "bad.tif") if make else good_cog
+    report = check_quality(path, timings=timings or GOOD_TIMINGS)
+    assert report[check].status == "fail", report.to_table()
+    assert check in report.failed
+    with pytest.raises(srlib.QCFailed, match=check):
+        report.raise_for_failures()
+
+
+def test_qc_thresholds_are_configurable_and_missing_timings_warn(good_cog):
+    report = check_quality(good_cog)
+    assert report["timing"].status == "warn" and report["deploy"].status == "warn"
+    assert report.passed  # a warning is not a failure
+    report = check_quality(good_cog, thresholds={"mean_range": (5000, 6000)})
+    assert report["values"].status == "fail" and not report.passed
+    with pytest.raises(srlib.InputError, match="unknown QC thresholds"):
+        check_quality(good_cog, thresholds={"mean": 1})
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def test_super_resolve_to_cog_writes_a_checked_product(tmp_path):
+    cog = tmp_path / "out" / "S2x10_test.tif"
+    report = srlib.super_resolve_to_cog(synthetic_scene((64, 64)), cog)
+    assert report.passed and cog.exists()
+    assert {"cpu_s", "zarr_s", "cog_s", "qc_s", "total_s"} <= set(report.timings)
+    assert cog.with_suffix(".qc.json").exists() and cog.with_suffix(".zarr").exists()
+    assert not list(cog.parent.glob(".*"))  # no staging or temporary files left
+
+
+def test_all_nodata_input_fails_qc_and_leaves_no_product(tmp_path):
+    ds = synthetic_scene((64, 64))
+    for band in srlib.S2_BANDS:
+        ds[band] = ds[band] * 0
+    cog = tmp_path / "S2x10_empty.tif"
+    with pytest.raises(srlib.QCFailed, match="values") as err:
+        srlib.super_resolve_to_cog(ds, cog)
+    assert not err.value.report.passed
+    assert not cog.exists() and not list(tmp_path.glob(".*.tif"))
+    assert cog.with_suffix(".zarr").exists()  # kept for inspection
+    assert '"passed": false' in cog.with_suffix(".qc.json").read_text()
+
+
+def test_cli_demo_and_qc(tmp_path):
+    from click.testing import CliRunner
+
+    from srlib.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["demo", "--out", str(tmp_path), "--sample", "bigearthnet"])
+    assert result.exit_code == 0, result.output
+    cog = tmp_path / "S2x10_bigearthnet.tif"
+    assert "QC PASSED" in result.output and cog.exists()
+    again = runner.invoke(main, ["demo", "--out", str(tmp_path), "--sample", "bigearthnet"])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert runner.invoke(main, ["qc", str(cog)]).exit_code == 0
+    bad = _write(tmp_path / "bad.tif", _good(count=4))
+    failed = runner.invoke(main, ["qc", str(bad)])
+    assert failed.exit_code == 1 and "FAILED: overviews, bands" in failed.output
+    for cmd in ([], ["demo"], ["qc"], ["cog"]):
+        assert runner.invoke(main, [*cmd, "--help"]).exit_code == 0
