@@ -11,6 +11,7 @@ Lazy, dask-backed xarray in and out::
 from __future__ import annotations
 
 from .bands import OUTPUT_BANDS, OUTPUT_NODATA, S2_BANDS, Quality
+from .cog import to_cog
 from .errors import (
     BatchSizeError,
     IncompleteStoreError,
@@ -21,7 +22,6 @@ from .errors import (
     SrlibWarning,
     StatsMismatchWarning,
 )
-from .cog import to_cog
 from .models import ModelSpec, load_model
 from .pipeline import super_resolve_to_cog
 from .qc import CheckResult, QCReport, check_quality

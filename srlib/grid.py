@@ -32,7 +32,7 @@ def check_grid(obj: xr.DataArray | xr.Dataset) -> tuple[Affine, object]:
 
 
 def zoom_transform(transform: Affine, scale: int) -> Affine:
-    """The same origin with pixels ``scale`` times smaller."""
+    """Return the transform with the same origin and pixels ``scale`` times smaller."""
     return Affine(transform.a / scale, 0.0, transform.c, 0.0, transform.e / scale, transform.f)
 
 

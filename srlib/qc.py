@@ -83,7 +83,7 @@ class QCReport:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """Return a JSON-ready dict."""
         return {"path": self.path, "passed": self.passed, "failed": self.failed,
                 "created": self.created, "timings": self.timings,
                 "checks": [asdict(c) for c in self.checks]}
@@ -96,7 +96,7 @@ class QCReport:
         return text
 
     def to_table(self) -> str:
-        """A plain-text table, one row per check."""
+        """Return a plain-text table, one row per check."""
         rows = [("check", "status", "value", "threshold", "note")]
         rows += [(c.name, c.status.upper(), _fmt(c.value), c.threshold, c.message)
                  for c in self.checks]

@@ -56,15 +56,18 @@ def _read(path: str, shape: tuple[int, int], resampling: Resampling) -> np.ndarr
         return src.read(1, out_shape=shape, resampling=resampling)
 
 
-def sample_scene(name: str = "29RKH", *, chunks: int | dict[str, int] | None = None) -> xr.Dataset:
+def sample_scene(
+    name: str = "29RKH", *, chunks: int | dict[str, int] | None = None
+) -> xr.Dataset:
     """Return a bundled real Sentinel-2 L2A scene as a lazy, dask-backed Dataset.
 
     Variables are named by Earth Search v1 asset keys (``blue, green, red, rededge1,
     rededge2, rededge3, nir, nir08, swir16, swir22``, plus ``scl`` where the source has one),
     all on the grid of the finest bands. Bands at half that resolution (the 20 m group)
     are resampled **bilinearly** while loading (GDAL's resampling on read, pixel centres
-    aligned), ``scl`` by **nearest** neighbour. Values are uint16 DN with nodata 0; ``scale_factor`` and
-    ``add_offset`` attributes give reflectance = DN * scale_factor + add_offset.
+    aligned), ``scl`` by **nearest** neighbour. Values are uint16 DN with nodata 0;
+    ``scale_factor`` and ``add_offset`` attributes give
+    reflectance = DN * scale_factor + add_offset.
 
     Parameters
     ----------

@@ -238,7 +238,8 @@ def super_resolve(
         allow_rechunk=False, align_arrays=False,
         chunks=((n_out,), tuple(c * scale for c in ychunks), tuple(c * scale for c in xchunks)),
         dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
-        name=f"srlib-{spec.name}-{tokenize(stack.name, spec.token, cfg.device, precision, batch_size)}",
+        name=f"srlib-{spec.name}-"
+        f"{tokenize(stack.name, spec.token, cfg.device, precision, batch_size)}",
         cfg=cfg,
     )
     if (py, px) != (ny, nx):

@@ -49,7 +49,8 @@ def synthetic_scene(shape=(40, 48), *, seed=0, crs="EPSG:32633", with_scl=True) 
         variables["scl"] = (("y", "x"), np.full((ny, nx), 4, np.uint8), {"nodata": 0})
     ds = xr.Dataset(
         variables,
-        coords={"y": 5_000_000 - 10 * (np.arange(ny) + 0.5), "x": 400_000 + 10 * (np.arange(nx) + 0.5)},
+        coords={"y": 5_000_000 - 10 * (np.arange(ny) + 0.5),
+                "x": 400_000 + 10 * (np.arange(nx) + 0.5)},
     )
     ds = ds.rio.write_crs(crs).chunk({"y": 16, "x": 16})
     return ds

@@ -147,7 +147,7 @@ def test_torchscript_module_and_checkpoint_mismatch(tmp_path):
     source = Swin2SR(in_chans=10, out_chans=4, upscale=10, upsampler="pixelshuffledirect", **ARCH)
     path = tmp_path / "m.pth"
     torch.save(source.state_dict(), path)
-    with pytest.raises(srlib.ModelError, match="shape mismatches.*embed_dim"):
+    with pytest.raises(srlib.ModelError, match=r"shape mismatches.*embed_dim"):
         srlib.load_model("swin2sr", checkpoint=path, **{**ARCH, "embed_dim": 16})
     with pytest.raises(srlib.ModelError, match="does not exist"):
         srlib.load_model("swin2sr", checkpoint=tmp_path / "missing.pth")
