@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import rasterio
 import xarray as xr
@@ -52,27 +53,51 @@ def overview_count(height: int, width: int, *, tile: int = COG_TILE) -> int:
     return n
 
 
-def _plain(attrs: dict) -> dict:
-    return {k: v for k, v in attrs.items() if k in ("long_name", "units")}
+def _pad_even(block: np.ndarray, fill: int) -> np.ndarray:
+    h, w = block.shape
+    if h % 2 or w % 2:
+        block = np.pad(block, ((0, h % 2), (0, w % 2)), constant_values=fill)
+    return block
 
 
-def _mean2x2(arr: xr.DataArray, nodata: int) -> xr.DataArray:
-    valid = arr.where(arr != nodata)
-    mean = valid.astype(np.float32).coarsen(y=2, x=2, boundary="pad").mean()
-    out = xr.where(mean.notnull(), np.rint(mean), nodata).astype(np.int16)
-    return xr.DataArray(out.data, dims=out.dims, attrs=_plain(arr.attrs))
+def mean2x2(block: np.ndarray, nodata: int) -> np.ndarray:
+    """Mean of the valid pixels of each 2 x 2 block (nodata where none is valid)."""
+    b = _pad_even(block, nodata)
+    h, w = b.shape
+    b = b.reshape(h // 2, 2, w // 2, 2)
+    valid = b != nodata
+    total = np.where(valid, b, 0).sum(axis=(1, 3), dtype=np.int32)
+    count = valid.sum(axis=(1, 3), dtype=np.int32)
+    out = np.full(total.shape, nodata, dtype=np.int16)
+    ok = count > 0
+    # round half away from zero, in integers: exact and identical on every platform
+    out[ok] = np.floor_divide(2 * total[ok] + count[ok], 2 * count[ok])
+    return out
 
 
-def _mode2x2(q: xr.DataArray, nodata: int) -> xr.DataArray:
-    codes = [int(c) for c in Quality if c != Quality.NODATA][::-1]  # ties -> higher code
-    counts = xr.concat(
-        [(q == c).astype(np.uint8).coarsen(y=2, x=2, boundary="pad").sum() for c in codes],
-        dim="code",
-    )
-    best = counts.argmax("code")
-    code = codes[0] - best  # codes are consecutive, listed from the highest
-    out = xr.where(counts.max("code") > 0, code, nodata).astype(np.int16)
-    return xr.DataArray(out.data, dims=out.dims, attrs=_plain(q.attrs))
+def mode2x2(block: np.ndarray, nodata: int) -> np.ndarray:
+    """Most frequent valid quality code of each 2 x 2 block (ties -> the higher code)."""
+    b = _pad_even(block.astype(np.int16), nodata)
+    h, w = b.shape
+    b = b.reshape(h // 2, 2, w // 2, 2)
+    best = np.full((h // 2, w // 2), nodata, dtype=np.int16)
+    best_count = np.zeros((h // 2, w // 2), dtype=np.int8)
+    for code in sorted((int(c) for c in Quality if c != Quality.NODATA), reverse=True):
+        count = (b == code).sum(axis=(1, 3), dtype=np.int8)
+        better = count > best_count
+        best[better], best_count[better] = code, count[better]
+    return best
+
+
+def _halve(arr: xr.DataArray, func: Any, nodata: int, fill: int) -> xr.DataArray:
+    data = arr.data.rechunk({0: 2048, 1: 2048})
+    if fill != nodata:  # full-resolution quality: code 0 is nodata
+        data = da.where(data == fill, nodata, data.astype(np.int16))
+    chunks = tuple(tuple(-(-c // 2) for c in dim) for dim in data.chunks)
+    out = da.map_blocks(func, data, nodata, dtype=np.int16, chunks=chunks,
+                        meta=np.empty((0, 0), np.int16))
+    return xr.DataArray(out, dims=("y", "x"),
+                        attrs={k: v for k, v in arr.attrs.items() if k == "long_name"})
 
 
 def _group_complete(path: Path, group: str) -> bool:
@@ -100,13 +125,10 @@ def build_overviews(zarr_path: str | os.PathLike, *, tile: int = COG_TILE) -> in
             level = xr.Dataset()
             for name, arr in prev.data_vars.items():
                 if name == "quality":
-                    nodata = int(Quality.NODATA) if k == 1 else OUTPUT_NODATA
-                    q = arr.where(arr != nodata, 0) if k > 1 else arr
-                    level[name] = _mode2x2(q, OUTPUT_NODATA)
+                    fill = int(Quality.NODATA) if k == 1 else OUTPUT_NODATA
+                    level[name] = _halve(arr, mode2x2, OUTPUT_NODATA, fill)
                 else:
-                    level[name] = _mean2x2(arr, OUTPUT_NODATA)
-            level = level.drop_vars([c for c in level.coords], errors="ignore")
-            level = level.chunk({"y": ZARR_TILE * 4, "x": ZARR_TILE * 4})
+                    level[name] = _halve(arr, mean2x2, OUTPUT_NODATA, OUTPUT_NODATA)
             encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": OUTPUT_NODATA,
                             "compressors": [default_compressor()]} for v in level.data_vars}
             level.attrs["srlib_complete"] = False

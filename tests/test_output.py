@@ -151,15 +151,18 @@ def test_overviews_average_reflectance_and_keep_quality_codes(tmp_path):
     assert set(np.unique(q)) == {Quality.CLEAR, Quality.CLOUD}  # codes, never averages
     assert (q[:250, :250] == Quality.CLOUD).all() and (q[-250:, -250:] == Quality.CLEAR).all()
     expect = full.red.values.reshape(520, 2, 520, 2).astype(np.float64).mean(axis=(1, 3))
-    np.testing.assert_array_equal(red, np.rint(expect).astype(np.int16))
+    np.testing.assert_array_equal(red, np.floor(expect + 0.5).astype(np.int16))
 
 
-def test_quality_overview_is_majority_and_nodata_only_when_all_nodata(tmp_path):
-    from srlib.cog import _mode2x2
+def test_overview_kernels():
+    from srlib.cog import mean2x2, mode2x2
 
-    q = xr.DataArray(np.array([[2, 2, 0, 0], [1, 0, 0, 0]], np.uint8), dims=("y", "x"))
-    out = _mode2x2(q.chunk(), OUTPUT_NODATA).values
-    assert out.tolist() == [[Quality.CLOUD, OUTPUT_NODATA]]
+    nd = OUTPUT_NODATA
+    q = np.array([[2, 2, nd, nd, 3], [1, nd, nd, nd, 1]], np.int16)
+    # majority; nodata only if all nodata; ties (3 vs 1) go to the higher code; odd edge
+    assert mode2x2(q, nd).tolist() == [[Quality.CLOUD, nd, Quality.CLOUD_SHADOW]]
+    r = np.array([[10, 11, nd, nd, 7], [nd, 13, nd, nd, nd]], np.int16)
+    assert mean2x2(r, nd).tolist() == [[11, nd, 7]]  # (10+11+13)/3 = 11.33 -> 11
 
 
 def test_crash_during_cog_leaves_no_file_at_the_final_path(tmp_path):
