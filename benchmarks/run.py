@@ -169,7 +169,7 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
 
     from srlib.models import loaded_module
 
-    spec, padded, cfg, _ = _prepared(size, model)
+    spec, padded, _cfg, _ = _prepared(size, model)
     module = loaded_module(spec, "cpu")
     mean, std = spec.stats.input.arrays()
     p, halo = spec.patch_size, spec.halo
@@ -200,7 +200,7 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
 
         srlib_zarr = srlib.open_zarr(workdir.parent / "srlib" / "p.zarr")
         data = np.stack([srlib_zarr[v].values.astype(np.int16) for v in srlib_zarr.data_vars])
-    except Exception:  # noqa: S110 - fall back to synthetic data of the same size
+    except Exception:  # fall back to synthetic data of the same size
         pass
     profile = dict(driver="GTiff", width=out, height=out, count=5, dtype="int16",
                    crs="EPSG:32629", transform=from_origin(0, 0, 10, 10), nodata=-32768,
@@ -239,7 +239,8 @@ def summarise(size: int, model: str, m: dict) -> dict:
         "size": size, "model": model, "output_px": out_px, "raw_output_mb": raw_mb,
         "srlib_total_s": s["total_s"], "srlib_zarr_s": s["zarr_s"], "srlib_cog_s": s["cog_s"],
         "zarr_mb_s": raw_mb / s["zarr_s"], "cog_mb_s": raw_mb / s["cog_s"],
-        "input_ha_per_min": area_ha / (s["total_s"] / 60), "output_mpx_s": out_px / 1e6 / s["total_s"],
+        "input_ha_per_min": area_ha / (s["total_s"] / 60),
+        "output_mpx_s": out_px / 1e6 / s["total_s"],
         "srlib_peak_rss_mb": s["peak_rss_mb"],
         "legacy_total_s": leg["total_s"], "legacy_write_s": leg["write_s"] + leg["overviews_s"],
         "legacy_peak_rss_mb": leg["peak_rss_mb"],

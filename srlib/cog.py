@@ -18,7 +18,6 @@ place with an atomic rename only when complete and valid.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import xml.etree.ElementTree as ET
@@ -36,6 +35,7 @@ from rio_cogeo.profiles import cog_profiles
 
 from .bands import OUTPUT_NODATA, Quality
 from .errors import SrlibError
+from .pyramid import halve, levels_needed, quality_for_cog
 from .zarr_io import ZARR_TILE, default_compressor, open_zarr
 
 __all__ = ["COG_TILE", "build_overviews", "overview_count", "to_cog"]
@@ -46,55 +46,15 @@ _OVR_GROUP = "overviews"
 
 def overview_count(height: int, width: int, *, tile: int = COG_TILE) -> int:
     """Halvings until the larger side is at most ``tile`` (GDAL's rounding: ceil)."""
-    n, size = 0, max(height, width)
-    while size > tile:
-        size = math.ceil(size / 2)
-        n += 1
-    return n
+    return levels_needed(height, width, tile=tile)
 
 
-def _pad_even(block: np.ndarray, fill: int) -> np.ndarray:
-    h, w = block.shape
-    if h % 2 or w % 2:
-        block = np.pad(block, ((0, h % 2), (0, w % 2)), constant_values=fill)
-    return block
-
-
-def mean2x2(block: np.ndarray, nodata: int) -> np.ndarray:
-    """Mean of the valid pixels of each 2 x 2 block (nodata where none is valid)."""
-    b = _pad_even(block, nodata)
-    h, w = b.shape
-    b = b.reshape(h // 2, 2, w // 2, 2)
-    valid = b != nodata
-    total = np.where(valid, b, 0).sum(axis=(1, 3), dtype=np.int32)
-    count = valid.sum(axis=(1, 3), dtype=np.int32)
-    out = np.full(total.shape, nodata, dtype=np.int16)
-    ok = count > 0
-    # round half away from zero, in integers: exact and identical on every platform
-    out[ok] = np.floor_divide(2 * total[ok] + count[ok], 2 * count[ok])
-    return out
-
-
-def mode2x2(block: np.ndarray, nodata: int) -> np.ndarray:
-    """Most frequent valid quality code of each 2 x 2 block (ties -> the higher code)."""
-    b = _pad_even(block.astype(np.int16), nodata)
-    h, w = b.shape
-    b = b.reshape(h // 2, 2, w // 2, 2)
-    best = np.full((h // 2, w // 2), nodata, dtype=np.int16)
-    best_count = np.zeros((h // 2, w // 2), dtype=np.int8)
-    for code in sorted((int(c) for c in Quality if c != Quality.NODATA), reverse=True):
-        count = (b == code).sum(axis=(1, 3), dtype=np.int8)
-        better = count > best_count
-        best[better], best_count[better] = code, count[better]
-    return best
-
-
-def _halve(arr: xr.DataArray, func: Any, nodata: int, fill: int) -> xr.DataArray:
+def _halve(arr: xr.DataArray, name: str, first: bool) -> xr.DataArray:
     data = arr.data.rechunk({0: 2048, 1: 2048})
-    if fill != nodata:  # full-resolution quality: code 0 is nodata
-        data = da.where(data == fill, nodata, data.astype(np.int16))
+    if first and name == "quality":
+        data = data.map_blocks(quality_for_cog, dtype=np.int16)
     chunks = tuple(tuple(-(-c // 2) for c in dim) for dim in data.chunks)
-    out = da.map_blocks(func, data, nodata, dtype=np.int16, chunks=chunks,
+    out = da.map_blocks(halve, data, name, dtype=np.int16, chunks=chunks,
                         meta=np.empty((0, 0), np.int16))
     return xr.DataArray(out, dims=("y", "x"),
                         attrs={k: v for k, v in arr.attrs.items() if k == "long_name"})
@@ -102,8 +62,9 @@ def _halve(arr: xr.DataArray, func: Any, nodata: int, fill: int) -> xr.DataArray
 
 def _group_complete(path: Path, group: str) -> bool:
     try:
-        return bool(zarr.open_group(str(path), path=group, mode="r", zarr_format=2)
-                    .attrs.get("srlib_complete"))
+        grp = zarr.open_group(str(path), path=group, mode="r", zarr_format=2,
+                              use_consolidated=False)
+        return bool(grp.attrs.get("srlib_complete"))
     except Exception:  # missing or torn group: rebuild it
         return False
 
@@ -111,9 +72,10 @@ def _group_complete(path: Path, group: str) -> bool:
 def build_overviews(zarr_path: str | os.PathLike, *, tile: int = COG_TILE) -> int:
     """Compute the overview pyramid into the store (idempotent); return the level count.
 
-    Level ``k`` is made from level ``k - 1`` with dask, so memory stays bounded and each
-    level reads the previous one from disk. Overview quality is int16 with the COG's
-    nodata (-32768) for "no valid pixel".
+    :func:`srlib.to_zarr` already wrote the levels that fit inside its regions; the
+    remaining (small) levels are made here, level ``k`` from level ``k - 1`` with dask,
+    reading the previous one from disk. Overview quality is int16 with the COG's nodata
+    (-32768) for "no valid pixel" (see :mod:`srlib.pyramid`).
     """
     path = Path(zarr_path)
     ds = open_zarr(path)
@@ -122,20 +84,15 @@ def build_overviews(zarr_path: str | os.PathLike, *, tile: int = COG_TILE) -> in
     for k in range(1, levels + 1):
         group = f"{_OVR_GROUP}/{k}"
         if not _group_complete(path, group):
-            level = xr.Dataset()
-            for name, arr in prev.data_vars.items():
-                if name == "quality":
-                    fill = int(Quality.NODATA) if k == 1 else OUTPUT_NODATA
-                    level[name] = _halve(arr, mode2x2, OUTPUT_NODATA, fill)
-                else:
-                    level[name] = _halve(arr, mean2x2, OUTPUT_NODATA, OUTPUT_NODATA)
+            level = xr.Dataset({name: _halve(arr, name, k == 1)
+                                for name, arr in prev.data_vars.items()})
             encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": OUTPUT_NODATA,
                             "compressors": [default_compressor()]} for v in level.data_vars}
             level.attrs["srlib_complete"] = False
             level.to_zarr(path, group=group, mode="w", zarr_format=2, encoding=encoding,
                           consolidated=False)
             zarr.open_group(str(path), path=group, mode="r+",
-                            zarr_format=2).attrs["srlib_complete"] = True
+                            zarr_format=2, use_consolidated=False).attrs["srlib_complete"] = True
         prev = xr.open_zarr(path, group=group, mask_and_scale=False, consolidated=False)
     zarr.consolidate_metadata(str(path))  # GDAL finds groups through .zmetadata
     return levels

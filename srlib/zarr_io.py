@@ -22,13 +22,18 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 
-from .bands import OUTPUT_BANDS
+from .bands import OUTPUT_BANDS, OUTPUT_NODATA
 from .errors import IncompleteStoreError, InputError
+from .pyramid import halve, levels_needed, quality_for_cog
 
 __all__ = ["ZARR_TILE", "default_compressor", "open_zarr", "to_zarr"]
 
 #: Zarr chunk side: the COG's internal tile, so that regions and tiles align.
 ZARR_TILE = 512
+#: Group of the overview pyramid inside a store (``overviews/1/red``, ...).
+OVERVIEWS = "overviews"
+#: Smallest overview chunk side that regions write directly (smaller levels: to_cog).
+MIN_LOCAL_CHUNK = 64
 
 
 def _progress_dir(path: Path) -> Path:
@@ -60,17 +65,56 @@ def _aligned(sr: xr.Dataset, tile: int) -> xr.Dataset:
     return sr.chunk(sizes) if sizes else sr
 
 
-def _write_region(path: str, region: tuple[slice, slice], marker: str,
+def _write_region(path: str, region: tuple[slice, slice], marker: str, levels: int,
                   **blocks: np.ndarray) -> int:
     for name, block in blocks.items():
         arr = zarr.open_array(store=os.path.join(path, name), mode="r+", zarr_format=2)
         arr[region] = block
+        # the first overview levels come from the block in memory: no second read pass
+        level = quality_for_cog(block) if name == "quality" else block
+        for k in range(1, levels + 1):
+            level = halve(level, name)
+            ovr = zarr.open_array(store=os.path.join(path, OVERVIEWS, str(k), name),
+                                  mode="r+", zarr_format=2)
+            y0, x0 = region[0].start >> k, region[1].start >> k
+            ovr[y0 : y0 + level.shape[0], x0 : x0 + level.shape[1]] = level
     # the marker goes last and atomically: its presence proves the whole region landed
     tmp = marker + ".tmp"
     with open(tmp, "w") as fh:
         fh.write("done")
     os.replace(tmp, marker)
     return 1
+
+
+def _local_levels(shape: tuple[int, int], chunks: tuple[tuple[int, ...], ...]) -> int:
+    """Overview levels that each region can reduce on its own (aligned, not too small)."""
+    total = levels_needed(*shape)
+    k = 0
+    while k < total:
+        nxt = k + 1
+        ok = all(len(c) == 1 or (c[0] % (1 << nxt) == 0 and c[0] >> nxt >= MIN_LOCAL_CHUNK)
+                 for c in chunks)
+        if not ok:
+            break
+        k = nxt
+    return k
+
+
+def _create_overview_arrays(path: Path, sr: xr.DataArray | xr.Dataset, levels: int,
+                            chunks: tuple[tuple[int, ...], ...],
+                            compressor: numcodecs.abc.Codec) -> None:
+    root = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
+    h, w = sr.sizes["y"], sr.sizes["x"]
+    for k in range(1, levels + 1):
+        group = root.require_group(f"{OVERVIEWS}/{k}")
+        group.attrs["srlib_complete"] = False
+        shape = (-(-h // (1 << k)), -(-w // (1 << k)))
+        chunk = tuple(min(-(-c[0] // (1 << k)), n) for c, n in zip(chunks, shape, strict=True))
+        for name in sr.data_vars:
+            arr = group.create_array(name, shape=shape, chunks=chunk, dtype="int16",
+                                     fill_value=OUTPUT_NODATA, compressor=compressor,
+                                     overwrite=True)
+            arr.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
 
 
 def _root_attrs(path: Path) -> dict:
@@ -149,6 +193,10 @@ def to_zarr(
 
     first = sr[next(iter(sr.data_vars))]
     ychunks, xchunks = first.chunks
+    levels = _local_levels((sr.sizes["y"], sr.sizes["x"]), first.chunks)
+    if not (path / OVERVIEWS).exists():
+        _create_overview_arrays(path, sr, levels, first.chunks,
+                                compressor or default_compressor())
     ystarts, xstarts = np.cumsum((0, *ychunks)), np.cumsum((0, *xchunks))
     tasks = []
     for iy in range(len(ychunks)):
@@ -160,7 +208,7 @@ def to_zarr(
                       slice(int(xstarts[ix]), int(xstarts[ix + 1])))
             blocks = {v: sr[v].data.blocks[iy, ix] for v in sr.data_vars}
             tasks.append(dask.delayed(_write_region, pure=False)(
-                str(path), region, str(marker), **blocks))
+                str(path), region, str(marker), levels, **blocks))
     if tasks:
         dask.compute(*tasks)
     missing = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
@@ -168,7 +216,9 @@ def to_zarr(
     if missing:
         raise IncompleteStoreError(f"{path}: regions {missing[:5]} were not written; rerun "
                                    "srlib.to_zarr to resume")
-    group = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    group = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
+    for k in range(1, levels + 1):
+        group[f"{OVERVIEWS}/{k}"].attrs["srlib_complete"] = True
     group.attrs["srlib_complete"] = True
     if "spatial_ref" in sr.coords:  # CF: a plain xr.open_zarr then keeps it a coordinate
         group.attrs["coordinates"] = "spatial_ref"
@@ -195,5 +245,6 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
             "Rerun srlib.to_zarr (or the srlib command) with the same input to resume it"
         )
     ds = xr.open_zarr(path, mask_and_scale=False, consolidated=True)
+    ds = ds[[v for v in ds.data_vars if v != OVERVIEWS]]
     order = [v for v in (*OUTPUT_BANDS, "quality") if v in ds.data_vars]
     return ds[order + [v for v in ds.data_vars if v not in order]]

@@ -155,7 +155,7 @@ def test_overviews_average_reflectance_and_keep_quality_codes(tmp_path):
 
 
 def test_overview_kernels():
-    from srlib.cog import mean2x2, mode2x2
+    from srlib.pyramid import mean2x2, mode2x2
 
     nd = OUTPUT_NODATA
     q = np.array([[2, 2, nd, nd, 3], [1, nd, nd, nd, 1]], np.int16)

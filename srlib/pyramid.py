@@ -1,0 +1,74 @@
+"""Overview pyramid kernels: 2 x 2 reductions that respect nodata and quality codes.
+
+Reflectance: the mean of the valid pixels of each 2 x 2 block, rounded half away from
+zero in integer arithmetic (exact on every platform); nodata where none is valid.
+Quality: the most frequent valid code of the block (ties go to the higher code, so cloud
+outranks clear); nodata only where the whole block is nodata. Odd edges are padded with
+nodata, which matches GDAL's overview sizes (``ceil(n / 2)``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .bands import OUTPUT_NODATA, Quality
+
+__all__ = ["halve", "levels_needed", "mean2x2", "mode2x2", "quality_for_cog"]
+
+
+def levels_needed(height: int, width: int, *, tile: int = 512) -> int:
+    """Halvings until the larger side is at most ``tile`` (GDAL's rounding: ceil)."""
+    n, size = 0, max(height, width)
+    while size > tile:
+        size = math.ceil(size / 2)
+        n += 1
+    return n
+
+
+def _pad_even(block: np.ndarray, fill: int) -> np.ndarray:
+    h, w = block.shape
+    if h % 2 or w % 2:
+        block = np.pad(block, ((0, h % 2), (0, w % 2)), constant_values=fill)
+    return block
+
+
+def mean2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
+    """Mean of the valid pixels of each 2 x 2 block (nodata where none is valid)."""
+    b = _pad_even(block, nodata)
+    h, w = b.shape
+    b = b.reshape(h // 2, 2, w // 2, 2)
+    valid = b != nodata
+    total = np.where(valid, b, 0).sum(axis=(1, 3), dtype=np.int32)
+    count = valid.sum(axis=(1, 3), dtype=np.int32)
+    out = np.full(total.shape, nodata, dtype=np.int16)
+    ok = count > 0
+    out[ok] = np.floor_divide(2 * total[ok] + count[ok], 2 * count[ok])
+    return out
+
+
+def mode2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
+    """Most frequent valid quality code of each 2 x 2 block (ties -> the higher code)."""
+    b = _pad_even(block.astype(np.int16), nodata)
+    h, w = b.shape
+    b = b.reshape(h // 2, 2, w // 2, 2)
+    best = np.full((h // 2, w // 2), nodata, dtype=np.int16)
+    best_count = np.zeros((h // 2, w // 2), dtype=np.int8)
+    for code in sorted((int(c) for c in Quality if c != Quality.NODATA), reverse=True):
+        count = (b == code).sum(axis=(1, 3), dtype=np.int8)
+        better = count > best_count
+        best[better], best_count[better] = code, count[better]
+    return best
+
+
+def quality_for_cog(quality: np.ndarray) -> np.ndarray:
+    """Quality codes as the COG stores them: int16, code 0 (nodata) as -32768."""
+    q = quality.astype(np.int16)
+    q[q == Quality.NODATA] = OUTPUT_NODATA
+    return q
+
+
+def halve(block: np.ndarray, name: str) -> np.ndarray:
+    """One pyramid step of variable ``name`` (int16, COG encoding)."""
+    return mode2x2(block) if name == "quality" else mean2x2(block)
