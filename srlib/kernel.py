@@ -204,14 +204,20 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
         hr = _run_feather(xn, run, spec, cfg.y_starts[iy], cfg.x_starts[ix])
 
     out_mean, out_std = spec.stats.output.arrays()
-    hr = hr * out_std + out_mean
+    hr *= out_std  # in place: the block's output is the largest array here
+    hr += out_mean
     q = quality[halo:-halo, halo:-halo]
     q = np.repeat(np.repeat(q, s, axis=0), s, axis=1)
-    q[~np.isfinite(hr).all(axis=0)] = Quality.NODATA  # a model's NaN never looks valid
-    hr = np.nan_to_num(hr, nan=0.0, posinf=0.0, neginf=0.0)
+    bad = ~np.isfinite(hr.sum(axis=0))  # a model's NaN or inf never looks valid
+    if bad.any():
+        q[bad] = Quality.NODATA
+        hr[:, bad] = 0.0
+    np.rint(hr, out=hr)
+    np.clip(hr, OUTPUT_NODATA + 1, 32767, out=hr)
     out = np.empty((hr.shape[0] + 1, *hr.shape[1:]), dtype=np.int16)
-    np.clip(np.rint(hr), OUTPUT_NODATA + 1, 32767, out=hr)
     out[:-1] = hr
-    out[:-1, q == Quality.NODATA] = OUTPUT_NODATA
+    nodata = q == Quality.NODATA
+    if nodata.any():
+        out[:-1, nodata] = OUTPUT_NODATA
     out[-1] = q
     return out

@@ -34,29 +34,41 @@ def _pad_even(block: np.ndarray, fill: int) -> np.ndarray:
     return block
 
 
+def _quads(block: np.ndarray) -> tuple[np.ndarray, ...]:
+    return block[0::2, 0::2], block[0::2, 1::2], block[1::2, 0::2], block[1::2, 1::2]
+
+
 def mean2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
-    """Mean of the valid pixels of each 2 x 2 block (nodata where none is valid)."""
-    b = _pad_even(block, nodata)
-    h, w = b.shape
-    b = b.reshape(h // 2, 2, w // 2, 2)
-    valid = b != nodata
-    total = np.where(valid, b, 0).sum(axis=(1, 3), dtype=np.int32)
-    count = valid.sum(axis=(1, 3), dtype=np.int32)
+    """Mean of the valid pixels of each 2 x 2 block (nodata where none is valid).
+
+    Rounded half away from zero in integer arithmetic: exact on every platform.
+    """
+    quads = _quads(_pad_even(block, nodata))
+    valid = [q != nodata for q in quads]
+    total = np.zeros(quads[0].shape, dtype=np.int32)
+    count = np.zeros(quads[0].shape, dtype=np.int32)
+    for q, v in zip(quads, valid, strict=True):
+        total += np.where(v, q, 0)
+        count += v
     out = np.full(total.shape, nodata, dtype=np.int16)
     ok = count > 0
-    out[ok] = np.floor_divide(2 * total[ok] + count[ok], 2 * count[ok])
+    if ok.all():
+        out[...] = (2 * total + count) // (2 * count)
+    else:
+        out[ok] = (2 * total[ok] + count[ok]) // (2 * count[ok])
     return out
 
 
 def mode2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
     """Most frequent valid quality code of each 2 x 2 block (ties -> the higher code)."""
-    b = _pad_even(block.astype(np.int16), nodata)
-    h, w = b.shape
-    b = b.reshape(h // 2, 2, w // 2, 2)
-    best = np.full((h // 2, w // 2), nodata, dtype=np.int16)
-    best_count = np.zeros((h // 2, w // 2), dtype=np.int8)
+    quads = _quads(_pad_even(block.astype(np.int16), nodata))
+    shape = quads[0].shape
+    if all(np.array_equal(quads[0], q) for q in quads[1:]):  # uniform blocks: common
+        return quads[0].copy()
+    best = np.full(shape, nodata, dtype=np.int16)
+    best_count = np.zeros(shape, dtype=np.int8)
     for code in sorted((int(c) for c in Quality if c != Quality.NODATA), reverse=True):
-        count = (b == code).sum(axis=(1, 3), dtype=np.int8)
+        count = sum((q == code).view(np.int8) for q in quads)
         better = count > best_count
         best[better], best_count[better] = code, count[better]
     return best

@@ -117,6 +117,16 @@ def _create_overview_arrays(path: Path, sr: xr.DataArray | xr.Dataset, levels: i
             arr.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
 
 
+def _threads() -> int:
+    """Threads of the active scheduler (a distributed client's, or this machine's)."""
+    try:
+        from distributed import get_client
+
+        return max(1, sum(get_client().nthreads().values()))
+    except (ImportError, ValueError):
+        return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+
+
 def _root_attrs(path: Path) -> dict:
     zattrs = path / ".zattrs"
     return json.loads(zattrs.read_text()) if zattrs.exists() else {}
@@ -209,8 +219,11 @@ def to_zarr(
             blocks = {v: sr[v].data.blocks[iy, ix] for v in sr.data_vars}
             tasks.append(dask.delayed(_write_region, pure=False)(
                 str(path), region, str(marker), levels, **blocks))
-    if tasks:
-        dask.compute(*tasks)
+    # Compute in waves of a few regions per thread: the scheduler then never holds more
+    # than a wave of finished blocks, so memory does not grow with the scene.
+    wave = 2 * _threads()
+    for start in range(0, len(tasks), wave):
+        dask.compute(*tasks[start : start + wave])
     missing = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
                if not (progress / f"{iy}-{ix}").exists()]
     if missing:
