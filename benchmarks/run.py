@@ -79,7 +79,7 @@ def run_srlib(size: int, model: str, workdir: Path) -> dict:
 
     ds = make_input(size)
     t0 = time.perf_counter()
-    sr = srlib.super_resolve(ds, model_spec(model), chunks=LR_CHUNK)
+    sr = srlib.super_resolve(ds, model_spec(model))  # default chunks
     store = srlib.to_zarr(sr, workdir / "p.zarr")
     t1 = time.perf_counter()
     cog = srlib.to_cog(store, workdir / "p.tif")
@@ -130,7 +130,7 @@ def run_legacy(size: int, model: str, workdir: Path) -> dict:
     halo, out = spec.halo, size * SCALE
     t0 = time.perf_counter()
     mm = np.memmap(workdir / "legacy.dat", dtype=np.int16, mode="w+", shape=(5, out, out))
-    for y0, x0, bh, bw in _blocks(size, halo):
+    for y0, x0, bh, bw in _blocks(size, halo):  # the legacy's 256 px tiles
         info = {None: {"chunk-location": (0, 0, 0)}}
         from dataclasses import replace
 
@@ -173,17 +173,21 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
     module = loaded_module(spec, "cpu")
     mean, std = spec.stats.input.arrays()
     p, halo = spec.patch_size, spec.halo
-    # the same patches the pipeline runs (trim: block + halo; feather: grid patches)
+    # the floor: every patch of the scene once (trim: the blocks; feather: the scene's
+    # patch grid, as if the scene were one chunk)
     patches = []
-    for y0, x0, bh, bw in _blocks(size, halo):
-        blk = (_block(padded, y0, x0, bh, bw, halo)[: len(spec.bands_in)] - mean) / std
-        if spec.blend == "trim":
-            patches.append(blk)
-        else:
-            stride = p - spec.overlap
-            for py in range(0, blk.shape[1] - p + 1, stride):
-                for px in range(0, blk.shape[2] - p + 1, stride):
-                    patches.append(blk[:, py : py + p, px : px + p])
+    if spec.blend == "trim":
+        for y0, x0, bh, bw in _blocks(size, halo):
+            patches.append((_block(padded, y0, x0, bh, bw, halo)[: len(spec.bands_in)]
+                            - mean) / std)
+    else:
+        from srlib.kernel import _grid
+
+        origins = _grid(0, size, p, p - spec.overlap)
+        scene = (padded[: len(spec.bands_in)] - mean) / std  # padded by halo = patch
+        for py in origins:
+            for px in origins:
+                patches.append(scene[:, py + halo : py + halo + p, px + halo : px + halo + p])
     t0 = time.perf_counter()
     step = 1 if spec.blend == "trim" else 8  # trim: one block per call, as the pipeline
     with torch.inference_mode():
