@@ -17,7 +17,9 @@ from .errors import (
     IncompleteStoreError,
     InputError,
     ModelError,
+    NoSceneFound,
     QCFailed,
+    SourceError,
     SrlibError,
     SrlibWarning,
     StatsMismatchWarning,
@@ -26,6 +28,7 @@ from .models import ModelSpec, load_model
 from .pipeline import super_resolve_to_cog
 from .qc import CheckResult, QCReport, check_quality
 from .sample import sample_scene
+from .sources import S3Options, load_items, load_s2
 from .superres import super_resolve
 from .zarr_io import open_zarr, to_zarr
 
@@ -41,15 +44,20 @@ __all__ = [
     "InputError",
     "ModelError",
     "ModelSpec",
+    "NoSceneFound",
     "QCFailed",
     "QCReport",
     "Quality",
+    "S3Options",
+    "SourceError",
     "SrlibError",
     "SrlibWarning",
     "StatsMismatchWarning",
     "__version__",
     "check_quality",
+    "load_items",
     "load_model",
+    "load_s2",
     "open_zarr",
     "sample_scene",
     "super_resolve",

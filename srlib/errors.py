@@ -11,6 +11,8 @@ __all__ = [
     "IncompleteStoreError",
     "InputError",
     "ModelError",
+    "NoSceneFound",
+    "SourceError",
     "QCFailed",
     "SrlibError",
     "SrlibWarning",
@@ -24,6 +26,14 @@ class SrlibError(RuntimeError):
 
 class InputError(SrlibError, ValueError):
     """The input data cannot be super-resolved as given (bands, dims, CRS, size)."""
+
+
+class NoSceneFound(SrlibError, LookupError):
+    """No Sentinel-2 scene matches the date and place; the message lists nearby dates."""
+
+
+class SourceError(SrlibError, OSError):
+    """A catalogue or an asset could not be read (after retries); names the href."""
 
 
 class ModelError(SrlibError, ValueError):

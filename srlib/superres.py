@@ -270,7 +270,9 @@ def super_resolve(
         result[band] = result[band].rio.write_nodata(OUTPUT_NODATA, encoded=False)
     result["quality"] = result["quality"].rio.write_nodata(int(Quality.NODATA), encoded=False)
     if "time" in ds.coords and ds["time"].size == 1:
-        result = result.assign_coords(time=ds["time"].squeeze(drop=True))
+        # the bare value: ds["time"] carries the input's spatial_ref, whose transform is
+        # the input grid's, and must not replace the output's
+        result = result.assign_coords(time=((), ds["time"].values.reshape(())))
     result.attrs.update({k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)})
     result.attrs.update(srlib_model=spec.name, srlib_model_token=spec.token, srlib_scale=scale)
     return result

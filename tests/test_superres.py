@@ -176,6 +176,9 @@ def test_accepts_time_dim_and_band_dataarray(scene):
     with_time = scene.expand_dims(time=[np.datetime64("2020-02-19")])
     got = srlib.super_resolve(with_time).red.compute()
     np.testing.assert_array_equal(got.values, ref.values)
+    assert got.rio.transform() == ref.rio.transform()
+    assert got.rio.transform().a == scene.rio.transform().a / SCALE
+    assert got["time"].values == np.datetime64("2020-02-19")
     stacked = scene[list(srlib.S2_BANDS)].to_dataarray("band").rio.write_crs(scene.rio.crs)
     stacked.attrs.update(nodata=0, scale_factor=1e-4, add_offset=0.0)
     np.testing.assert_array_equal(srlib.super_resolve(stacked).red.values, ref.values)

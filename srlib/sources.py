@@ -1,0 +1,504 @@
+"""Sentinel-2 L2A sources: STAC search (pystac-client) and lazy loading (odc-stac).
+
+Conventions, decided once here:
+
+- **Grid.** ``mgrs=`` loads the whole tile on the grid of its finest band (10 m,
+  10980 x 10980 px for real tiles) in its UTM CRS. ``aoi=`` loads the crop of the chosen
+  scene's grid that covers the AOI, snapped outwards to whole pixels.
+- **Several scenes on a date.** Candidates are ordered by acquisition time, then item id;
+  ``s2_id`` (default 0) picks one, ``product_id`` picks an exact item. For an AOI, the
+  candidates are the items that intersect it, ordered by the area of the AOI they cover
+  (largest first), then time and id; the chosen scene fixes CRS and grid, and the other
+  tiles of the *same acquisition* (same datatake) that intersect the AOI are mosaicked
+  onto that grid (reprojected when in another UTM zone; the first valid pixel wins).
+- **Resampling.** 20 m bands are resampled to the 10 m grid **bilinearly** while loading;
+  ``scl`` by **nearest** neighbour.
+- **BOA offset.** Processing baseline 04.00 and later store ``DN = 10000 * reflectance +
+  1000``. Earth Search's ``raster:bands`` offset and its ``earthsearch:boa_offset_applied``
+  flag are known to disagree with the pixels (Element84/earth-search #66, #71), so the
+  offset is decided from ``s2:processing_baseline`` alone and recorded once, as the
+  ``add_offset`` attribute (-0.1 or 0) that :func:`srlib.super_resolve` applies.
+- **S3.** Access settings (endpoint, anonymous or signed, requester pays) travel with
+  the load: odc-stac's reader captures them into the dask graph and restores them (a
+  ``rasterio.Env`` and an ``AWSSession``) around each read, so nothing global is changed.
+  Credentials are never put into the graph: the session finds them in the ``AWS_*``
+  environment of the process that reads.
+- **Errors.** Reads are retried by GDAL with exponential backoff
+  (``GDAL_HTTP_MAX_RETRY``, ``GDAL_HTTP_RETRY_DELAY``); a read that still fails raises
+  (``fail_on_error=True``): no chunk is ever silently filled with zeros.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pystac
+import xarray as xr
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import box as geom_box
+from odc.loader._rio import RioDriver, capture_rio_env
+
+from .bands import S2_BANDS
+from .errors import InputError, NoSceneFound, SourceError
+
+__all__ = [
+    "DEFAULT_BANDS",
+    "EARTH_SEARCH",
+    "S3Options",
+    "boa_offset",
+    "load_items",
+    "load_s2",
+    "search_items",
+]
+
+#: Earth Search v1 STAC API.
+EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
+#: The ten spectral bands and the scene classification.
+DEFAULT_BANDS: tuple[str, ...] = (*S2_BANDS, "scl")
+
+_MGRS = re.compile(r"^T?(0?[1-9]|[1-5]\d|60)([C-HJ-NP-X])([A-HJ-NP-Z][A-HJ-NP-V])$")
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How GDAL reaches S3 assets; secrets stay in the environment (``AWS_*``).
+
+    Parameters
+    ----------
+    endpoint : str, optional
+        ``host:port`` of an S3-compatible server (``AWS_S3_ENDPOINT``).
+    https : bool
+        Use HTTPS to the endpoint.
+    virtual_hosting : bool
+        Bucket in the host name (AWS) or in the path (most S3-compatible servers).
+    requester_pays : bool
+        Send ``x-amz-request-payer: requester``.
+    anonymous : bool, optional
+        Unsigned requests; by default unsigned unless ``AWS_ACCESS_KEY_ID`` or
+        ``AWS_PROFILE`` is set.
+    region : str, optional
+        ``AWS_REGION``.
+    """
+
+    endpoint: str | None = None
+    https: bool = True
+    virtual_hosting: bool = True
+    requester_pays: bool = False
+    anonymous: bool | None = None
+    region: str | None = None
+
+    @classmethod
+    def from_env(cls) -> S3Options:
+        """Read ``AWS_S3_ENDPOINT``, ``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING``, ``AWS_REGION``.
+
+        ``AWS_REQUEST_PAYER=requester`` turns on requester pays.
+        """
+        env = os.environ
+        return cls(
+            endpoint=env.get("AWS_S3_ENDPOINT") or None,
+            https=env.get("AWS_HTTPS", "YES").upper() not in ("NO", "FALSE", "0"),
+            virtual_hosting=env.get("AWS_VIRTUAL_HOSTING", "TRUE").upper()
+            not in ("NO", "FALSE", "0"),
+            requester_pays=env.get("AWS_REQUEST_PAYER", "") == "requester",
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        )
+
+    def gdal_env(self) -> dict[str, str]:
+        """GDAL configuration options other than the AWS session (no secrets)."""
+        return {
+            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.jp2",
+            "GDAL_HTTP_MAX_RETRY": "5",
+            "GDAL_HTTP_RETRY_DELAY": "0.5",
+            "AWS_HTTPS": "YES" if self.https else "NO",
+            "AWS_VIRTUAL_HOSTING": "TRUE" if self.virtual_hosting else "FALSE",
+        }
+
+    def session(self) -> dict[str, object]:
+        """Arguments of rasterio's ``AWSSession``: no keys, found in ``AWS_*`` at read time."""
+        anonymous = self.anonymous
+        if anonymous is None:
+            anonymous = not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"))
+        out: dict[str, object] = {"aws_unsigned": anonymous,
+                                  "requester_pays": self.requester_pays}
+        if self.endpoint:
+            out["endpoint_url"] = self.endpoint
+        if self.region:
+            out["region_name"] = self.region
+        return out
+
+
+class ScopedRioDriver(RioDriver):
+    """odc-stac's rasterio reader with GDAL settings that travel with one load only.
+
+    The settings (never credentials) are captured into the dask graph and restored
+    around each read, on whichever worker runs it; the class is module-level so that
+    it pickles for dask.distributed.
+    """
+
+    def __init__(self, s3: S3Options) -> None:
+        super().__init__()
+        self.s3 = s3
+
+    def capture_env(self) -> dict:
+        """Return the environment restored around each read."""
+        return {**capture_rio_env(), **self.s3.gdal_env(), "_aws": self.s3.session()}
+
+    def open(self, src, ctx):
+        """Open a source; failed reads name the asset's href."""
+        return _NamedReader(super().open(src, ctx), src.uri)
+
+
+class _NamedReader:
+    """Delegates to odc-loader's reader; a failed read raises SourceError with the href."""
+
+    def __init__(self, reader: object, uri: str) -> None:
+        self._reader, self._uri = reader, uri
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._reader, name)
+
+    def read(self, *args: object, **kwargs: object) -> object:
+        """Read, or raise SourceError naming the asset."""
+        try:
+            return self._reader.read(*args, **kwargs)
+        except Exception as err:
+            raise SourceError(
+                f"cannot read {self._uri} (after GDAL's retries): {err}. The asset is missing, "
+                "corrupt or unreachable; no data was filled in for it"
+            ) from err
+
+
+# ------------------------------------------------------------------ validation
+
+
+def parse_date(date: str | dt.date | dt.datetime) -> dt.date:
+    """Accept ``YYYYMMDD``, ``YYYY-MM-DD``, a date or a datetime."""
+    if isinstance(date, dt.datetime):
+        return date.date()
+    if isinstance(date, dt.date):
+        return date
+    text = str(date).strip()
+    for fmt in ("%Y%m%d", "%Y-%m-%d"):
+        try:
+            day = dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+        if day < dt.date(2015, 6, 23):
+            raise InputError(f"date {text}: Sentinel-2 data start on 2015-06-23")
+        return day
+    raise InputError(f"date {date!r} is not a date; use YYYYMMDD, for example 20250731")
+
+
+def check_mgrs(mgrs: str) -> str:
+    """Normalise an MGRS tile id (``33LWF``, ``T33LWF``, ``3LWF`` -> ``03LWF``)."""
+    match = _MGRS.match(str(mgrs).strip().upper())
+    if not match:
+        raise InputError(
+            f"{mgrs!r} is not an MGRS tile id: expected zone 1-60, a latitude band C-X "
+            "(no I or O) and a two-letter 100 km square, for example 33LWF"
+        )
+    zone, band, square = match.groups()
+    return f"{int(zone):02d}{band}{square}"
+
+
+def check_aoi(aoi: Sequence[float]) -> tuple[float, float, float, float]:
+    """Validate ``(min_lon, min_lat, max_lon, max_lat)`` in degrees."""
+    try:
+        min_lon, min_lat, max_lon, max_lat = (float(v) for v in aoi)
+    except (TypeError, ValueError) as err:
+        raise InputError("aoi must be four numbers: MIN_LON MIN_LAT MAX_LON MAX_LAT") from err
+    if not (-180 <= min_lon <= 180 and -180 <= max_lon <= 180):
+        raise InputError(f"aoi longitudes must be within [-180, 180], got {min_lon}, {max_lon}")
+    if not (-90 <= min_lat <= 90 and -90 <= max_lat <= 90):
+        raise InputError(f"aoi latitudes must be within [-90, 90], got {min_lat}, {max_lat}")
+    if min_lon >= max_lon or min_lat >= max_lat:
+        raise InputError(
+            f"aoi has min >= max or zero area ({min_lon}, {min_lat}, {max_lon}, {max_lat}); "
+            "order it MIN_LON MIN_LAT MAX_LON MAX_LAT"
+        )
+    return min_lon, min_lat, max_lon, max_lat
+
+
+def boa_offset(item: pystac.Item) -> float:
+    """Reflectance offset of an L2A item: -0.1 from processing baseline 04.00, else 0.
+
+    Decided from ``s2:processing_baseline`` alone (see the module docstring).
+    """
+    baseline = item.properties.get("s2:processing_baseline")
+    if baseline is None:
+        raise InputError(f"item {item.id} has no s2:processing_baseline; cannot decide its "
+                         "BOA offset")
+    major, _, minor = str(baseline).partition(".")
+    return -0.1 if (int(major), int(minor or 0)) >= (4, 0) else 0.0
+
+
+# ------------------------------------------------------------------ search
+
+
+def _client(catalog: str):
+    from pystac_client import Client
+
+    try:
+        return Client.open(catalog)
+    except Exception as err:
+        raise SourceError(f"cannot open the STAC catalogue {catalog}: {err}") from err
+
+
+def _day_range(day: dt.date, days: int = 0) -> str:
+    start = dt.datetime.combine(day - dt.timedelta(days=days), dt.time.min)
+    end = dt.datetime.combine(day + dt.timedelta(days=days), dt.time.max)
+    return f"{start.isoformat()}Z/{end.isoformat()}Z"
+
+
+def _grid_code(item: pystac.Item) -> str | None:
+    code = item.properties.get("grid:code")
+    if code:
+        return str(code).removeprefix("MGRS-")
+    p = item.properties
+    if "mgrs:utm_zone" in p:
+        return f"{int(p['mgrs:utm_zone']):02d}{p['mgrs:latitude_band']}{p['mgrs:grid_square']}"
+    return None
+
+
+def _search(client, *, collection: str, datetime: str, mgrs: str | None,
+            bbox: tuple[float, ...] | None) -> list[pystac.Item]:
+    kwargs: dict = {"collections": [collection], "datetime": datetime, "max_items": 5000}
+    if bbox is not None:
+        kwargs["bbox"] = list(bbox)
+    try:
+        items = list(client.search(**kwargs).items())
+    except Exception as err:
+        raise SourceError(f"STAC search failed at {client.self_href}: {err}") from err
+    if mgrs is not None:
+        items = [it for it in items if _grid_code(it) == mgrs]
+    return items
+
+
+def search_items(
+    *,
+    date: str | dt.date,
+    mgrs: str | None = None,
+    aoi: Sequence[float] | None = None,
+    catalog: str = EARTH_SEARCH,
+    collection: str = "sentinel-2-l2a",
+) -> list[pystac.Item]:
+    """Find the L2A items of one date for an MGRS tile or an AOI, in srlib's order.
+
+    Raises
+    ------
+    NoSceneFound
+        Nothing on that date; the message lists the nearest dates that have scenes.
+    """
+    day = parse_date(date)
+    if (mgrs is None) == (aoi is None):
+        raise InputError("pass exactly one of mgrs= (a whole tile) or aoi= (a crop)")
+    tile = check_mgrs(mgrs) if mgrs is not None else None
+    bbox = check_aoi(aoi) if aoi is not None else None
+    client = _client(catalog)
+    items = _search(client, collection=collection, datetime=_day_range(day), mgrs=tile,
+                    bbox=bbox)
+    if not items:
+        nearby = _search(client, collection=collection, datetime=_day_range(day, 30),
+                         mgrs=tile, bbox=bbox)
+        dates = sorted({it.datetime.date() for it in nearby if it.datetime},
+                       key=lambda d: (abs((d - day).days), d))
+        where = f"MGRS tile {tile}" if tile else f"AOI {bbox}"
+        hint = (f"nearest dates with scenes: {', '.join(d.strftime('%Y%m%d') for d in dates[:6])}"
+                if dates else "no scene within 30 days either")
+        raise NoSceneFound(f"no {collection} scene for {where} on {day:%Y%m%d}; {hint}")
+    if bbox is not None:
+        aoi_geom = geom_box(*bbox, "EPSG:4326")
+        items.sort(key=lambda it: (-_overlap(it, aoi_geom), it.datetime, it.id))
+    else:
+        items.sort(key=lambda it: (it.datetime, it.id))
+    return items
+
+
+def _overlap(item: pystac.Item, aoi) -> float:
+    if item.bbox is None:
+        return 0.0
+    return float((geom_box(*item.bbox, "EPSG:4326") & aoi).area)
+
+
+# ------------------------------------------------------------------ load
+
+
+def _item_geobox(item: pystac.Item, band: str = "red") -> GeoBox:
+    asset = item.assets.get(band)
+    if asset is None:
+        raise InputError(f"item {item.id} has no {band!r} asset")
+    shape = asset.extra_fields.get("proj:shape")
+    transform = asset.extra_fields.get("proj:transform")
+    epsg = item.properties.get("proj:epsg") or asset.extra_fields.get("proj:epsg")
+    code = item.properties.get("proj:code") or (f"EPSG:{epsg}" if epsg else None)
+    if not (shape and transform and code):
+        raise InputError(f"item {item.id} lacks proj:shape/proj:transform/proj:epsg on "
+                         f"{band!r}; load it with srlib.load_items(..., crs=, resolution=)")
+    from affine import Affine
+
+    return GeoBox(tuple(shape), Affine(*transform[:6]), code)
+
+
+def _crop(geobox: GeoBox, bbox: tuple[float, float, float, float]) -> GeoBox:
+    """Return the part of ``geobox`` covering a lon/lat bbox, snapped outwards to pixels."""
+    poly = geom_box(*bbox, "EPSG:4326").to_crs(geobox.crs)
+    x0, y0, x1, y1 = poly.boundingbox
+    inv = ~geobox.affine
+    cols, rows = zip(*(inv * (x, y) for x in (x0, x1) for y in (y0, y1)), strict=True)
+    r0, r1 = int(np.floor(min(rows))), int(np.ceil(max(rows)))
+    c0, c1 = int(np.floor(min(cols))), int(np.ceil(max(cols)))
+    h, w = geobox.shape
+    r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
+    if r1 <= r0 or c1 <= c0:
+        raise InputError(f"aoi {bbox} does not overlap the scene's grid")
+    return geobox[r0:r1, c0:c1]
+
+
+def load_items(
+    items: Iterable[pystac.Item],
+    *,
+    bands: Sequence[str] = DEFAULT_BANDS,
+    geobox: GeoBox | None = None,
+    bbox: Sequence[float] | None = None,
+    crs: str | None = None,
+    resolution: float | None = None,
+    chunks: dict[str, int] | None = None,
+    s3: S3Options | None = None,
+) -> xr.Dataset:
+    """Load pystac Items lazily into a srlib scene (odc-stac).
+
+    By default the grid is the first item's finest band; ``bbox`` (lon/lat) crops it,
+    ``crs``/``resolution`` replace it, ``geobox`` sets it exactly.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``(y, x)``, uint16 DN with nodata 0, ``scale_factor``/``add_offset``
+        attributes for the BOA offset (see :func:`boa_offset`), ``time``, the item ids in
+        ``attrs["items"]``.
+    """
+    import odc.stac
+
+    items = list(items)
+    if not items:
+        raise InputError("load_items needs at least one item")
+    offsets = {boa_offset(it) for it in items}
+    if len(offsets) > 1:
+        raise InputError("items mix processing baselines before and after 04.00; load them "
+                         "separately")
+    if geobox is None and crs is None and resolution is None:
+        geobox = _item_geobox(items[0])
+        if bbox is not None:
+            geobox = _crop(geobox, check_aoi(bbox))
+    elif geobox is None and crs is not None and resolution is not None and bbox is not None:
+        geobox = GeoBox.from_bbox(geom_box(*check_aoi(bbox), "EPSG:4326").to_crs(crs)
+                                  .boundingbox, crs, resolution=resolution)
+    elif geobox is None:
+        base = _item_geobox(items[0])
+        if resolution is not None:
+            base = base.zoom_to(resolution=resolution)
+        geobox = _crop(base, check_aoi(bbox)) if bbox is not None else base
+    missing = [b for b in bands if any(b not in it.assets for it in items)]
+    if missing:
+        raise InputError(f"assets {missing} are missing from some items; available: "
+                         f"{sorted(items[0].assets)}")
+    ds = odc.stac.load(
+        items, bands=list(bands), geobox=geobox,
+        chunks=dict(chunks) if chunks else {"x": 2048, "y": 2048},
+        resampling={"*": "bilinear", "scl": "nearest"},
+        groupby="solar_day", fail_on_error=True, dtype="uint16",
+        driver=ScopedRioDriver(s3 or S3Options.from_env()),
+    )
+    if ds.sizes.get("time", 1) != 1:
+        raise InputError(f"items span {ds.sizes['time']} days; load one date at a time")
+    ds = ds.isel(time=0)
+    offset = offsets.pop()
+    for band in ds.data_vars:
+        ds[band].attrs.update(nodata=0)
+        if band != "scl":
+            ds[band].attrs.update(scale_factor=1e-4, add_offset=offset)
+        ds[band] = ds[band].rio.write_nodata(0, encoded=False)
+    first = items[0]
+    ds.attrs.update(
+        id=first.id, items=[it.id for it in items],
+        datetime=first.datetime.isoformat() if first.datetime else "",
+        processing_baseline=str(first.properties.get("s2:processing_baseline", "")),
+    )
+    return ds
+
+
+def load_s2(
+    *,
+    date: str | dt.date,
+    mgrs: str | None = None,
+    aoi: Sequence[float] | None = None,
+    s2_id: int = 0,
+    product_id: str | None = None,
+    catalog: str = EARTH_SEARCH,
+    collection: str = "sentinel-2-l2a",
+    bands: Sequence[str] = DEFAULT_BANDS,
+    resolution: float | None = None,
+    chunks: dict[str, int] | None = None,
+    s3: S3Options | None = None,
+) -> xr.Dataset:
+    """Search a STAC API and load one Sentinel-2 L2A scene lazily (see the module docs).
+
+    Parameters
+    ----------
+    date : str or date
+        ``YYYYMMDD``.
+    mgrs : str, optional
+        Whole MGRS tile, e.g. ``"33LWF"``. Exclusive with ``aoi``.
+    aoi : sequence of 4 floats, optional
+        ``(min_lon, min_lat, max_lon, max_lat)``.
+    s2_id : int
+        Which candidate scene of the date (0 = first in srlib's order).
+    product_id : str, optional
+        Exact item id, e.g. ``"S2B_19JCL_20250402_0_L2A"``.
+    catalog, collection : str
+        STAC API and collection (default Earth Search v1 ``sentinel-2-l2a``).
+    bands : sequence of str
+        Asset keys to load.
+    resolution : float, optional
+        Output pixel size in metres (default: the scene's finest band, 10 m).
+    chunks : dict, optional
+        Dask chunks (default 2048 x 2048).
+    s3 : S3Options, optional
+        S3 access (default :meth:`S3Options.from_env`).
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy scene ready for :func:`srlib.super_resolve`.
+    """
+    day = parse_date(date)
+    if (mgrs is None) == (aoi is None):
+        raise InputError("pass exactly one of mgrs= (a whole tile) or aoi= (a crop)")
+    if s2_id < 0:
+        raise InputError(f"s2_id must be >= 0, got {s2_id}")
+    candidates = search_items(date=day, mgrs=mgrs, aoi=aoi, catalog=catalog,
+                              collection=collection)
+    if product_id is not None:
+        chosen = [it for it in candidates if it.id == product_id]
+        if not chosen:
+            raise NoSceneFound(f"{product_id} is not among the scenes of {day:%Y%m%d}: "
+                               f"{[it.id for it in candidates]}")
+        primary = chosen[0]
+    else:
+        if s2_id >= len(candidates):
+            raise InputError(f"s2_id={s2_id} but {day:%Y%m%d} has {len(candidates)} scene(s): "
+                             f"{[it.id for it in candidates]}")
+        primary = candidates[s2_id]
+    if aoi is None:
+        return load_items([primary], bands=bands, resolution=resolution, chunks=chunks, s3=s3)
+    take = primary.properties.get("s2:datatake_id")
+    group = [primary] + [it for it in candidates if it is not primary and take is not None
+                         and it.properties.get("s2:datatake_id") == take]
+    return load_items(group, bands=bands, bbox=aoi, resolution=resolution, chunks=chunks,
+                      s3=s3)

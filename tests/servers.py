@@ -1,0 +1,168 @@
+"""Real servers on loopback for integration tests: moto's S3 server and a STAC API.
+
+Both are started as subprocesses on free 127.0.0.1 ports and stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pystac
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+SAMPLE = Path(__file__).resolve().parents[1] / "srlib" / "data" / "S2A_29RKH_20200219"
+BUCKET = "sentinel-cogs"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+FILES = {"blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06",
+         "rededge3": "B07", "nir": "B08", "nir08": "B8A", "swir16": "B11", "swir22": "B12",
+         "scl": "SCL"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"server {url} did not start within {timeout} s")
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """Start moto's standalone S3 server; yield its ``host:port``."""
+    port = free_port()
+    exe = shutil.which("moto_server", path=os.path.dirname(sys.executable))
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{port}/moto-api/", proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=f"http://{endpoint}", **{
+        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": CREDENTIALS["AWS_DEFAULT_REGION"]})
+
+
+def _prefix(item: dict) -> str:
+    href = item["assets"]["red"]["href"]
+    return href.split(".amazonaws.com/", 1)[1].rsplit("/", 1)[0]
+
+
+def upload_sample(endpoint: str) -> dict:
+    """Upload the bundled 29RKH COGs as Earth Search lays them out; return the item dict.
+
+    The item is the real Earth Search item of those files, with hrefs rewritten to
+    ``s3://`` and (since the publisher decimated the files 10x) ``proj:shape`` and
+    ``proj:transform`` rewritten to the files' real grid.
+    """
+    import rasterio
+
+    item = json.loads((SAMPLE / "item.json").read_text())
+    client = s3_client(endpoint)
+    client.create_bucket(Bucket=BUCKET)
+    prefix = _prefix(item)
+    for key, asset in list(item["assets"].items()):
+        if key not in FILES:
+            del item["assets"][key]
+            continue
+        path = SAMPLE / f"{FILES[key]}.tif"
+        client.upload_file(str(path), BUCKET, f"{prefix}/{path.name}")
+        asset["href"] = f"s3://{BUCKET}/{prefix}/{path.name}"
+        with rasterio.open(path) as src:
+            asset["proj:shape"] = list(src.shape)
+            asset["proj:transform"] = list(src.transform)[:6]
+    return item
+
+
+def broken_item(endpoint: str, item: dict, *, day: str, nir: bytes | None) -> dict:
+    """A copy of the sample item on another date whose ``nir`` asset is missing
+    (``nir=None``) or holds ``nir`` bytes instead of a GeoTIFF."""
+    client = s3_client(endpoint)
+    copy = json.loads(json.dumps(item))
+    copy["id"] = f"S2A_29RKH_{day}_0_L2A"
+    copy["properties"]["datetime"] = f"{day[:4]}-{day[4:6]}-{day[6:]}T11:34:25.405000Z"
+    for key, asset in copy["assets"].items():
+        name = asset["href"].rsplit("/", 1)[1]
+        new_key = f"broken-{day}/{name}"
+        asset["href"] = f"s3://{BUCKET}/{new_key}"
+        if key == "nir":
+            if nir is not None:
+                client.put_object(Bucket=BUCKET, Key=new_key, Body=nir)
+        else:
+            client.upload_file(str(SAMPLE / name), BUCKET, new_key)
+    return copy
+
+
+def metadata_items() -> list[dict]:
+    """Real Earth Search v1 items of 2023 and 2025 (baseline >= 04.00), assets not served."""
+    out = []
+    for path in sorted((REAL / "earthsearch_stac").glob("S2*_L2A.json")):
+        item = json.loads(path.read_text())
+        if item.get("collection") == "sentinel-2-l2a":
+            out.append(item)
+    return out
+
+
+def write_catalog(root: Path, items: list[dict]) -> Path:
+    """A static STAC catalogue (catalog -> sentinel-2-l2a collection -> items)."""
+    collection_json = json.loads(
+        (REAL / "earthsearch_stac" / "earthsearch_v1_collection_sentinel-2-l2a.json").read_text())
+    collection_json["links"] = []
+    collection = pystac.Collection.from_dict(collection_json)
+    catalog = pystac.Catalog(id="srlib-test", description="loopback test catalogue")
+    catalog.add_child(collection)
+    for data in items:
+        data = {**data, "links": []}
+        collection.add_item(pystac.Item.from_dict(data))
+    collection.update_extent_from_items()
+    catalog.normalize_hrefs(str(root))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+@contextlib.contextmanager
+def stac_api(catalog_json: Path) -> Iterator[str]:
+    """Serve a static catalogue with stac-fastapi-static; yield the API URL."""
+    port = free_port()
+    env = {**os.environ, "CATALOG_HREF": catalog_json.resolve().as_uri(),
+           "APP_HOST": "127.0.0.1", "APP_PORT": str(port), "RELOAD": "false",
+           "LOG_LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "stac_fastapi.static.app:app",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url + "/", proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
