@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import box as geom_box
 from odc.loader._rio import RioDriver, capture_rio_env
+from rasterio.errors import NotGeoreferencedWarning
 
 from .bands import S2_BANDS
 from .errors import InputError, NoSceneFound, SourceError
@@ -166,7 +168,10 @@ class _NamedReader:
     def read(self, *args: object, **kwargs: object) -> object:
         """Read, or raise SourceError naming the asset."""
         try:
-            return self._reader.read(*args, **kwargs)
+            with warnings.catch_warnings():
+                # rasterio's warp says this of every in-memory block it resamples: noise
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                return self._reader.read(*args, **kwargs)
         except Exception as err:
             raise SourceError(
                 f"cannot read {self._uri} (after GDAL's retries): {err}. The asset is missing, "
