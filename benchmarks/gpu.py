@@ -26,9 +26,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-#: The Swin2SR configuration benchmarked (lightweight SR, 10 bands in, 4 out, x10).
-SWIN2SR_BENCH = dict(img_size=64, window_size=8, embed_dim=60, depths=(6, 6, 6, 6),
-                     num_heads=(6, 6, 6, 6), mlp_ratio=2.0, upsampler="pixelshuffledirect")
 
 
 class BusySampler:
@@ -77,10 +74,10 @@ def main() -> None:
 
     import srlib
     from srlib.batching import plan_batch_size
-    from srlib.models import loaded_module
+    from srlib.models import SWIN2SR_LIGHT, loaded_module
 
-    result: dict = {"device": torch.cuda.get_device_name(0), "config": SWIN2SR_BENCH}
-    spec = srlib.load_model("swin2sr", random_weights=True, **SWIN2SR_BENCH)
+    result: dict = {"device": torch.cuda.get_device_name(0), "config": SWIN2SR_LIGHT}
+    spec = srlib.load_model("swin2sr", random_weights=True, **SWIN2SR_LIGHT)
     module = loaded_module(spec, "cuda")
     p = spec.patch_size
     peak = srlib.batching.peak_elements(spec, p)

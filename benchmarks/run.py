@@ -64,9 +64,12 @@ def make_input(size: int):
 
 def model_spec(name: str):
     import srlib
+    from srlib.models import SWIN2SR_LIGHT
 
     if name == "bicubic":
         return srlib.load_model("bicubic")
+    if name == "swin2sr-light":  # the paper's lightweight configuration
+        return srlib.load_model("swin2sr", random_weights=True, **SWIN2SR_LIGHT)
     return srlib.load_model("swin2sr", random_weights=True)  # srlib.models.SWIN2SR_SMALL
 
 

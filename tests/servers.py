@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pystac
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+DATA = Path(__file__).resolve().parent / "data"  # see data/SOURCES.md
 SAMPLE = Path(__file__).resolve().parents[1] / "srlib" / "data" / "S2A_29RKH_20200219"
 BUCKET = "sentinel-cogs"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -125,7 +125,7 @@ def broken_item(endpoint: str, item: dict, *, day: str, nir: bytes | None) -> di
 def metadata_items() -> list[dict]:
     """Real Earth Search v1 items of 2023 and 2025 (baseline >= 04.00), assets not served."""
     out = []
-    for path in sorted((REAL / "earthsearch_stac").glob("S2*_L2A.json")):
+    for path in sorted((DATA / "earthsearch").glob("S2*_L2A.json")):
         item = json.loads(path.read_text())
         if item.get("collection") == "sentinel-2-l2a":
             out.append(item)
@@ -135,7 +135,7 @@ def metadata_items() -> list[dict]:
 def write_catalog(root: Path, items: list[dict]) -> Path:
     """A static STAC catalogue (catalog -> sentinel-2-l2a collection -> items)."""
     collection_json = json.loads(
-        (REAL / "earthsearch_stac" / "earthsearch_v1_collection_sentinel-2-l2a.json").read_text())
+        (DATA / "earthsearch" / "earthsearch_v1_collection_sentinel-2-l2a.json").read_text())
     collection_json["links"] = []
     collection = pystac.Collection.from_dict(collection_json)
     catalog = pystac.Catalog(id="srlib-test", description="loopback test catalogue")

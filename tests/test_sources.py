@@ -20,7 +20,7 @@ from srlib.sources import S3Options, boa_offset, load_s2, search_items
 
 from .servers import (
     CREDENTIALS,
-    REAL,
+    DATA,
     SAMPLE,
     broken_item,
     metadata_items,
@@ -148,13 +148,14 @@ def test_unreachable_catalogue_is_a_clear_error():
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("earthsearch_stac/S2B_24MWV_20250731_0_L2A.json", -0.1),  # baseline 05.11
-        ("earthsearch_stac/S2A_13TDE_20231008_0_L2A.json", -0.1),  # baseline 05.09
-        ("rio-tiler-pds_S2A_29RKH_20200219/S2A_29RKH_20200219_0_L2A.json", 0.0),  # 02.14
+        (DATA / "earthsearch/S2B_24MWV_20250731_0_L2A.json", -0.1),  # baseline 05.11
+        (DATA / "earthsearch/S2A_13TDE_20231008_0_L2A.json", -0.1),  # baseline 05.09
+        (SAMPLE / "item.json", 0.0),  # baseline 02.14
     ],
+    ids=["05.11", "05.09", "02.14"],
 )
 def test_boa_offset_comes_from_the_processing_baseline(name, expected):
-    item = pystac.Item.from_dict(json.loads((REAL / name).read_text()))
+    item = pystac.Item.from_dict(json.loads(name.read_text()))
     assert boa_offset(item) == expected
     # the metadata flags that disagree with the pixels play no part
     item.properties["earthsearch:boa_offset_applied"] = not item.properties.get(

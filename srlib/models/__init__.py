@@ -23,6 +23,7 @@ from .stats import BandStats, Stats, default_s2_stats, read_stats
 from .swin2sr import Swin2SR
 
 __all__ = [
+    "SWIN2SR_LIGHT",
     "SWIN2SR_SMALL",
     "BandStats",
     "ModelSpec",
@@ -39,6 +40,19 @@ SWIN2SR_SMALL: dict[str, Any] = {
     "embed_dim": 24,
     "depths": (2, 2),
     "num_heads": (2, 2),
+    "mlp_ratio": 2.0,
+    "upsampler": "pixelshuffledirect",
+    "resi_connection": "1conv",
+}
+
+
+#: The lightweight-SR configuration of the Swin2SR paper (10 bands in, 4 out, x10).
+SWIN2SR_LIGHT: dict[str, Any] = {
+    "img_size": 64,
+    "window_size": 8,
+    "embed_dim": 60,
+    "depths": (6, 6, 6, 6),
+    "num_heads": (6, 6, 6, 6),
     "mlp_ratio": 2.0,
     "upsampler": "pixelshuffledirect",
     "resi_connection": "1conv",
