@@ -111,8 +111,11 @@ def _prepared(size: int, model: str):
     stack = np.stack([b.compute() for b in [*bands, scl]])
     h = spec.halo
     padded = np.pad(stack, ((0, 0), (h, h), (h, h)), mode="symmetric")
+    from srlib.batching import max_safe_batch, peak_elements
+
     cfg = KernelConfig(spec=spec, n_bands=len(bands), has_scl=True, device="cpu",
-                       batch_size=None, safe_batch=16, peak_per_pixel=64.0 * SCALE**2,
+                       batch_size=None, safe_batch=max_safe_batch(spec, spec.patch_size),
+                       peak_per_pixel=peak_elements(spec, spec.patch_size) / spec.patch_size**2,
                        precision="fp32", y_starts=(0,), x_starts=(0,))
     return spec, padded, cfg, srlib
 
@@ -192,7 +195,11 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
             for px in origins:
                 patches.append(scene[:, py + halo : py + halo + p, px + halo : px + halo + p])
     t0 = time.perf_counter()
-    step = 1 if spec.blend == "trim" else 8  # trim: one block per call, as the pipeline
+    # the pipeline's batch size (trim: one block per call, as the pipeline)
+    from srlib.batching import peak_elements, plan_batch_size
+
+    step = 1 if spec.blend == "trim" else plan_batch_size(
+        peak_elements(spec, p), torch.device("cpu"), safe=64)
     with torch.inference_mode():
         for i in range(0, len(patches), step):
             batch = np.stack(patches[i : i + step])
