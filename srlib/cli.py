@@ -70,6 +70,53 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 
 
 @main.command()
+@click.option("--date", required=True, help="Acquisition date, YYYYMMDD.")
+@click.option("--mgrs", default=None, help="Whole MGRS tile, e.g. 33LWF.")
+@click.option("--aoi", nargs=4, type=float, default=None,
+              metavar="MIN_LON MIN_LAT MAX_LON MAX_LAT", help="Area of interest (degrees).")
+@click.option("--s2-id", default=0, show_default=True, help="Which scene of the date.")
+@click.option("--product-id", default=None, help="Exact item id, e.g. S2B_19JCL_20250402_0_L2A.")
+@click.option("--model", default="bicubic", show_default=True, help="bicubic or swin2sr.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("out"), show_default=True)
+@click.option("--publish", default=None, help="s3://bucket/prefix to publish to after QC.")
+@click.option("--force", is_flag=True, help="Redo even if the product exists.")
+@click.option("--catalog", default=None, help="STAC API (default: Earth Search v1).")
+@click.option("--name", "name_template", default=None,
+              help="Product name template (fields mgrs, date, version).")
+@click.option("--version", "product_version", default=1, show_default=True)
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
+def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
+       product_id: str | None, model: str, checkpoint: str | None, stats: str | None,
+       out_dir: Path, publish: str | None, force: bool, catalog: str | None,
+       name_template: str | None, product_version: int, device: str | None) -> None:
+    """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
+    from dask.diagnostics import ProgressBar
+
+    import srlib
+    from srlib.jobs import DEFAULT_NAME, run_dr
+    from srlib.sources import EARTH_SEARCH
+
+    spec = srlib.load_model(model, checkpoint=checkpoint, stats=stats) \
+        if model != "bicubic" else "bicubic"
+    try:
+        with ProgressBar(out=sys.stderr):
+            result = run_dr(date=date, mgrs=mgrs, aoi=aoi or None, s2_id=s2_id,
+                            product_id=product_id, model=spec, out=out_dir, publish=publish,
+                            force=force, catalog=catalog or EARTH_SEARCH,
+                            name_template=name_template or DEFAULT_NAME,
+                            version=product_version, device=device)
+    except srlib.SrlibError as err:
+        click.echo(f"srlib dr failed: {err}", err=True)
+        raise SystemExit(1) from err
+    click.echo(f"{result.status}: {result.cog}")
+    for uri in result.published:
+        click.echo(f"published: {uri}")
+
+
+@main.command()
 @click.argument("zarr_path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 def cog(zarr_path: Path, out: Path) -> None:

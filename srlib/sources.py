@@ -431,7 +431,7 @@ def load_items(
         ds[band] = ds[band].rio.write_nodata(0, encoded=False)
     first = items[0]
     ds.attrs.update(
-        id=first.id, items=[it.id for it in items],
+        id=first.id, items=[it.id for it in items], mgrs=_grid_code(first) or "",
         datetime=first.datetime.isoformat() if first.datetime else "",
         processing_baseline=str(first.properties.get("s2:processing_baseline", "")),
     )

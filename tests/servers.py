@@ -122,6 +122,28 @@ def broken_item(endpoint: str, item: dict, *, day: str, nir: bytes | None) -> di
     return copy
 
 
+def zero_item(endpoint: str, item: dict, *, day: str, workdir: Path) -> dict:
+    """A copy of the sample item on another date whose every band is nodata (zeros)."""
+    import numpy as np
+    import rasterio
+
+    client = s3_client(endpoint)
+    copy = json.loads(json.dumps(item))
+    copy["id"] = f"S2A_29RKH_{day}_0_L2A"
+    copy["properties"]["datetime"] = f"{day[:4]}-{day[4:6]}-{day[6:]}T11:34:25.405000Z"
+    for asset in copy["assets"].values():
+        name = asset["href"].rsplit("/", 1)[1]
+        with rasterio.open(SAMPLE / name) as src:
+            profile = src.profile
+        path = workdir / f"zero-{day}-{name}"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.zeros((1, profile["height"], profile["width"]), profile["dtype"]))
+        key = f"zero-{day}/{name}"
+        client.upload_file(str(path), BUCKET, key)
+        asset["href"] = f"s3://{BUCKET}/{key}"
+    return copy
+
+
 def metadata_items() -> list[dict]:
     """Real Earth Search v1 items of 2023 and 2025 (baseline >= 04.00), assets not served."""
     out = []
@@ -147,6 +169,35 @@ def write_catalog(root: Path, items: list[dict]) -> Path:
     catalog.normalize_hrefs(str(root))
     catalog.save(pystac.CatalogType.SELF_CONTAINED)
     return root / "catalog.json"
+
+
+@contextlib.contextmanager
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A real HTTP server on loopback that records the JSON bodies POSTed to it."""
+    import http.server
+    import threading
+
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook/T000/secret", received
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,111 @@
+"""Production jobs: ``srlib dr`` (one date, one MGRS tile or AOI) end to end.
+
+Steps, each reported to the notifier on failure (then re-raised): ``load`` (STAC search
+and lazy load), ``inference`` (super-resolution, Zarr, COG and QC through
+:func:`srlib.super_resolve_to_cog`), ``publish`` (S3, only after QC passed). A product
+that already exists and passes QC (locally, or at its published key) is skipped unless
+``force``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .notify import Notifier, notifier_from_env, step
+from .pipeline import remove_product, super_resolve_to_cog
+from .publish import S3Target, publish_product, s3_client
+from .qc import check_quality
+from .sources import EARTH_SEARCH, load_s2, parse_date
+
+__all__ = ["DEFAULT_NAME", "JobResult", "product_name", "run_dr"]
+
+log = logging.getLogger("srlib")
+
+#: Default product file name.
+DEFAULT_NAME = "S2x10_T{mgrs}_{date:%Y%m%d}_v{version}.tif"
+
+
+def product_name(template: str, *, mgrs: str, date: dt.date, version: int) -> str:
+    """Fill the product name template (fields ``mgrs``, ``date``, ``version``)."""
+    return template.format(mgrs=mgrs, date=date, version=version)
+
+
+@dataclass
+class JobResult:
+    """What a job did."""
+
+    status: str  # "done" or "skipped"
+    cog: Path | None = None
+    published: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _published(uri: str, name: str) -> bool:
+    target = S3Target.parse(uri)
+    try:
+        s3_client().head_object(Bucket=target.bucket, Key=target.key(name))
+        return True
+    except Exception:
+        return False
+
+
+def run_dr(
+    *,
+    date: str | dt.date,
+    mgrs: str | None = None,
+    aoi: Sequence[float] | None = None,
+    s2_id: int = 0,
+    product_id: str | None = None,
+    model: Any = "bicubic",
+    out: str | os.PathLike = "out",
+    publish: str | None = None,
+    force: bool = False,
+    catalog: str = EARTH_SEARCH,
+    name_template: str = DEFAULT_NAME,
+    version: int = 1,
+    notifier: Notifier | None = None,
+    load_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> JobResult:
+    """Super-resolve one scene into a checked, optionally published product.
+
+    Parameters mirror ``srlib dr``; ``options`` go to :func:`srlib.super_resolve`.
+    """
+    notifier = notifier or notifier_from_env()
+    day = parse_date(date)
+    context = {"date": f"{day:%Y%m%d}", "mgrs": mgrs, "aoi": aoi}
+    context = {k: v for k, v in context.items() if v is not None}
+    with step("load", notifier, **context):
+        ds = load_s2(date=day, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
+                     catalog=catalog, **(load_options or {}))
+    tile = ds.attrs.get("mgrs") or (mgrs or "AOI")
+    name = product_name(name_template, mgrs=tile, date=day, version=version)
+    cog = Path(out) / name
+    if not force:
+        if publish and _published(publish, name):
+            log.info("%s is already published under %s; skipping (--force redoes it)",
+                     name, publish)
+            return JobResult("skipped", cog)
+        if cog.exists() and check_quality(cog).passed:
+            log.info("%s exists and passes QC; skipping (--force redoes it)", cog)
+            if not publish:
+                return JobResult("skipped", cog)
+    else:
+        remove_product(cog)
+    result = JobResult("done", cog)
+    if not cog.exists():
+        with step("inference", notifier, product=name, **context):
+            report = super_resolve_to_cog(ds, cog, model=model, **options)
+        result.timings = report.timings
+    else:
+        report = check_quality(cog)
+    if publish:
+        with step("publish", notifier, product=name, destination=publish):
+            result.published = publish_product(cog, report, publish)
+    return result

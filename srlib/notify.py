@@ -1,0 +1,109 @@
+"""Failure notifications: a Slack-compatible incoming webhook, or the log (default).
+
+Every failing step of a job calls the notifier with the step, the error and, when there
+is one, the QC table; the error is always re-raised afterwards. Known secrets (AWS keys,
+passwords in URLs, the webhook URL itself) are redacted from everything sent or logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import urllib.request
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+__all__ = ["LogNotifier", "Notifier", "WebhookNotifier", "notifier_from_env", "redact", "step"]
+
+log = logging.getLogger("srlib")
+
+#: Environment variables whose values are secrets.
+SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+               "SRLIB_WEBHOOK_URL", "PG_URL", "PGPASSWORD")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+def redact(text: str) -> str:
+    """Remove secrets (values of :data:`SECRET_VARS`, URL passwords) from ``text``."""
+    text = _URL_PASSWORD.sub(r"\1***\3", text)
+    for var in SECRET_VARS:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, f"<{var}>")
+    return text
+
+
+class Notifier(Protocol):
+    """Something told about failures."""
+
+    def notify(self, step: str, error: BaseException, *, table: str | None = None,
+               context: dict[str, Any] | None = None) -> None:
+        """Report that ``step`` failed with ``error``."""
+
+
+def _message(step: str, error: BaseException, table: str | None,
+             context: dict[str, Any] | None) -> str:
+    where = ", ".join(f"{k}={v}" for k, v in (context or {}).items())
+    text = f"srlib: step '{step}' failed{f' ({where})' if where else ''}: " \
+           f"{type(error).__name__}: {error}"
+    if table:
+        text += f"\n```\n{table}\n```"
+    return redact(text)
+
+
+class LogNotifier:
+    """Log failures at ERROR level (the default)."""
+
+    def notify(self, step: str, error: BaseException, *, table: str | None = None,
+               context: dict[str, Any] | None = None) -> None:
+        """Log the failure."""
+        log.error("%s", _message(step, error, table, context))
+
+
+class WebhookNotifier:
+    """POST ``{"text": ...}`` to a Slack-compatible incoming webhook; also log.
+
+    A failure to notify is logged, never raised: it must not hide the original error.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        self._url = url
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return "WebhookNotifier(<url redacted>)"
+
+    def notify(self, step: str, error: BaseException, *, table: str | None = None,
+               context: dict[str, Any] | None = None) -> None:
+        """Send and log the failure."""
+        text = _message(step, error, table, context)
+        log.error("%s", text)
+        body = json.dumps({"text": text}).encode()
+        request = urllib.request.Request(self._url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                response.read()
+        except Exception as err:
+            log.error("could not send the failure notification: %s", redact(str(err)))
+
+
+def notifier_from_env() -> Notifier:
+    """``WebhookNotifier`` when ``SRLIB_WEBHOOK_URL`` is set, else ``LogNotifier``."""
+    url = os.environ.get("SRLIB_WEBHOOK_URL")
+    return WebhookNotifier(url) if url else LogNotifier()
+
+
+@contextlib.contextmanager
+def step(name: str, notifier: Notifier, **context: Any) -> Iterator[None]:
+    """Run a job step; on failure notify (with the QC table if any), then re-raise."""
+    try:
+        yield
+    except BaseException as err:
+        report = getattr(err, "report", None)
+        table = report.to_table() if report is not None and hasattr(report, "to_table") else None
+        notifier.notify(name, err, table=table, context=context)
+        raise

@@ -1,0 +1,86 @@
+"""`srlib dr` end to end against loopback servers: STAC API, S3 (moto), a webhook."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from srlib.cli import main
+
+from .servers import (
+    CREDENTIALS,
+    metadata_items,
+    moto_s3,
+    s3_client,
+    stac_api,
+    upload_sample,
+    webhook,
+    write_catalog,
+    zero_item,
+)
+
+pytestmark = pytest.mark.integration
+
+AOI = ["-11.5", "24.5", "-11.45", "24.55"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    for key, value in CREDENTIALS.items():
+        mp.setenv(key, value)
+    with moto_s3() as endpoint, webhook() as (hook_url, received):
+        mp.setenv("AWS_S3_ENDPOINT", endpoint)
+        mp.setenv("AWS_HTTPS", "NO")
+        mp.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
+        mp.setenv("AWS_ENDPOINT_URL_S3", f"http://{endpoint}")
+        mp.setenv("SRLIB_WEBHOOK_URL", hook_url)
+        item = upload_sample(endpoint)
+        zero = zero_item(endpoint, item, day="20200320", workdir=tmp_path_factory.mktemp("z"))
+        client = s3_client(endpoint)
+        client.create_bucket(Bucket="products")
+        catalog = write_catalog(tmp_path_factory.mktemp("stac"),
+                                [item, zero, *metadata_items()])
+        with stac_api(catalog) as url:
+            yield {"url": url, "client": client, "received": received}
+    mp.undo()
+
+
+def _keys(client, prefix):
+    listing = client.list_objects_v2(Bucket="products", Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
+    args = ["dr", "--date", "20200219", "--aoi", *AOI, "--catalog", env["url"],
+            "--out", str(tmp_path), "--publish", "s3://products/sr"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    name = "S2x10_T29RKH_20200219_v1"
+    assert (tmp_path / f"{name}.tif").exists()
+    assert _keys(env["client"], "sr/") == [f"sr/{name}.qc.json", f"sr/{name}.tif"]
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and again.output.startswith("skipped")
+
+
+def test_dr_all_nodata_scene_fails_qc_notifies_and_publishes_nothing(env, tmp_path):
+    env["received"].clear()
+    args = ["dr", "--date", "20200320", "--aoi", *AOI, "--catalog", env["url"],
+            "--out", str(tmp_path), "--publish", "s3://products/empty"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "quality checks failed: values" in result.output
+    assert _keys(env["client"], "empty/") == []
+    assert not (tmp_path / "S2x10_T29RKH_20200320_v1.tif").exists()
+    assert len(env["received"]) == 1
+    text = env["received"][0]["text"]
+    assert "step 'inference' failed" in text and "QC FAILED" in text and "values" in text
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in text.replace("<AWS_SECRET", "")
+    assert "/hook/T000/secret" not in text
+
+
+def test_dr_bad_request_exits_non_zero_with_a_clear_message(env, tmp_path):
+    result = CliRunner().invoke(main, ["dr", "--date", "20200219", "--mgrs", "99ZZZ",
+                                       "--catalog", env["url"], "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not an MGRS tile id" in result.output
