@@ -117,6 +117,37 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
 
 
 @main.command()
+@click.option("--server", default=None, help="Name of this worker in the database "
+              "(default: the host name).")
+@click.option("--db", "db_url", default=None,
+              help="Database URL (default: $PG_URL, else sqlite:///srlib.sqlite).")
+@click.option("--once", is_flag=True, help="Stop when no request is pending.")
+@click.option("--poll-interval", default=60.0, show_default=True, help="Seconds between polls.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("out"), show_default=True)
+@click.option("--publish", default=None, help="s3://bucket/prefix to publish to after QC.")
+@click.option("--catalog", default=None, help="STAC API (default: Earth Search v1).")
+@click.option("--model", default="bicubic", show_default=True)
+@click.option("--device", default=None)
+def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float,
+        out_dir: Path, publish: str | None, catalog: str | None, model: str,
+        device: str | None) -> None:
+    """Process pending AOI requests from the metadata database."""
+    import socket
+
+    from srlib.db import MetadataDB
+    from srlib.jobs import run_pdr
+    from srlib.sources import EARTH_SEARCH
+
+    counts = run_pdr(MetadataDB(db_url), worker=server or socket.gethostname(), once=once,
+                     poll_interval=poll_interval, out=out_dir, publish=publish,
+                     catalog=catalog or EARTH_SEARCH, model=model, device=device)
+    click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
+    if counts["failed"]:
+        raise SystemExit(1)
+
+
+@main.command()
 @click.argument("zarr_path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 def cog(zarr_path: Path, out: Path) -> None:

@@ -23,7 +23,7 @@ from .publish import S3Target, publish_product, s3_client
 from .qc import check_quality
 from .sources import EARTH_SEARCH, load_s2, parse_date
 
-__all__ = ["DEFAULT_NAME", "JobResult", "product_name", "run_dr"]
+__all__ = ["DEFAULT_NAME", "JobResult", "product_name", "run_dr", "run_pdr"]
 
 log = logging.getLogger("srlib")
 
@@ -109,3 +109,64 @@ def run_dr(
         with step("publish", notifier, product=name, destination=publish):
             result.published = publish_product(cog, report, publish)
     return result
+
+
+def run_pdr(
+    db: Any,
+    *,
+    worker: str,
+    once: bool = True,
+    poll_interval: float = 60.0,
+    notifier: Notifier | None = None,
+    max_requests: int | None = None,
+    **dr_options: Any,
+) -> dict[str, int]:
+    """Process pending AOI requests from the metadata database.
+
+    Each claimed request runs :func:`run_dr` (recorded as a run); it is marked ``done``
+    only after the job (publishing included) succeeded, else ``failed`` with its error,
+    and the next request goes on. ``once`` stops when nothing is pending; otherwise the
+    database is polled every ``poll_interval`` seconds.
+
+    Returns
+    -------
+    dict
+        Counts of ``done``, ``skipped`` and ``failed`` requests.
+    """
+    import time
+
+    from .notify import redact
+
+    notifier = notifier or notifier_from_env()
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    handled = 0
+    while max_requests is None or handled < max_requests:
+        with step("database", notifier, worker=worker):
+            request = db.claim_request(worker)
+        if request is None:
+            if once:
+                break
+            time.sleep(poll_interval)
+            continue
+        handled += 1
+        inputs = {"request": request["id"], "date": request["date"], "aoi": request["aoi"]}
+        with step("database", notifier, worker=worker):
+            run_id = db.start_run(inputs, model=str(dr_options.get("model", "bicubic")))
+        try:
+            result = run_dr(date=request["date"], aoi=request["aoi"], notifier=notifier,
+                            **dr_options)
+        except Exception as err:
+            message = redact(f"{type(err).__name__}: {err}")
+            with step("database", notifier, worker=worker):
+                db.finish_run(run_id, "failed", error=message,
+                              qc=getattr(getattr(err, "report", None), "to_dict", dict)())
+                db.fail_request(request["id"], message, run_id)
+            counts["failed"] += 1
+            log.error("request %s failed: %s", request["id"], message)
+            continue
+        with step("database", notifier, worker=worker):
+            db.finish_run(run_id, result.status, timings=result.timings,
+                          outputs=result.published)
+            db.complete_request(request["id"], run_id)
+        counts[result.status] += 1
+    return counts

@@ -217,3 +217,36 @@ def stac_api(catalog_json: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def postgres(workdir: Path) -> Iterator[str]:
+    """Start a throw-away PostgreSQL cluster (Debian's server binaries) on loopback.
+
+    As root the cluster runs as the ``postgres`` user (PostgreSQL refuses root).
+    Yields a SQLAlchemy URL.
+    """
+    initdb = shutil.which("initdb") or next(iter(sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
+    if initdb is None:
+        raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql")
+    bindir = Path(initdb).resolve().parent
+    data, sock = workdir / "pgdata", workdir / "pgsock"
+    sock.mkdir(parents=True, exist_ok=True)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres")
+        shutil.chown(sock, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
+                    "-U", "postgres", "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l",
+                    str(workdir / "pg.log"), "-o",
+                    f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                        "-w", "stop"], check=False, capture_output=True)

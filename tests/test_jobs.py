@@ -84,3 +84,25 @@ def test_dr_bad_request_exits_non_zero_with_a_clear_message(env, tmp_path):
                                        "--catalog", env["url"], "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert "not an MGRS tile id" in result.output
+
+
+def test_pdr_processes_requests_marks_failures_and_goes_on(env, tmp_path):
+    from srlib.db import MetadataDB
+
+    url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
+    db = MetadataDB(url)
+    bad = db.add_request("20200320", [float(v) for v in AOI])  # an all-nodata scene
+    good = db.add_request("20200219", [float(v) for v in AOI])
+    result = CliRunner().invoke(main, ["pdr", "--db", url, "--once", "--server", "w1",
+                                       "--catalog", env["url"], "--out", str(tmp_path / "o"),
+                                       "--publish", "s3://products/pdr"])
+    assert result.exit_code == 1, result.output  # one request failed
+    assert "done: 1" in result.output and "failed: 1" in result.output
+    assert db.request(bad)["status"] == "failed"
+    assert "QCFailed" in db.request(bad)["error"]
+    assert db.request(good)["status"] == "done"
+    run = db.run(db.request(good)["run_id"])
+    assert run["status"] == "done" and "s3://products/pdr/" in run["outputs"]
+    assert db.run(db.request(bad)["run_id"])["qc_passed"] is False
+    assert _keys(env["client"], "pdr/") == ["pdr/S2x10_T29RKH_20200219_v1.qc.json",
+                                            "pdr/S2x10_T29RKH_20200219_v1.tif"]
