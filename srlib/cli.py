@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -88,10 +89,14 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
               help="Product name template (fields mgrs, date, version).")
 @click.option("--version", "product_version", default=1, show_default=True)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
+@click.option("--db", "db_url", default=None,
+              help="Record the run in this database (default: $PG_URL if set).")
+@click.option("--server", default=None, help="Name of this machine, recorded with the run.")
 def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
        product_id: str | None, model: str, checkpoint: str | None, stats: str | None,
        out_dir: Path, publish: str | None, force: bool, catalog: str | None,
-       name_template: str | None, product_version: int, device: str | None) -> None:
+       name_template: str | None, product_version: int, device: str | None,
+       db_url: str | None, server: str | None) -> None:
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
     from dask.diagnostics import ProgressBar
 
@@ -101,13 +106,20 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
 
     spec = srlib.load_model(model, checkpoint=checkpoint, stats=stats) \
         if model != "bicubic" else "bicubic"
+    db = None
+    if db_url or os.environ.get("PG_URL"):
+        from srlib.db import MetadataDB
+
+        db = MetadataDB(db_url)
+    if server:
+        logging.getLogger("srlib").info("running on %s", server)
     try:
         with ProgressBar(out=sys.stderr):
             result = run_dr(date=date, mgrs=mgrs, aoi=aoi or None, s2_id=s2_id,
                             product_id=product_id, model=spec, out=out_dir, publish=publish,
                             force=force, catalog=catalog or EARTH_SEARCH,
                             name_template=name_template or DEFAULT_NAME,
-                            version=product_version, device=device)
+                            version=product_version, device=device, db=db)
     except srlib.SrlibError as err:
         click.echo(f"srlib dr failed: {err}", err=True)
         raise SystemExit(1) from err

@@ -36,7 +36,7 @@ from rio_cogeo.profiles import cog_profiles
 from .bands import OUTPUT_NODATA, Quality
 from .errors import SrlibError
 from .pyramid import halve, levels_needed, quality_for_cog
-from .zarr_io import ZARR_TILE, default_compressor, open_zarr
+from .zarr_io import ZARR_TILE, cog_nodata, default_compressor, open_zarr
 
 __all__ = ["COG_TILE", "build_overviews", "overview_count", "to_cog"]
 
@@ -49,13 +49,13 @@ def overview_count(height: int, width: int, *, tile: int = COG_TILE) -> int:
     return levels_needed(height, width, tile=tile)
 
 
-def _halve(arr: xr.DataArray, name: str, first: bool) -> xr.DataArray:
+def _halve(arr: xr.DataArray, name: str, first: bool, nodata: int) -> xr.DataArray:
     data = arr.data.rechunk({0: 2048, 1: 2048})
     if first and name == "quality":
         data = data.map_blocks(quality_for_cog, dtype=np.int16)
     chunks = tuple(tuple(-(-c // 2) for c in dim) for dim in data.chunks)
-    out = da.map_blocks(halve, data, name, dtype=np.int16, chunks=chunks,
-                        meta=np.empty((0, 0), np.int16))
+    out = da.map_blocks(halve, data, name, nodata, dtype=data.dtype, chunks=chunks,
+                        meta=np.empty((0, 0), data.dtype))
     return xr.DataArray(out, dims=("y", "x"),
                         attrs={k: v for k, v in arr.attrs.items() if k == "long_name"})
 
@@ -81,12 +81,13 @@ def build_overviews(zarr_path: str | os.PathLike, *, tile: int = COG_TILE) -> in
     ds = open_zarr(path)
     levels = overview_count(ds.sizes["y"], ds.sizes["x"], tile=tile)
     prev = ds[[v for v in ds.data_vars if ds[v].dims == ("y", "x")]]
+    nodata = {v: cog_nodata(ds[v]) for v in prev.data_vars}
     for k in range(1, levels + 1):
         group = f"{_OVR_GROUP}/{k}"
         if not _group_complete(path, group):
-            level = xr.Dataset({name: _halve(arr, name, k == 1)
+            level = xr.Dataset({name: _halve(arr, name, k == 1, nodata[name])
                                 for name, arr in prev.data_vars.items()})
-            encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": OUTPUT_NODATA,
+            encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": nodata[v],
                             "compressors": [default_compressor()]} for v in level.data_vars}
             level.attrs["srlib_complete"] = False
             level.to_zarr(path, group=group, mode="w", zarr_format=2, encoding=encoding,
@@ -114,27 +115,38 @@ def _source(parent: ET.Element, tag: str, store: Path, array: str, shape: tuple[
     return src
 
 
+_GDAL_TYPES = {"int16": "Int16", "uint8": "Byte", "uint16": "UInt16", "int32": "Int32",
+               "float32": "Float32"}
+
+
 def _vrt(store: Path, ds: xr.Dataset, bands: list[str], levels: int) -> str:
     h, w = ds.sizes["y"], ds.sizes["x"]
+    nodata = {cog_nodata(ds[b]) for b in bands}
+    if len(nodata) != 1:
+        raise SrlibError(f"bands {bands} have different nodata values {nodata}; a GeoTIFF "
+                         "holds one: write them to separate COGs")
+    (nodata_value,) = nodata
     t = ds.rio.transform()
     root = ET.Element("VRTDataset", rasterXSize=str(w), rasterYSize=str(h))
     ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = ds.rio.crs.to_wkt()
     ET.SubElement(root, "GeoTransform").text = ", ".join(
         repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e))
     for i, band in enumerate(bands, start=1):
-        vb = ET.SubElement(root, "VRTRasterBand", dataType="Int16", band=str(i),
+        dtype = "int16" if band == "quality" else str(ds[band].dtype)
+        gdal_type = _GDAL_TYPES[dtype]
+        vb = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band=str(i),
                            blockXSize=str(COG_TILE), blockYSize=str(COG_TILE))
         ET.SubElement(vb, "Description").text = band
-        ET.SubElement(vb, "NoDataValue").text = str(OUTPUT_NODATA)
+        ET.SubElement(vb, "NoDataValue").text = str(nodata_value)
         if band == "quality":
             src = _source(vb, "ComplexSource", store, band, (h, w), "Byte")
             lut = ",".join([f"0:{OUTPUT_NODATA}"] + [f"{int(q)}:{int(q)}" for q in Quality
                                                         if q != Quality.NODATA])
             ET.SubElement(src, "LUT").text = lut
         else:
-            _source(vb, "SimpleSource", store, band, (h, w), "Int16")
+            _source(vb, "SimpleSource", store, band, (h, w), gdal_type)
         for k in range(1, levels + 1):
-            _source(vb, "Overview", store, f"{_OVR_GROUP}/{k}/{band}", (0, 0), "Int16")
+            _source(vb, "Overview", store, f"{_OVR_GROUP}/{k}/{band}", (0, 0), gdal_type)
     return ET.tostring(root, encoding="unicode")
 
 

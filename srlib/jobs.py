@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .derivatives import write_derivatives
 from .notify import Notifier, notifier_from_env, step
 from .pipeline import remove_product, super_resolve_to_cog
 from .publish import S3Target, publish_product, s3_client
@@ -44,6 +45,9 @@ class JobResult:
     cog: Path | None = None
     published: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    qc: dict[str, Any] | None = None
+    run_id: int | None = None
 
 
 def _published(uri: str, name: str) -> bool:
@@ -71,12 +75,73 @@ def run_dr(
     version: int = 1,
     notifier: Notifier | None = None,
     load_options: dict[str, Any] | None = None,
+    derivatives: bool | None = None,
+    db: Any | None = None,
     **options: Any,
 ) -> JobResult:
     """Super-resolve one scene into a checked, optionally published product.
 
     Parameters mirror ``srlib dr``; ``options`` go to :func:`srlib.super_resolve`.
+    ``derivatives`` (default: for AOI requests) writes NDVI, EVI, RGB and NIR COGs beside
+    the product and publishes them with it. With ``db`` (a :class:`srlib.db.MetadataDB`)
+    the run is recorded: inputs, model, versions, timings, QC, outputs and status.
     """
+    if db is None:
+        return _run_dr(date=date, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
+                       model=model, out=out, publish=publish, force=force, catalog=catalog,
+                       name_template=name_template, version=version, notifier=notifier,
+                       load_options=load_options, derivatives=derivatives, **options)
+    from .notify import redact
+
+    inputs = {"date": str(date), "mgrs": mgrs, "aoi": list(aoi) if aoi else None,
+              "s2_id": s2_id, "product_id": product_id, "publish": publish}
+    run_id = db.start_run(inputs, model=getattr(model, "name", str(model)),
+                          versions=_versions())
+    try:
+        result = _run_dr(date=date, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
+                         model=model, out=out, publish=publish, force=force, catalog=catalog,
+                         name_template=name_template, version=version, notifier=notifier,
+                         load_options=load_options, derivatives=derivatives, **options)
+    except Exception as err:
+        report = getattr(err, "report", None)
+        db.finish_run(run_id, "failed", error=redact(f"{type(err).__name__}: {err}"),
+                      qc=report.to_dict() if report is not None else None)
+        err.srlib_run_id = run_id  # type: ignore[attr-defined]
+        raise
+    db.finish_run(run_id, result.status, timings=result.timings, qc=result.qc,
+                  outputs=result.published or [str(p) for p in result.files])
+    result.run_id = run_id
+    return result
+
+
+def _versions() -> dict[str, str]:
+    import rasterio
+    import torch
+
+    from . import __version__
+
+    return {"srlib": __version__, "torch": torch.__version__, "gdal": rasterio.__gdal_version__}
+
+
+def _run_dr(
+    *,
+    date: str | dt.date,
+    mgrs: str | None,
+    aoi: Sequence[float] | None,
+    s2_id: int,
+    product_id: str | None,
+    model: Any,
+    out: str | os.PathLike,
+    publish: str | None,
+    force: bool,
+    catalog: str,
+    name_template: str,
+    version: int,
+    notifier: Notifier | None,
+    load_options: dict[str, Any] | None,
+    derivatives: bool | None,
+    **options: Any,
+) -> JobResult:
     notifier = notifier or notifier_from_env()
     day = parse_date(date)
     context = {"date": f"{day:%Y%m%d}", "mgrs": mgrs, "aoi": aoi}
@@ -105,9 +170,15 @@ def run_dr(
         result.timings = report.timings
     else:
         report = check_quality(cog)
+    result.qc = report.to_dict()
+    extra: list[Path] = []
+    if derivatives if derivatives is not None else aoi is not None:
+        with step("derivatives", notifier, product=name):
+            extra = write_derivatives(cog.with_suffix(".zarr"), cog)
+    result.files = [cog, cog.with_suffix(".qc.json"), *extra]
     if publish:
         with step("publish", notifier, product=name, destination=publish):
-            result.published = publish_product(cog, report, publish)
+            result.published = publish_product(cog, report, publish, extra=extra)
     return result
 
 
@@ -149,24 +220,18 @@ def run_pdr(
             time.sleep(poll_interval)
             continue
         handled += 1
-        inputs = {"request": request["id"], "date": request["date"], "aoi": request["aoi"]}
-        with step("database", notifier, worker=worker):
-            run_id = db.start_run(inputs, model=str(dr_options.get("model", "bicubic")))
         try:
             result = run_dr(date=request["date"], aoi=request["aoi"], notifier=notifier,
-                            **dr_options)
+                            db=db, **dr_options)
         except Exception as err:
             message = redact(f"{type(err).__name__}: {err}")
             with step("database", notifier, worker=worker):
-                db.finish_run(run_id, "failed", error=message,
-                              qc=getattr(getattr(err, "report", None), "to_dict", dict)())
-                db.fail_request(request["id"], message, run_id)
+                db.fail_request(request["id"], message, getattr(err, "srlib_run_id", None))
             counts["failed"] += 1
             log.error("request %s failed: %s", request["id"], message)
             continue
         with step("database", notifier, worker=worker):
-            db.finish_run(run_id, result.status, timings=result.timings,
-                          outputs=result.published)
-            db.complete_request(request["id"], run_id)
+            db.complete_request(request["id"], result.run_id)
         counts[result.status] += 1
     return counts
+

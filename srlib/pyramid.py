@@ -45,18 +45,18 @@ def mean2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
     """
     quads = _quads(_pad_even(block, nodata))
     valid = [q != nodata for q in quads]
-    total = np.zeros(quads[0].shape, dtype=np.int32)
-    count = np.zeros(quads[0].shape, dtype=np.int32)
+    total = np.zeros(quads[0].shape, dtype=np.int64)
+    count = np.zeros(quads[0].shape, dtype=np.int64)
     for q, v in zip(quads, valid, strict=True):
         total += np.where(v, q, 0)
         count += v
-    out = np.full(total.shape, nodata, dtype=np.int16)
+    out = np.full(total.shape, nodata, dtype=np.int64)
     ok = count > 0
     if ok.all():
         out[...] = (2 * total + count) // (2 * count)
     else:
         out[ok] = (2 * total[ok] + count[ok]) // (2 * count[ok])
-    return out
+    return out.astype(block.dtype if block.dtype != bool else np.int16)
 
 
 def mode2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
@@ -81,6 +81,11 @@ def quality_for_cog(quality: np.ndarray) -> np.ndarray:
     return q
 
 
-def halve(block: np.ndarray, name: str) -> np.ndarray:
-    """One pyramid step of variable ``name`` (int16, COG encoding)."""
-    return mode2x2(block) if name == "quality" else mean2x2(block)
+def halve(block: np.ndarray, name: str, nodata: int = OUTPUT_NODATA) -> np.ndarray:
+    """One pyramid step of variable ``name`` in its COG encoding (its dtype, ``nodata``).
+
+    ``quality`` takes the majority code; every other variable the mean of valid pixels.
+    """
+    if name == "quality":
+        return mode2x2(block)
+    return mean2x2(block, nodata).astype(block.dtype, copy=False)

@@ -65,15 +65,23 @@ def _aligned(sr: xr.Dataset, tile: int) -> xr.Dataset:
     return sr.chunk(sizes) if sizes else sr
 
 
+def cog_nodata(var: xr.DataArray) -> int:
+    """Nodata of a variable as the COG stores it (quality: -32768, see to_cog)."""
+    if var.name == "quality":
+        return OUTPUT_NODATA
+    nodata = var.attrs.get("_FillValue", var.attrs.get("nodata", var.encoding.get("_FillValue")))
+    return OUTPUT_NODATA if nodata is None else int(nodata)
+
+
 def _write_region(path: str, region: tuple[slice, slice], marker: str, levels: int,
-                  **blocks: np.ndarray) -> int:
+                  nodata: dict[str, int], **blocks: np.ndarray) -> int:
     for name, block in blocks.items():
         arr = zarr.open_array(store=os.path.join(path, name), mode="r+", zarr_format=2)
         arr[region] = block
         # the first overview levels come from the block in memory: no second read pass
         level = quality_for_cog(block) if name == "quality" else block
         for k in range(1, levels + 1):
-            level = halve(level, name)
+            level = halve(level, name, nodata[name])
             ovr = zarr.open_array(store=os.path.join(path, OVERVIEWS, str(k), name),
                                   mode="r+", zarr_format=2)
             y0, x0 = region[0].start >> k, region[1].start >> k
@@ -110,9 +118,10 @@ def _create_overview_arrays(path: Path, sr: xr.DataArray | xr.Dataset, levels: i
         group.attrs["srlib_complete"] = False
         shape = (-(-h // (1 << k)), -(-w // (1 << k)))
         chunk = tuple(min(-(-c[0] // (1 << k)), n) for c, n in zip(chunks, shape, strict=True))
-        for name in sr.data_vars:
-            arr = group.create_array(name, shape=shape, chunks=chunk, dtype="int16",
-                                     fill_value=OUTPUT_NODATA, compressor=compressor,
+        for name, var in sr.data_vars.items():
+            dtype = "int16" if name == "quality" else var.dtype
+            arr = group.create_array(name, shape=shape, chunks=chunk, dtype=dtype,
+                                     fill_value=cog_nodata(var), compressor=compressor,
                                      overwrite=True)
             arr.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
 
@@ -218,7 +227,8 @@ def to_zarr(
                       slice(int(xstarts[ix]), int(xstarts[ix + 1])))
             blocks = {v: sr[v].data.blocks[iy, ix] for v in sr.data_vars}
             tasks.append(dask.delayed(_write_region, pure=False)(
-                str(path), region, str(marker), levels, **blocks))
+                str(path), region, str(marker), levels,
+                {v: cog_nodata(sr[v]) for v in sr.data_vars}, **blocks))
     # Compute in waves of a few regions per thread: the scheduler then never holds more
     # than a wave of finished blocks, so memory does not grow with the scene.
     wave = 2 * _threads()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import rasterio
 from click.testing import CliRunner
 
 from srlib.cli import main
@@ -52,15 +54,33 @@ def _keys(client, prefix):
 
 
 def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
+    from srlib.db import MetadataDB
+
+    url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
     args = ["dr", "--date", "20200219", "--aoi", *AOI, "--catalog", env["url"],
-            "--out", str(tmp_path), "--publish", "s3://products/sr"]
+            "--out", str(tmp_path), "--publish", "s3://products/sr", "--db", url]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     name = "S2x10_T29RKH_20200219_v1"
     assert (tmp_path / f"{name}.tif").exists()
-    assert _keys(env["client"], "sr/") == [f"sr/{name}.qc.json", f"sr/{name}.tif"]
+    derived = [f"sr/{name}_{d}.tif" for d in ("EVI", "NDVI", "NIR", "RGB")]
+    assert _keys(env["client"], "sr/") == sorted([*derived, f"sr/{name}.qc.json",
+                                                  f"sr/{name}.tif"])
+    with rasterio.open(tmp_path / f"{name}_RGB.tif") as rgb:
+        assert rgb.count == 3 and rgb.dtypes[0] == "uint8" and rgb.nodata == 0
+    with rasterio.open(tmp_path / f"{name}_NDVI.tif") as ndvi, \
+            rasterio.open(tmp_path / f"{name}.tif") as product:
+        red, nir = product.read(1).astype(float), product.read(4).astype(float)
+        expect = np.rint((nir - red) / (nir + red) * 10000)
+        np.testing.assert_allclose(ndvi.read(1), expect, atol=1)  # float32 maths
+        assert ndvi.transform == product.transform
+    db = MetadataDB(url)
+    run = db.run(1)
+    assert run["status"] == "done" and run["qc_passed"] is True
+    assert f"s3://products/sr/{name}.tif" in run["outputs"] and '"srlib"' in run["versions"]
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and again.output.startswith("skipped")
+    assert db.run(2)["status"] == "skipped"
 
 
 def test_dr_all_nodata_scene_fails_qc_notifies_and_publishes_nothing(env, tmp_path):
@@ -77,6 +97,7 @@ def test_dr_all_nodata_scene_fails_qc_notifies_and_publishes_nothing(env, tmp_pa
     assert "step 'inference' failed" in text and "QC FAILED" in text and "values" in text
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in text.replace("<AWS_SECRET", "")
     assert "/hook/T000/secret" not in text
+    assert not list(tmp_path.glob("*_NDVI.tif"))  # no derivatives of a failed product
 
 
 def test_dr_bad_request_exits_non_zero_with_a_clear_message(env, tmp_path):
@@ -104,5 +125,5 @@ def test_pdr_processes_requests_marks_failures_and_goes_on(env, tmp_path):
     run = db.run(db.request(good)["run_id"])
     assert run["status"] == "done" and "s3://products/pdr/" in run["outputs"]
     assert db.run(db.request(bad)["run_id"])["qc_passed"] is False
-    assert _keys(env["client"], "pdr/") == ["pdr/S2x10_T29RKH_20200219_v1.qc.json",
-                                            "pdr/S2x10_T29RKH_20200219_v1.tif"]
+    assert "pdr/S2x10_T29RKH_20200219_v1.tif" in _keys(env["client"], "pdr/")
+    assert "pdr/S2x10_T29RKH_20200219_v1_NDVI.tif" in _keys(env["client"], "pdr/")
