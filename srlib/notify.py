@@ -105,5 +105,6 @@ def step(name: str, notifier: Notifier, **context: Any) -> Iterator[None]:
     except BaseException as err:
         report = getattr(err, "report", None)
         table = report.to_table() if report is not None and hasattr(report, "to_table") else None
-        notifier.notify(name, err, table=table, context=context)
+        # a pipeline stage (inference, writing, qc) tags its errors more precisely
+        notifier.notify(getattr(err, "srlib_step", name), err, table=table, context=context)
         raise

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,28 +77,44 @@ def super_resolve_to_cog(
     sr = super_resolve(ds, model, **options)
     device = resolve_device(options.get("device"))
     log.info("super-resolving %s px into %s", dict(sr.sizes), zarr_path)
-    to_zarr(sr, zarr_path, resume=resume)
+    with _stage("inference"):
+        to_zarr(sr, zarr_path, resume=resume)
     t1 = time.perf_counter()
     log.info("writing COG %s", cog_path)
     try:
-        to_cog(zarr_path, staging)
+        with _stage("writing"):
+            to_cog(zarr_path, staging)
         t2 = time.perf_counter()
         inference_key = "gpu_s" if device.type == "cuda" else "cpu_s"
         timings = {inference_key: t1 - t0, "zarr_s": t1 - t0, "cog_s": t2 - t1,
                    "total_s": t2 - t0}
-        report = check_quality(staging, timings=timings, thresholds=thresholds)
+        with _stage("qc"):
+            report = check_quality(staging, timings=timings, thresholds=thresholds)
         report.path = str(cog_path)
         report.timings["qc_s"] = time.perf_counter() - t2
         report.to_json(zarr_path.with_suffix(".qc.json"))
         if not report.passed:
             log.error("QC failed, no product written:\n%s", report.to_table())
-            raise QCFailed(report.failed, report)
+            err = QCFailed(report.failed, report)
+            err.srlib_step = "qc"  # type: ignore[attr-defined]
+            raise err
         os.replace(staging, cog_path)
         report.to_json(cog_path.with_suffix(".qc.json"))
         log.info("QC passed: %s", cog_path)
         return report
     finally:
         staging.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Tag an exception with the pipeline stage it came from (for notifications)."""
+    try:
+        yield
+    except Exception as err:
+        if not hasattr(err, "srlib_step"):
+            err.srlib_step = name  # type: ignore[attr-defined]
+        raise
 
 
 def remove_product(cog_path: str | os.PathLike) -> None:

@@ -84,9 +84,12 @@ def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
 
 
 def test_dr_all_nodata_scene_fails_qc_notifies_and_publishes_nothing(env, tmp_path):
+    from srlib.db import MetadataDB
+
     env["received"].clear()
+    url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
     args = ["dr", "--date", "20200320", "--aoi", *AOI, "--catalog", env["url"],
-            "--out", str(tmp_path), "--publish", "s3://products/empty"]
+            "--out", str(tmp_path), "--publish", "s3://products/empty", "--db", url]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "quality checks failed: values" in result.output
@@ -94,7 +97,10 @@ def test_dr_all_nodata_scene_fails_qc_notifies_and_publishes_nothing(env, tmp_pa
     assert not (tmp_path / "S2x10_T29RKH_20200320_v1.tif").exists()
     assert len(env["received"]) == 1
     text = env["received"][0]["text"]
-    assert "step 'inference' failed" in text and "QC FAILED" in text and "values" in text
+    assert "step 'qc' failed" in text and "QC FAILED" in text and "values" in text
+    run = MetadataDB(url).run(1)
+    assert run["status"] == "failed" and run["qc_passed"] is False
+    assert "QCFailed" in run["error"]
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in text.replace("<AWS_SECRET", "")
     assert "/hook/T000/secret" not in text
     assert not list(tmp_path.glob("*_NDVI.tif"))  # no derivatives of a failed product

@@ -1,0 +1,48 @@
+"""Notifications: a real HTTP server on loopback receives them; secrets are redacted."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from srlib.notify import LogNotifier, WebhookNotifier, notifier_from_env, redact, step
+
+from .servers import webhook
+
+
+def test_webhook_gets_the_step_error_and_table_then_the_error_is_reraised(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3tvalue")
+    with webhook() as (url, received):
+        monkeypatch.setenv("SRLIB_WEBHOOK_URL", url)
+        notifier = notifier_from_env()
+        assert isinstance(notifier, WebhookNotifier) and url not in repr(notifier)
+        with pytest.raises(OSError, match="disk full"), step("writing", notifier, tile="29RKH"):
+            raise OSError(f"disk full at {url} with key s3cr3tvalue")
+    (message,) = received
+    text = message["text"]
+    assert "step 'writing' failed (tile=29RKH): OSError: disk full" in text
+    assert "s3cr3tvalue" not in text and url not in text
+    assert "<AWS_SECRET_ACCESS_KEY>" in text and "<SRLIB_WEBHOOK_URL>" in text
+
+
+def test_unreachable_webhook_never_hides_the_original_error(caplog):
+    notifier = WebhookNotifier("http://127.0.0.1:9/hook")
+    with caplog.at_level(logging.ERROR, logger="srlib"), pytest.raises(ValueError, match="x"):
+        with step("load", notifier):
+            raise ValueError("x")
+    assert "could not send the failure notification" in caplog.text
+
+
+def test_default_is_the_log(monkeypatch, caplog):
+    monkeypatch.delenv("SRLIB_WEBHOOK_URL", raising=False)
+    assert isinstance(notifier_from_env(), LogNotifier)
+    with caplog.at_level(logging.ERROR, logger="srlib"), pytest.raises(KeyError):
+        with step("database", LogNotifier()):
+            raise KeyError("row")
+    assert "step 'database' failed" in caplog.text
+
+
+def test_redact_url_passwords():
+    assert redact("postgresql+psycopg://srlib:hunter2@db:5432/x") == \
+        "postgresql+psycopg://srlib:***@db:5432/x"
