@@ -23,6 +23,7 @@ from .errors import (
     SrlibError,
     SrlibWarning,
     StatsMismatchWarning,
+    Terminated,
 )
 from .models import ModelSpec, load_model
 from .pipeline import super_resolve_to_cog
@@ -53,6 +54,7 @@ __all__ = [
     "SrlibError",
     "SrlibWarning",
     "StatsMismatchWarning",
+    "Terminated",
     "__version__",
     "check_quality",
     "load_items",

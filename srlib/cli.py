@@ -13,6 +13,13 @@ import click
 __all__ = ["main"]
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """Turn SIGTERM into an exception, so the run is recorded failed and notified."""
+    from srlib.errors import Terminated
+
+    raise Terminated(f"stopped by signal {signum} (SIGTERM); the run was not completed")
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -26,7 +33,10 @@ def _setup_logging(verbose: bool) -> None:
 @click.version_option(package_name="srlib")
 def main(verbose: bool) -> None:
     """Super-resolve Sentinel-2 L2A scenes 10x into quality-checked COGs."""
+    import signal
+
     _setup_logging(verbose)
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 @main.command()

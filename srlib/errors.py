@@ -17,6 +17,7 @@ __all__ = [
     "SrlibError",
     "SrlibWarning",
     "StatsMismatchWarning",
+    "Terminated",
 ]
 
 
@@ -66,6 +67,10 @@ class QCFailed(SrlibError):
             f"quality checks failed: {', '.join(self.failed)}; the product was not accepted. "
             "Inspect the QC table (report.to_table()) and the kept Zarr store."
         )
+
+
+class Terminated(SrlibError):
+    """The job was asked to stop (SIGTERM, e.g. a batch system's time limit)."""
 
 
 class SrlibWarning(UserWarning):

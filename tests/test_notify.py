@@ -46,3 +46,26 @@ def test_default_is_the_log(monkeypatch, caplog):
 def test_redact_url_passwords():
     assert redact("postgresql+psycopg://srlib:hunter2@db:5432/x") == \
         "postgresql+psycopg://srlib:***@db:5432/x"
+
+
+def test_sigterm_becomes_an_error_that_fails_the_run(tmp_path):
+    import signal
+
+    import srlib
+    from srlib.cli import _terminate
+    from srlib.db import MetadataDB
+    from srlib.jobs import run_dr
+
+    with pytest.raises(srlib.Terminated, match="SIGTERM"):
+        _terminate(signal.SIGTERM, None)
+    db = MetadataDB(f"sqlite:///{tmp_path / 'm.sqlite'}")
+
+    class Stop:  # a catalogue whose search is interrupted by the batch system
+        def __str__(self) -> str:
+            _terminate(signal.SIGTERM, None)
+            return ""
+
+    with pytest.raises(srlib.Terminated):
+        run_dr(date="20200219", mgrs="29RKH", catalog=Stop(), db=db, notifier=LogNotifier())
+    run = db.run(1)
+    assert run["status"] == "failed" and "Terminated" in run["error"]
