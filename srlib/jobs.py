@@ -23,6 +23,7 @@ from .pipeline import remove_product, super_resolve_to_cog
 from .publish import S3Target, publish_product, s3_client
 from .qc import check_quality
 from .sources import EARTH_SEARCH, load_s2, parse_date
+from .stac_item import write_product_item
 
 __all__ = ["DEFAULT_NAME", "JobResult", "product_name", "run_dr", "run_pdr"]
 
@@ -175,6 +176,16 @@ def _run_dr(
     if derivatives if derivatives is not None else aoi is not None:
         with step("derivatives", notifier, product=name):
             extra = write_derivatives(cog.with_suffix(".zarr"), cog)
+    base = publish.rstrip("/") if publish else None
+    href = (lambda p: f"{base}/{p.name}") if base else (lambda p: str(p.resolve()))
+    with step("stac", notifier, product=name):
+        item = write_product_item(
+            cog, datetime=ds.attrs.get("datetime") or None, href=href(cog),
+            properties={"srlib:source_items": ds.attrs.get("items", []),
+                        "srlib:model": getattr(model, "name", str(model))},
+            extra_assets={"qc": href(cog.with_suffix(".qc.json")),
+                          **{p.stem.rsplit("_", 1)[-1].lower(): href(p) for p in extra}})
+    extra = [*extra, item]
     result.files = [cog, cog.with_suffix(".qc.json"), *extra]
     if publish:
         with step("publish", notifier, product=name, destination=publish):

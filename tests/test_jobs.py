@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -65,7 +67,12 @@ def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
     assert (tmp_path / f"{name}.tif").exists()
     derived = [f"sr/{name}_{d}.tif" for d in ("EVI", "NDVI", "NIR", "RGB")]
     assert _keys(env["client"], "sr/") == sorted([*derived, f"sr/{name}.qc.json",
-                                                  f"sr/{name}.tif"])
+                                                  f"sr/{name}.stac.json", f"sr/{name}.tif"])
+    item = json.loads((tmp_path / f"{name}.stac.json").read_text())
+    assert item["assets"]["data"]["href"] == f"s3://products/sr/{name}.tif"
+    assert item["assets"]["ndvi"]["href"] == f"s3://products/sr/{name}_NDVI.tif"
+    assert item["properties"]["srlib:source_items"] == ["S2A_29RKH_20200219_0_L2A"]
+    assert item["properties"]["datetime"].startswith("2020-02-19T11:34:25")
     with rasterio.open(tmp_path / f"{name}_RGB.tif") as rgb:
         assert rgb.count == 3 and rgb.dtypes[0] == "uint8" and rgb.nodata == 0
     with rasterio.open(tmp_path / f"{name}_NDVI.tif") as ndvi, \
