@@ -22,6 +22,7 @@ from .notify import Notifier, notifier_from_env, step
 from .pipeline import remove_product, super_resolve_to_cog
 from .publish import S3Target, publish_product, s3_client
 from .qc import check_quality
+from .quicklook import write_quicklooks
 from .sources import EARTH_SEARCH, load_s2, parse_date
 from .stac_item import write_product_item
 
@@ -176,6 +177,8 @@ def _run_dr(
     if derivatives if derivatives is not None else aoi is not None:
         with step("derivatives", notifier, product=name):
             extra = write_derivatives(cog.with_suffix(".zarr"), cog)
+    with step("quicklook", notifier, product=name):
+        extra = [*extra, *write_quicklooks(ds, cog)]
     base = publish.rstrip("/") if publish else None
     href = (lambda p: f"{base}/{p.name}") if base else (lambda p: str(p.resolve()))
     with step("stac", notifier, product=name):
@@ -184,7 +187,8 @@ def _run_dr(
             properties={"srlib:source_items": ds.attrs.get("items", []),
                         "srlib:model": getattr(model, "name", str(model))},
             extra_assets={"qc": href(cog.with_suffix(".qc.json")),
-                          **{p.stem.rsplit("_", 1)[-1].lower(): href(p) for p in extra}})
+                          **{p.stem.rsplit("_", 1)[-1].lower(): href(p) for p in extra
+                             if p.suffix == ".tif"}})
     extra = [*extra, item]
     result.files = [cog, cog.with_suffix(".qc.json"), *extra]
     if publish:

@@ -66,7 +66,8 @@ def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
     name = "S2x10_T29RKH_20200219_v1"
     assert (tmp_path / f"{name}.tif").exists()
     derived = [f"sr/{name}_{d}.tif" for d in ("EVI", "NDVI", "NIR", "RGB")]
-    assert _keys(env["client"], "sr/") == sorted([*derived, f"sr/{name}.qc.json",
+    quicklooks = [f"sr/{name}_quicklook_{k}.png" for k in ("ndvi", "rgb")]
+    assert _keys(env["client"], "sr/") == sorted([*derived, *quicklooks, f"sr/{name}.qc.json",
                                                   f"sr/{name}.stac.json", f"sr/{name}.tif"])
     item = json.loads((tmp_path / f"{name}.stac.json").read_text())
     assert item["assets"]["data"]["href"] == f"s3://products/sr/{name}.tif"
