@@ -58,11 +58,15 @@ def test_request_lifecycle(url):
     assert db.request(rid2)["status"] == "done" and db.request(rid2)["run_id"] == 7
 
 
-def _worker(url: str, name: str, queue) -> None:  # runs in a separate process
+def _worker(url: str, name: str, queue, barrier) -> None:  # runs in a separate process
+    import time
+
     db = MetadataDB(url)
+    barrier.wait()  # all workers start claiming together
     got = []
     while (row := db.claim_request(name)) is not None:
         got.append(row["id"])
+        time.sleep(0.01)  # "process" the request, so the workers interleave
     queue.put(got)
 
 
@@ -70,8 +74,9 @@ def test_concurrent_workers_never_claim_a_request_twice(url):
     db = MetadataDB(url)
     ids = {db.add_request("20200219", (0, 0, 1, 1)) for _ in range(60)}
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(url, f"w{i}", queue)) for i in range(4)]
+    queue, barrier = ctx.Queue(), ctx.Barrier(4)
+    procs = [ctx.Process(target=_worker, args=(url, f"w{i}", queue, barrier))
+             for i in range(4)]
     for p in procs:
         p.start()
     claimed = [queue.get(timeout=120) for _ in procs]
