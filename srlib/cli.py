@@ -169,6 +169,45 @@ def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float
         raise SystemExit(1)
 
 
+@main.group()
+def slurm() -> None:
+    """Render and submit SLURM batch jobs from cluster profiles."""
+
+
+@slurm.command("render")
+@click.option("--profile", required=True, help="poznan, betzy, saga, or a profile JSON.")
+@click.option("--date", required=True)
+@click.option("--mgrs", default=None)
+@click.option("--aoi", nargs=4, type=float, default=None)
+@click.option("--out", required=True)
+@click.option("--logs", "log_dir", required=True)
+@click.option("--publish", default=None)
+@click.option("--runtime", type=click.Choice(["venv", "apptainer"]), default="venv")
+@click.option("--image", default=None, help="Apptainer image (.sif).")
+@click.option("--venv", default=None, help="Virtual environment path.")
+@click.option("--account", default=None, help="SLURM account (or $SRLIB_SLURM_ACCOUNT).")
+@click.option("--submit", "do_submit", is_flag=True,
+              help="Submit with sbatch, the finalisation job chained afterany.")
+def slurm_render(profile: str, date: str, mgrs: str | None, aoi: tuple[float, ...] | None,
+                 out: str, log_dir: str, publish: str | None, runtime: str,
+                 image: str | None, venv: str | None, account: str | None,
+                 do_submit: bool) -> None:
+    """Print (or submit) the batch scripts of one srlib dr job."""
+    from srlib.slurm import load_profile, render_all, submit
+
+    prof = load_profile(profile)
+    dr_script, fin_script = render_all(prof, date=date, mgrs=mgrs, aoi=aoi or None, out=out,
+                                       log_dir=log_dir, publish=publish, runtime=runtime,
+                                       image=image, venv=venv, account=account)
+    if not do_submit:
+        click.echo(dr_script)
+        click.echo(fin_script)
+        return
+    job = submit(dr_script, log_dir=log_dir)
+    fin = submit(fin_script, log_dir=log_dir, dependency=job)
+    click.echo(f"submitted {job}; finalisation {fin} after it")
+
+
 @main.command()
 @click.argument("zarr_path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))

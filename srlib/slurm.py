@@ -1,0 +1,166 @@
+"""SLURM batch scripts for ``srlib dr`` from cluster profiles shipped as data.
+
+A profile (``srlib/slurm_profiles/*.json``, or a user's JSON file) gives the partition,
+GPU, cores, node memory, an account (``"from-config"``: taken from ``SRLIB_SLURM_ACCOUNT``
+or ``--account``; never stored in a script by default) and the measured output rate of
+its GPU (``gpu_mpx_per_s``). Time and memory limits are derived from the work (output
+pixels), not hard-coded. Scripts run ``srlib dr`` in an Apptainer/Singularity container
+(``--nv``, bind mounts) or in a virtual environment; a finalisation job can be chained
+with ``--dependency=afterany:<jobid>``. No secret is ever written into a script:
+credentials come from the job's environment or from a credentials file sourced at run
+time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, SrlibError
+
+__all__ = ["Profile", "load_profile", "render_dr", "render_finalise", "submit"]
+
+TILE_PX = 10980
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A cluster's SLURM settings (see the module docstring)."""
+
+    name: str
+    partition: str
+    gres: str
+    cpus_per_task: int
+    node_memory_gb: int
+    account: str | None
+    gpu_mpx_per_s: float
+    max_time_h: float
+    gpu: str = ""
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Load a shipped profile by name (poznan, betzy, saga) or a user's JSON file."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        data = json.loads(path.read_text())
+    else:
+        shipped = resources.files("srlib") / "slurm_profiles" / f"{name_or_path}.json"
+        if not shipped.is_file():
+            names = sorted(p.name.removesuffix(".json")
+                           for p in (resources.files("srlib") / "slurm_profiles").iterdir())
+            raise InputError(f"unknown SLURM profile {name_or_path!r}; use one of {names} "
+                             "or the path of your own profile JSON")
+        data = json.loads(shipped.read_text())
+    try:
+        return Profile(**data)
+    except TypeError as err:
+        raise InputError(f"profile {name_or_path}: {err}") from err
+
+
+def _limits(profile: Profile, input_px: int, scale: int) -> tuple[str, int]:
+    """Wall time (HH:MM:SS) and memory (GB) for ``input_px`` input pixels."""
+    output_mpx = input_px * scale * scale / 1e6
+    seconds = output_mpx / profile.gpu_mpx_per_s * 2.0 + 900  # 2x margin + start-up
+    seconds = min(seconds, profile.max_time_h * 3600)
+    hours, rest = divmod(math.ceil(seconds), 3600)
+    memory = min(profile.node_memory_gb, max(32, 16 + 8 * profile.cpus_per_task // 4))
+    return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}", memory
+
+
+def _runner(runtime: str, image: str | None, venv: str | None, binds: list[str]) -> str:
+    if runtime == "apptainer":
+        if not image:
+            raise InputError("runtime='apptainer' needs image= (a .sif built from "
+                             "containers/srlib.def)")
+        bind = "".join(f" --bind {shlex.quote(b)}" for b in binds)
+        return f"apptainer exec --nv{bind} {shlex.quote(image)} srlib"
+    if runtime == "venv":
+        if not venv:
+            raise InputError("runtime='venv' needs venv= (the virtual environment's path)")
+        return f"{shlex.quote(str(Path(venv) / 'bin' / 'srlib'))}"
+    raise InputError(f"runtime must be 'apptainer' or 'venv', got {runtime!r}")
+
+
+def _header(profile: Profile, job: str, log_dir: str, time: str, memory: int,
+            account: str | None) -> list[str]:
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job}",
+             f"#SBATCH --partition={profile.partition}", f"#SBATCH --gres={profile.gres}",
+             f"#SBATCH --cpus-per-task={profile.cpus_per_task}", f"#SBATCH --mem={memory}G",
+             f"#SBATCH --time={time}", f"#SBATCH --output={log_dir}/%x-%j.out"]
+    if profile.account:
+        acct = account or os.environ.get("SRLIB_SLURM_ACCOUNT")
+        if not acct or acct == "from-config":
+            raise InputError(f"profile {profile.name} needs an account: pass account= or set "
+                             "SRLIB_SLURM_ACCOUNT")
+        lines.append(f"#SBATCH --account={acct}")
+    lines += ["set -euo pipefail",
+              "# credentials: from the job's environment, or a file read at run time",
+              'if [ -f "${SRLIB_CREDENTIALS:-$HOME/.config/srlib/credentials}" ]; then',
+              '    set -a; source "${SRLIB_CREDENTIALS:-$HOME/.config/srlib/credentials}"; set +a',
+              "fi"]
+    return lines
+
+
+def render_dr(profile: Profile, *, date: str, mgrs: str | None = None,
+              aoi: tuple[float, float, float, float] | None = None, out: str,
+              log_dir: str, publish: str | None = None, runtime: str = "venv",
+              image: str | None = None, venv: str | None = None,
+              account: str | None = None, input_px: int | None = None, scale: int = 10,
+              extra_args: tuple[str, ...] = ()) -> str:
+    """Render a batch script running ``srlib dr`` for a whole tile or an AOI."""
+    if (mgrs is None) == (aoi is None):
+        raise InputError("pass exactly one of mgrs= or aoi=")
+    px = input_px or (TILE_PX * TILE_PX if mgrs else 2048 * 2048)
+    time, memory = _limits(profile, px, scale)
+    job = f"srlib-dr-{mgrs or 'aoi'}-{date}"
+    where = ["--mgrs", mgrs] if mgrs else ["--aoi", *map(str, aoi or ())]
+    args = ["dr", "--date", date, *where, "--out", out, *(["--publish", publish]
+                                                          if publish else []), *extra_args]
+    srlib = _runner(runtime, image, venv, [out, log_dir])
+    lines = _header(profile, job, log_dir, time, memory, account)
+    lines += ['echo "srlib dr on $(hostname), job $SLURM_JOB_ID"',
+              f"{srlib} {' '.join(shlex.quote(a) for a in args)}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_finalise(profile: Profile, *, out: str, log_dir: str, runtime: str = "venv",
+                    image: str | None = None, venv: str | None = None,
+                    account: str | None = None) -> str:
+    """Render a short job that QC-checks every product in ``out`` (chain it after dr)."""
+    srlib = _runner(runtime, image, venv, [out, log_dir])
+    lines = _header(profile, "srlib-finalise", log_dir, "00:30:00", 16, account)
+    lines = [ln for ln in lines if not ln.startswith("#SBATCH --gres")]
+    lines += [f"for cog in {shlex.quote(out)}/S2x10_*_v*.tif; do",
+              '    [[ "$cog" == *_*_*_v*_* ]] && continue  # derivatives',
+              f'    {srlib} qc "$cog"',
+              "done"]
+    return "\n".join(lines) + "\n"
+
+
+def submit(script: str, *, log_dir: str, dependency: str | None = None) -> str:
+    """``sbatch`` a script (after creating ``log_dir``); return the job id."""
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    cmd = ["sbatch", "--parsable"]
+    if dependency:
+        cmd.append(f"--dependency=afterany:{dependency}")
+    try:
+        proc = subprocess.run(cmd, input=script, capture_output=True, text=True, check=True)
+    except FileNotFoundError as err:
+        raise SrlibError("sbatch not found: run this on a SLURM login node") from err
+    except subprocess.CalledProcessError as err:
+        raise SrlibError(f"sbatch failed: {err.stderr.strip()}") from err
+    return proc.stdout.strip().split(";")[0]
+
+
+def render_all(profile: Profile, **kwargs: Any) -> tuple[str, str]:
+    """Render the dr script and its finalisation script."""
+    keys = ("out", "log_dir", "runtime", "image", "venv", "account")
+    return render_dr(profile, **kwargs), render_finalise(
+        profile, **{k: kwargs[k] for k in keys if k in kwargs})
