@@ -103,7 +103,10 @@ def _header(profile: Profile, job: str, log_dir: str, time: str, memory: int,
     lines += ["set -euo pipefail",
               "# credentials: from the job's environment, or a file read at run time",
               'if [ -f "${SRLIB_CREDENTIALS:-$HOME/.config/srlib/credentials}" ]; then',
-              '    set -a; source "${SRLIB_CREDENTIALS:-$HOME/.config/srlib/credentials}"; set +a',
+              "    set -a",
+              "    # shellcheck source=/dev/null",
+              '    source "${SRLIB_CREDENTIALS:-$HOME/.config/srlib/credentials}"',
+              "    set +a",
               "fi"]
     return lines
 

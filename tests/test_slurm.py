@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -25,6 +26,7 @@ def test_rendered_scripts_are_valid_bash_without_secrets(name, runtime, tmp_path
         path = tmp_path / "job.sh"
         path.write_text(text)
         subprocess.run(["bash", "-n", str(path)], check=True)
+        subprocess.run([shutil.which("shellcheck") or "shellcheck", str(path)], check=True)
         assert "topsecretvalue" not in text
     assert f"#SBATCH --partition={profile.partition}" in script
     assert ("#SBATCH --account=nn1234k" in script) == (profile.account is not None)
