@@ -38,15 +38,10 @@ from .errors import SrlibError
 from .pyramid import halve, levels_needed, quality_for_cog
 from .zarr_io import ZARR_TILE, cog_nodata, default_compressor, open_zarr
 
-__all__ = ["COG_TILE", "build_overviews", "overview_count", "to_cog"]
+__all__ = ["COG_TILE", "build_overviews", "to_cog"]
 
 COG_TILE = 512
 _OVR_GROUP = "overviews"
-
-
-def overview_count(height: int, width: int, *, tile: int = COG_TILE) -> int:
-    """Halvings until the larger side is at most ``tile`` (GDAL's rounding: ceil)."""
-    return levels_needed(height, width, tile=tile)
 
 
 def _halve(arr: xr.DataArray, name: str, first: bool, nodata: int) -> xr.DataArray:
@@ -79,7 +74,7 @@ def build_overviews(zarr_path: str | os.PathLike, *, tile: int = COG_TILE) -> in
     """
     path = Path(zarr_path)
     ds = open_zarr(path)
-    levels = overview_count(ds.sizes["y"], ds.sizes["x"], tile=tile)
+    levels = levels_needed(ds.sizes["y"], ds.sizes["x"], tile=tile)
     prev = ds[[v for v in ds.data_vars if ds[v].dims == ("y", "x")]]
     nodata = {v: cog_nodata(ds[v]) for v in prev.data_vars}
     for k in range(1, levels + 1):

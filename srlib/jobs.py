@@ -88,11 +88,12 @@ def run_dr(
     the product and publishes them with it. With ``db`` (a :class:`srlib.db.MetadataDB`)
     the run is recorded: inputs, model, versions, timings, QC, outputs and status.
     """
+    job = dict(date=date, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
+               model=model, out=out, publish=publish, force=force, catalog=catalog,
+               name_template=name_template, version=version, notifier=notifier,
+               load_options=load_options, derivatives=derivatives, **options)
     if db is None:
-        return _run_dr(date=date, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
-                       model=model, out=out, publish=publish, force=force, catalog=catalog,
-                       name_template=name_template, version=version, notifier=notifier,
-                       load_options=load_options, derivatives=derivatives, **options)
+        return _run_dr(**job)
     from .notify import redact
 
     inputs = {"date": str(date), "mgrs": mgrs, "aoi": list(aoi) if aoi else None,
@@ -100,10 +101,7 @@ def run_dr(
     run_id = db.start_run(inputs, model=getattr(model, "name", str(model)),
                           versions=_versions())
     try:
-        result = _run_dr(date=date, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
-                         model=model, out=out, publish=publish, force=force, catalog=catalog,
-                         name_template=name_template, version=version, notifier=notifier,
-                         load_options=load_options, derivatives=derivatives, **options)
+        result = _run_dr(**job)
     except Exception as err:
         report = getattr(err, "report", None)
         db.finish_run(run_id, "failed", error=redact(f"{type(err).__name__}: {err}"),
@@ -154,24 +152,27 @@ def _run_dr(
     tile = ds.attrs.get("mgrs") or (mgrs or "AOI")
     name = product_name(name_template, mgrs=tile, date=day, version=version)
     cog = Path(out) / name
+    existing = None  # the QC report of a product already at ``cog``, checked once
     if not force:
         if publish and _published(publish, name):
             log.info("%s is already published under %s; skipping (--force redoes it)",
                      name, publish)
             return JobResult("skipped", cog)
-        if cog.exists() and check_quality(cog).passed:
-            log.info("%s exists and passes QC; skipping (--force redoes it)", cog)
-            if not publish:
-                return JobResult("skipped", cog)
+        if cog.exists():
+            existing = check_quality(cog)
+            if existing.passed:
+                log.info("%s exists and passes QC; skipping (--force redoes it)", cog)
+                if not publish:
+                    return JobResult("skipped", cog)
     else:
         remove_product(cog)
     result = JobResult("done", cog)
-    if not cog.exists():
+    if existing is None:
         with step("inference", notifier, product=name, **context):
             report = super_resolve_to_cog(ds, cog, model=model, **options)
         result.timings = report.timings
     else:
-        report = check_quality(cog)
+        report = existing
     result.qc = report.to_dict()
     extra: list[Path] = []
     if derivatives if derivatives is not None else aoi is not None:
