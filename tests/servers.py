@@ -250,3 +250,15 @@ def postgres(workdir: Path) -> Iterator[str]:
     finally:
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
                         "-w", "stop"], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def loopback_sources(workdir: Path, extra_items=None) -> Iterator[tuple[str, str, dict]]:
+    """moto S3 with the bundled sample and a STAC API serving it and the real metadata
+    items; ``extra_items(endpoint, item)`` adds more items. Yields (url, endpoint, item)."""
+    with moto_s3() as endpoint:
+        item = upload_sample(endpoint)
+        more = extra_items(endpoint, item) if extra_items else []
+        catalog = write_catalog(workdir, [item, *more, *metadata_items()])
+        with stac_api(catalog) as url:
+            yield url, endpoint, item

@@ -8,14 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from .servers import (
-    CREDENTIALS,
-    metadata_items,
-    moto_s3,
-    stac_api,
-    upload_sample,
-    write_catalog,
-)
+from .servers import CREDENTIALS, loopback_sources
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -35,15 +28,12 @@ def test_notebook_runs(name, tmp_path):
 def test_stac_notebook_runs_against_loopback_servers(tmp_path, monkeypatch):
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    with moto_s3() as endpoint:
-        item = upload_sample(endpoint)
-        catalog = write_catalog(tmp_path / "stac", [item, *metadata_items()])
-        with stac_api(catalog) as url:
-            monkeypatch.setenv("SRLIB_CATALOG", url)
-            monkeypatch.setenv("SRLIB_DATE", "20200219")
-            monkeypatch.setenv("SRLIB_MGRS", "29RKH")
-            monkeypatch.setenv("SRLIB_AOI", "-11.5 24.5 -11.45 24.55")
-            monkeypatch.setenv("AWS_S3_ENDPOINT", endpoint)
-            monkeypatch.setenv("AWS_HTTPS", "NO")
-            monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
-            _run(NOTEBOOKS / "02_tile_or_aoi_from_stac.ipynb", tmp_path)
+    with loopback_sources(tmp_path / "stac") as (url, endpoint, _item):
+        monkeypatch.setenv("SRLIB_CATALOG", url)
+        monkeypatch.setenv("SRLIB_DATE", "20200219")
+        monkeypatch.setenv("SRLIB_MGRS", "29RKH")
+        monkeypatch.setenv("SRLIB_AOI", "-11.5 24.5 -11.45 24.55")
+        monkeypatch.setenv("AWS_S3_ENDPOINT", endpoint)
+        monkeypatch.setenv("AWS_HTTPS", "NO")
+        monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
+        _run(NOTEBOOKS / "02_tile_or_aoi_from_stac.ipynb", tmp_path)

@@ -23,11 +23,8 @@ from .servers import (
     DATA,
     SAMPLE,
     broken_item,
+    loopback_sources,
     metadata_items,
-    moto_s3,
-    stac_api,
-    upload_sample,
-    write_catalog,
 )
 
 pytestmark = pytest.mark.integration
@@ -38,15 +35,14 @@ def servers(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     for key, value in CREDENTIALS.items():
         mp.setenv(key, value)
-    with moto_s3() as endpoint:
-        item = upload_sample(endpoint)
-        broken = [broken_item(endpoint, item, day="20200310", nir=None),
-                  broken_item(endpoint, item, day="20200315", nir=b"not a GeoTIFF")]
-        catalog = write_catalog(tmp_path_factory.mktemp("stac"),
-                                [item, *broken, *metadata_items()])
-        with stac_api(catalog) as url:
-            s3 = S3Options(endpoint=endpoint, https=False, virtual_hosting=False)
-            yield {"url": url, "s3": s3, "endpoint": endpoint, "item": item}
+
+    def broken(endpoint, item):
+        return [broken_item(endpoint, item, day="20200310", nir=None),
+                broken_item(endpoint, item, day="20200315", nir=b"not a GeoTIFF")]
+
+    with loopback_sources(tmp_path_factory.mktemp("stac"), broken) as (url, endpoint, item):
+        s3 = S3Options(endpoint=endpoint, https=False, virtual_hosting=False)
+        yield {"url": url, "s3": s3, "endpoint": endpoint, "item": item}
     mp.undo()
 
 
