@@ -174,37 +174,60 @@ def slurm() -> None:
     """Render and submit SLURM batch jobs from cluster profiles."""
 
 
-@slurm.command("render")
-@click.option("--profile", required=True, help="poznan, betzy, saga, or a profile JSON.")
-@click.option("--date", required=True)
-@click.option("--mgrs", default=None)
-@click.option("--aoi", nargs=4, type=float, default=None)
-@click.option("--out", required=True)
-@click.option("--logs", "log_dir", required=True)
-@click.option("--publish", default=None)
-@click.option("--runtime", type=click.Choice(["venv", "apptainer"]), default="venv")
-@click.option("--image", default=None, help="Apptainer image (.sif).")
-@click.option("--venv", default=None, help="Virtual environment path.")
-@click.option("--account", default=None, help="SLURM account (or $SRLIB_SLURM_ACCOUNT).")
-@click.option("--submit", "do_submit", is_flag=True,
-              help="Submit with sbatch, the finalisation job chained afterany.")
-def slurm_render(profile: str, date: str, mgrs: str | None, aoi: tuple[float, ...] | None,
-                 out: str, log_dir: str, publish: str | None, runtime: str,
-                 image: str | None, venv: str | None, account: str | None,
-                 do_submit: bool) -> None:
-    """Print (or submit) the batch scripts of one srlib dr job."""
-    from srlib.slurm import load_profile, render_all, submit
+def _slurm_job_options(func):
+    """Add the options shared by ``srlib slurm render`` and ``srlib slurm submit``."""
+    options = [
+        click.option("--profile", required=True, help="poznan, betzy, saga, or a profile JSON."),
+        click.option("--date", required=True, help="Acquisition date, YYYYMMDD."),
+        click.option("--mgrs", default=None, help="Whole MGRS tile."),
+        click.option("--aoi", nargs=4, type=float, default=None,
+                     metavar="MIN_LON MIN_LAT MAX_LON MAX_LAT"),
+        click.option("--out", required=True, help="Output directory (on shared storage)."),
+        click.option("--logs", "log_dir", required=True, help="Log directory (created)."),
+        click.option("--publish", default=None, help="s3://bucket/prefix."),
+        click.option("--runtime", type=click.Choice(["venv", "apptainer"]), default="venv",
+                     show_default=True),
+        click.option("--image", default=None, help="Apptainer image (.sif)."),
+        click.option("--venv", default=None, help="Virtual environment path."),
+        click.option("--account", default=None, help="SLURM account (or $SRLIB_SLURM_ACCOUNT)."),
+        click.option("--dr-arg", "extra_args", multiple=True,
+                     help="Extra argument for srlib dr (repeat), e.g. --dr-arg=--catalog=URL."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
-    prof = load_profile(profile)
-    dr_script, fin_script = render_all(prof, date=date, mgrs=mgrs, aoi=aoi or None, out=out,
-                                       log_dir=log_dir, publish=publish, runtime=runtime,
-                                       image=image, venv=venv, account=account)
-    if not do_submit:
-        click.echo(dr_script)
-        click.echo(fin_script)
-        return
-    job = submit(dr_script, log_dir=log_dir)
-    fin = submit(fin_script, log_dir=log_dir, dependency=job)
+
+def _slurm_kwargs(profile: str, aoi: tuple[float, ...] | None, **kwargs):
+    from srlib.slurm import load_profile
+
+    return load_profile(profile), dict(aoi=aoi or None, **kwargs)
+
+
+@slurm.command("render")
+@_slurm_job_options
+def slurm_render(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
+    """Print the batch scripts of one srlib dr job and its finalisation."""
+    from srlib.slurm import render_all
+
+    prof, kw = _slurm_kwargs(profile, aoi, **kwargs)
+    for script in render_all(prof, **kw):
+        click.echo(script)
+
+
+@slurm.command("submit")
+@_slurm_job_options
+def slurm_submit(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
+    """Submit one srlib dr job and its finalisation (--dependency=afterany) with sbatch."""
+    import srlib
+    from srlib.slurm import submit_all
+
+    prof, kw = _slurm_kwargs(profile, aoi, **kwargs)
+    try:
+        job, fin = submit_all(prof, **kw)
+    except srlib.SrlibError as err:
+        click.echo(f"srlib slurm submit failed: {err}", err=True)
+        raise SystemExit(1) from err
     click.echo(f"submitted {job}; finalisation {fin} after it")
 
 

@@ -8,7 +8,8 @@ pixels), not hard-coded. Scripts run ``srlib dr`` in an Apptainer/Singularity co
 (``--nv``, bind mounts) or in a virtual environment; a finalisation job can be chained
 with ``--dependency=afterany:<jobid>``. No secret is ever written into a script:
 credentials come from the job's environment or from a credentials file sourced at run
-time.
+time. :func:`dask_cluster` builds a ``dask_jobqueue.SLURMCluster`` from the same profile
+(one GPU per worker, advertised as the worker resource ``GPU``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 
 from .errors import InputError, SrlibError
 
-__all__ = ["Profile", "load_profile", "render_dr", "render_finalise", "submit"]
+__all__ = ["Profile", "dask_cluster", "load_profile", "render_all", "render_dr",
+           "render_finalise", "submit", "submit_all"]
 
 TILE_PX = 10980
 
@@ -64,8 +66,23 @@ def load_profile(name_or_path: str) -> Profile:
         raise InputError(f"profile {name_or_path}: {err}") from err
 
 
+def aoi_pixels(aoi: tuple[float, float, float, float], resolution: float = 10.0) -> int:
+    """Approximate input pixels (at ``resolution`` metres) of a lon/lat box."""
+    min_lon, min_lat, max_lon, max_lat = aoi
+    mid = math.radians((min_lat + max_lat) / 2)
+    width = abs(max_lon - min_lon) * 111_320 * math.cos(mid)
+    height = abs(max_lat - min_lat) * 110_574
+    return max(1, math.ceil(width / resolution) * math.ceil(height / resolution))
+
+
 def _limits(profile: Profile, input_px: int, scale: int) -> tuple[str, int]:
-    """Wall time (HH:MM:SS) and memory (GB) for ``input_px`` input pixels."""
+    """Wall time (HH:MM:SS) and memory (GB) for ``input_px`` input pixels.
+
+    Time: output pixels over the profile's measured GPU rate, twice, plus 15 min of
+    start-up, capped at the partition's limit. Memory: the writer streams regions, so
+    peak RSS does not grow with the scene (benchmarks/README.md); it grows with the
+    threads that hold chunks at once, hence with the cores.
+    """
     output_mpx = input_px * scale * scale / 1e6
     seconds = output_mpx / profile.gpu_mpx_per_s * 2.0 + 900  # 2x margin + start-up
     seconds = min(seconds, profile.max_time_h * 3600)
@@ -88,17 +105,26 @@ def _runner(runtime: str, image: str | None, venv: str | None, binds: list[str])
     raise InputError(f"runtime must be 'apptainer' or 'venv', got {runtime!r}")
 
 
+def _account(profile: Profile, account: str | None) -> str | None:
+    """Return the account to charge: ``account``, else ``$SRLIB_SLURM_ACCOUNT``."""
+    if not profile.account:
+        return None
+    acct = account or os.environ.get("SRLIB_SLURM_ACCOUNT")
+    if not acct or acct == "from-config":
+        raise InputError(f"profile {profile.name} needs an account: pass account= or set "
+                         "SRLIB_SLURM_ACCOUNT")
+    return acct
+
+
 def _header(profile: Profile, job: str, log_dir: str, time: str, memory: int,
             account: str | None) -> list[str]:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={job}",
-             f"#SBATCH --partition={profile.partition}", f"#SBATCH --gres={profile.gres}",
+             f"#SBATCH --partition={profile.partition}",
+             *([f"#SBATCH --gres={profile.gres}"] if profile.gres else []),
              f"#SBATCH --cpus-per-task={profile.cpus_per_task}", f"#SBATCH --mem={memory}G",
              f"#SBATCH --time={time}", f"#SBATCH --output={log_dir}/%x-%j.out"]
-    if profile.account:
-        acct = account or os.environ.get("SRLIB_SLURM_ACCOUNT")
-        if not acct or acct == "from-config":
-            raise InputError(f"profile {profile.name} needs an account: pass account= or set "
-                             "SRLIB_SLURM_ACCOUNT")
+    acct = _account(profile, account)
+    if acct:
         lines.append(f"#SBATCH --account={acct}")
     lines += ["set -euo pipefail",
               "# credentials: from the job's environment, or a file read at run time",
@@ -117,10 +143,15 @@ def render_dr(profile: Profile, *, date: str, mgrs: str | None = None,
               image: str | None = None, venv: str | None = None,
               account: str | None = None, input_px: int | None = None, scale: int = 10,
               extra_args: tuple[str, ...] = ()) -> str:
-    """Render a batch script running ``srlib dr`` for a whole tile or an AOI."""
+    """Render a batch script running ``srlib dr`` for a whole tile or an AOI.
+
+    The time limit follows the work: a whole tile, or the AOI's size at 10 m (or
+    ``input_px``). ``srlib dr`` itself skips a product that exists and passes QC, so a
+    resubmitted job is idempotent. ``extra_args`` are appended to ``srlib dr``.
+    """
     if (mgrs is None) == (aoi is None):
         raise InputError("pass exactly one of mgrs= or aoi=")
-    px = input_px or (TILE_PX * TILE_PX if mgrs else 2048 * 2048)
+    px = input_px or (TILE_PX * TILE_PX if mgrs else aoi_pixels(aoi))  # type: ignore[arg-type]
     time, memory = _limits(profile, px, scale)
     job = f"srlib-dr-{mgrs or 'aoi'}-{date}"
     where = ["--mgrs", mgrs] if mgrs else ["--aoi", *map(str, aoi or ())]
@@ -136,14 +167,31 @@ def render_dr(profile: Profile, *, date: str, mgrs: str | None = None,
 def render_finalise(profile: Profile, *, out: str, log_dir: str, runtime: str = "venv",
                     image: str | None = None, venv: str | None = None,
                     account: str | None = None) -> str:
-    """Render a short job that QC-checks every product in ``out`` (chain it after dr)."""
+    """Render a short CPU job that QC-checks every product in ``out``.
+
+    Chain it after the dr job with ``afterany``: it runs whether dr succeeded or not, and
+    fails (non-zero) when no product is there or any product fails QC.
+    """
     srlib = _runner(runtime, image, venv, [out, log_dir])
-    lines = _header(profile, "srlib-finalise", log_dir, "00:30:00", 16, account)
-    lines = [ln for ln in lines if not ln.startswith("#SBATCH --gres")]
-    lines += [f"for cog in {shlex.quote(out)}/S2x10_*_v*.tif; do",
-              '    [[ "$cog" == *_*_*_v*_* ]] && continue  # derivatives',
-              f'    {srlib} qc "$cog"',
-              "done"]
+    cpu_only = Profile(**{**profile.__dict__, "gres": "", "cpus_per_task": 1})
+    lines = _header(cpu_only, "srlib-finalise", log_dir, "00:30:00",
+                    min(16, profile.node_memory_gb), account)
+    lines += ["shopt -s nullglob",
+              "checked=0 failed=0",
+              f"for cog in {shlex.quote(out)}/S2x10_*_v*.tif; do",
+              '    [[ "$cog" == *_*_*_v*_* ]] && continue  # derivatives (NDVI, RGB, ...)',
+              "    checked=$((checked + 1))",
+              f'    {srlib} qc "$cog" || failed=$((failed + 1))',
+              "done",
+              'if [ "$checked" -eq 0 ]; then',
+              f'    echo "no product in {out}: see the dr job\'s log" >&2',
+              "    exit 1",
+              "fi",
+              'if [ "$failed" -gt 0 ]; then',
+              '    echo "$failed of $checked product(s) fail QC" >&2',
+              "    exit 1",
+              "fi",
+              'echo "finalised: $checked product(s) pass QC"']
     return "\n".join(lines) + "\n"
 
 
@@ -167,3 +215,44 @@ def render_all(profile: Profile, **kwargs: Any) -> tuple[str, str]:
     keys = ("out", "log_dir", "runtime", "image", "venv", "account")
     return render_dr(profile, **kwargs), render_finalise(
         profile, **{k: kwargs[k] for k in keys if k in kwargs})
+
+
+def submit_all(profile: Profile, **kwargs: Any) -> tuple[str, str]:
+    """Render and submit the dr job and its finalisation (``afterany``); return both ids."""
+    dr_script, fin_script = render_all(profile, **kwargs)
+    job = submit(dr_script, log_dir=kwargs["log_dir"])
+    return job, submit(fin_script, log_dir=kwargs["log_dir"], dependency=job)
+
+
+def dask_cluster(profile: Profile, *, account: str | None = None, processes: int = 1,
+                 **kwargs: Any):
+    """Start a ``dask_jobqueue.SLURMCluster`` whose jobs match the profile.
+
+    Each job is one node share: the profile's partition, GRES, cores and memory. Jobs
+    with a GPU start workers that advertise the resource ``GPU=1`` per GPU process, so
+    :func:`srlib.super_resolve` runs at most one kernel task per GPU. Scale it with
+    ``cluster.scale(jobs=N)`` and connect a ``distributed.Client``; ``kwargs`` go to
+    ``SLURMCluster`` (e.g. ``python=``, ``log_directory=``, ``walltime=``).
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as err:
+        raise SrlibError("dask_cluster needs dask-jobqueue: pip install 'srlib[distributed]'") \
+            from err
+    _, memory = _limits(profile, TILE_PX * TILE_PX, 10)
+    extra = list(kwargs.pop("job_extra_directives", []))
+    if profile.gres:
+        extra.append(f"--gres={profile.gres}")
+    worker_args = list(kwargs.pop("worker_extra_args", []))
+    if profile.gres.startswith("gpu"):
+        if processes != 1 or not (profile.gres == "gpu" or profile.gres.endswith(":1")):
+            raise InputError(f"profile {profile.name} asks for --gres={profile.gres}: srlib "
+                             "runs one worker process per GPU job; use a gres of one GPU "
+                             "(gpu:1) and processes=1, and scale with more jobs")
+        worker_args += ["--resources", "GPU=1"]
+    options = dict(queue=profile.partition, account=_account(profile, account),
+                   cores=profile.cpus_per_task, memory=f"{memory}GB", processes=processes,
+                   walltime=f"{int(profile.max_time_h):02d}:00:00",
+                   job_extra_directives=extra, worker_extra_args=worker_args)
+    options.update(kwargs)
+    return SLURMCluster(**options)

