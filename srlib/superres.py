@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 
+import dask
 import dask.array as da
 import numpy as np
 import torch
@@ -136,6 +138,19 @@ def _bands(ds: xr.Dataset | xr.DataArray, bands: tuple[str, ...]
     return out, scl, template
 
 
+def _cluster_gpu_resources(device: str | torch.device | None) -> dict[str, float] | None:
+    """``{"GPU": 1}`` where the active distributed client's workers advertise GPUs."""
+    if device is not None and torch.device(device).type == "cpu":
+        return None
+    try:
+        from distributed import default_client
+
+        workers = default_client().scheduler_info(n_workers=-1)["workers"].values()
+    except (ImportError, ValueError):  # no distributed, or no client
+        return None
+    return {"GPU": 1} if any("GPU" in w.get("resources", {}) for w in workers) else None
+
+
 def super_resolve(
     ds: xr.Dataset | xr.DataArray,
     model: str | ModelSpec | torch.nn.Module = "bicubic",
@@ -145,6 +160,7 @@ def super_resolve(
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     precision: str = "bf16",
+    resources: Mapping[str, float] | None = None,
 ) -> xr.Dataset:
     """Super-resolve a Sentinel-2 L2A scene, lazily.
 
@@ -175,6 +191,14 @@ def super_resolve(
         before any compute, naming the largest safe value.
     precision : {"bf16", "fp16", "fp32"}
         Autocast precision on CUDA (the CPU always runs float32).
+    resources : dict, optional
+        Dask worker resources each model task holds on a ``dask.distributed`` cluster.
+        By default ``{"GPU": 1}`` when the active client's workers advertise a ``GPU``
+        resource (``dask worker --resources GPU=1``, as :func:`srlib.slurm.dask_cluster`
+        starts them) and ``device`` is not ``"cpu"``: one model task per GPU at a time,
+        never more. Computing the result directly needs
+        ``dask.config.set({"optimization.fuse.active": False})`` for the annotation to
+        reach the scheduler; :func:`srlib.to_zarr` does that itself.
 
     Returns
     -------
@@ -236,16 +260,22 @@ def super_resolve(
         x_starts=tuple(np.cumsum((0, *xchunks[:-1])).tolist()),
     )
     n_out = len(spec.bands_out) + 1
-    out = da.map_overlap(
-        sr_block, stack,
-        depth={0: 0, 1: halo, 2: halo}, boundary="reflect", trim=False,
-        allow_rechunk=False, align_arrays=False,
-        chunks=((n_out,), tuple(c * scale for c in ychunks), tuple(c * scale for c in xchunks)),
-        dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
-        name=f"srlib-{spec.name}-"
-        f"{tokenize(stack.name, spec.token, cfg.device, precision, batch_size)}",
-        cfg=cfg,
-    )
+    if resources is None:
+        resources = _cluster_gpu_resources(device)
+    annotate = dask.annotate(resources=dict(resources)) if resources \
+        else contextlib.nullcontext()
+    with annotate:  # the model tasks (and their halo reads) hold the resources
+        out = da.map_overlap(
+            sr_block, stack,
+            depth={0: 0, 1: halo, 2: halo}, boundary="reflect", trim=False,
+            allow_rechunk=False, align_arrays=False,
+            chunks=((n_out,), tuple(c * scale for c in ychunks),
+                    tuple(c * scale for c in xchunks)),
+            dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
+            name=f"srlib-{spec.name}-"
+            f"{tokenize(stack.name, spec.token, cfg.device, precision, batch_size)}",
+            cfg=cfg,
+        )
     if (py, px) != (ny, nx):
         out = out[:, : ny * scale, : nx * scale]
 

@@ -217,6 +217,9 @@ def to_zarr(
         _create_overview_arrays(path, sr, levels, first.chunks,
                                 compressor or default_compressor())
     ystarts, xstarts = np.cumsum((0, *ychunks)), np.cumsum((0, *xchunks))
+    # Unoptimised blocks: per-variable fusion would run the shared model block once per
+    # variable, and would drop task annotations (super_resolve's GPU resources)
+    parts = {v: sr[v].data.to_delayed(optimize_graph=False) for v in sr.data_vars}
     tasks = []
     for iy in range(len(ychunks)):
         for ix in range(len(xchunks)):
@@ -225,7 +228,7 @@ def to_zarr(
                 continue
             region = (slice(int(ystarts[iy]), int(ystarts[iy + 1])),
                       slice(int(xstarts[ix]), int(xstarts[ix + 1])))
-            blocks = {v: sr[v].data.blocks[iy, ix] for v in sr.data_vars}
+            blocks = {v: parts[v][iy, ix] for v in sr.data_vars}
             tasks.append(dask.delayed(_write_region, pure=False)(
                 str(path), region, str(marker), levels,
                 {v: cog_nodata(sr[v]) for v in sr.data_vars}, **blocks))

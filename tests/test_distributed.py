@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,31 @@ def test_local_cluster_output_is_identical_to_the_single_process_run(client, tmp
     np.testing.assert_array_equal(written.red.values, sr.red.compute(scheduler="threads").values)
     workers = client.run(lambda: __import__("srlib").models.spec._CACHE.__len__())
     assert len(workers) == 2 and all(n >= 1 for n in workers.values())  # loaded per worker
+
+
+def test_model_tasks_go_only_to_gpu_workers_one_at_a_time(tmp_path):
+    """Workers advertising ``GPU=1`` get every model task, never two at once."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    spec = {"gpu": {"cls": Nanny, "options": {"nthreads": 2, "resources": {"GPU": 1},
+                                                "memory_limit": "4GiB"}},
+            "cpu": {"cls": Nanny, "options": {"nthreads": 2, "memory_limit": "4GiB"}}}
+    with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {
+            "dashboard_address": ":0"}}) as cluster, distributed.Client(cluster) as client:
+        ds = synthetic_scene((96, 96))
+        sr = srlib.super_resolve(ds, chunks=32)  # resources found from the client
+        with distributed.get_task_stream(client) as stream:
+            store = srlib.to_zarr(sr, tmp_path / "p.zarr")
+        gpu = client.scheduler_info()["workers"]
+        gpu_addr = next(a for a, w in gpu.items() if w["name"] == "gpu")
+        model = [t for t in stream.data if str(t["key"]).startswith("('srlib-")]
+        assert len(model) == 9 and {t["worker"] for t in model} == {gpu_addr}
+        spans = sorted((s["start"], s["stop"]) for t in model for s in t["startstops"]
+                       if s["action"] == "compute")
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # serial
+        # both workers wrote regions; the output equals the single-process run
+        assert {t["worker"] for t in stream.data} == set(gpu)
+        local = srlib.super_resolve(ds, chunks=32, resources={}).compute(scheduler="threads")
+        np.testing.assert_array_equal(srlib.open_zarr(store).red.values, local.red.values)
+        loaded = client.run(lambda: __import__("srlib").models.spec._CACHE.__len__())
+        assert loaded[gpu_addr] == 1 and sum(loaded.values()) == 1

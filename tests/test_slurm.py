@@ -10,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import srlib
-from srlib.slurm import load_profile, render_dr, render_finalise
+from srlib.slurm import dask_cluster, load_profile, render_dr, render_finalise
 
+from .conftest import synthetic_scene
 from .servers import loopback_sources, s3_client, slurm, slurm_job
 from .test_jobs import AOI
 
@@ -85,11 +87,7 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         creds.write_text(f"AWS_ACCESS_KEY_ID=slurmtest\nAWS_SECRET_ACCESS_KEY={secret}\n"
                          "AWS_DEFAULT_REGION=us-east-1\n")
         creds.chmod(0o600)
-        profile = tmp_path / "this-node.json"  # a user's own profile: this node, no GPU
-        profile.write_text(json.dumps({
-            "name": "this-node", "partition": cluster["partition"], "gres": "",
-            "cpus_per_task": 2, "node_memory_gb": 4, "account": None,
-            "gpu_mpx_per_s": 1.0, "max_time_h": 1}))
+        profile = _node_profile(tmp_path, cluster["partition"])
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(SLURM_CONF=cluster["SLURM_CONF"], SRLIB_CREDENTIALS=str(creds),
                    AWS_S3_ENDPOINT=endpoint, AWS_HTTPS="NO", AWS_VIRTUAL_HOSTING="FALSE",
@@ -138,3 +136,45 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         assert slurm_job(fin3, cluster)["JobState"] == "FAILED"
         assert "no product in" in (logs / f"srlib-finalise-{fin3}.out").read_text()
         assert "NoSceneFound" in (logs / f"srlib-dr-aoi-20200102-{job3}.out").read_text()
+
+
+def _node_profile(tmp_path: Path, partition: str, **overrides) -> Path:
+    """A user's own profile for this node (no GPU)."""
+    path = tmp_path / "this-node.json"
+    path.write_text(json.dumps({
+        "name": "this-node", "partition": partition, "gres": "", "cpus_per_task": 2,
+        "node_memory_gb": 4, "account": None, "gpu_mpx_per_s": 1.0, "max_time_h": 1,
+        **overrides}))
+    return path
+
+
+def test_dask_cluster_jobs_ask_for_one_gpu_and_advertise_it(monkeypatch):
+    monkeypatch.setenv("SRLIB_SLURM_ACCOUNT", "nn1234k")
+    with dask_cluster(load_profile("betzy")) as cluster:
+        script = cluster.job_script()
+    assert "#SBATCH -p accel" in script and "#SBATCH --gres=gpu:1" in script
+    assert "#SBATCH -A nn1234k" in script and "--resources GPU=1" in script
+    with pytest.raises(srlib.InputError, match="one worker process per GPU"):
+        dask_cluster(load_profile("poznan"), processes=2)
+
+
+@pytest.mark.integration
+def test_super_resolve_on_a_slurm_cluster_of_dask_workers(cluster, tmp_path, monkeypatch):
+    """dask_jobqueue.SLURMCluster from a profile: two SLURM jobs, one worker each."""
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setenv("SLURM_CONF", cluster["SLURM_CONF"])
+    profile = load_profile(str(_node_profile(tmp_path, cluster["partition"],
+                                             cpus_per_task=1)))
+    ds = synthetic_scene((96, 96))
+    local = srlib.super_resolve(ds, chunks=32).compute(scheduler="threads")
+    with dask_cluster(profile, python=sys.executable, log_directory=str(tmp_path / "logs"),
+                      scheduler_options={"dashboard_address": ":0"}) as jobs:
+        jobs.scale(jobs=2)
+        with distributed.Client(jobs) as client:
+            client.wait_for_workers(2, timeout=120)
+            job_ids = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+            assert len(set(job_ids.values())) == 2 and None not in job_ids.values()
+            store = srlib.to_zarr(srlib.super_resolve(ds, chunks=32), tmp_path / "p.zarr")
+            written = srlib.open_zarr(store)
+            for var in local.data_vars:
+                np.testing.assert_array_equal(written[var].values, local[var].values)
