@@ -1,10 +1,13 @@
 """Super-resolve several MGRS tiles of one date on a Dask cluster.
 
 Run: python examples/tiles_on_dask_cluster.py 20250731 24MWV 24MVV [--publish s3://b/p]
+     [--slurm-profile poznan --jobs 4]
 
-Each tile is one `srlib.jobs.run_dr` job; the cluster (a LocalCluster here; a
-dask_jobqueue.SLURMCluster on HPC) executes the dask graphs of every job, and the model
-is loaded once per worker.
+Each tile is one `srlib.jobs.run_dr` job; the cluster (a LocalCluster, or with
+--slurm-profile a dask_jobqueue.SLURMCluster whose jobs each hold one GPU) executes the
+dask graphs of every job. The model is loaded once per worker, and on GPU workers each
+holds the worker resource GPU=1, so no GPU ever runs two model tasks at once. --out must
+be on storage that every node sees.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 from distributed import Client, LocalCluster
 
 from srlib.jobs import run_dr
+from srlib.slurm import dask_cluster, load_profile
 
 
 def main() -> None:
@@ -22,8 +26,16 @@ def main() -> None:
     parser.add_argument("tiles", nargs="+")
     parser.add_argument("--publish", default=None)
     parser.add_argument("--out", default="out")
+    parser.add_argument("--slurm-profile", default=None,
+                        help="poznan, betzy, saga or a profile JSON: run on SLURM jobs")
+    parser.add_argument("--jobs", type=int, default=2, help="SLURM jobs (one GPU each)")
     args = parser.parse_args()
-    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster):
+    if args.slurm_profile:
+        cluster = dask_cluster(load_profile(args.slurm_profile), log_directory="logs")
+        cluster.scale(jobs=args.jobs)
+    else:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1)
+    with cluster, Client(cluster):
         for tile in args.tiles:
             result = run_dr(date=args.date, mgrs=tile, out=args.out, publish=args.publish)
             print(tile, result.status, result.cog, *result.published)
