@@ -147,6 +147,7 @@ def _run_feather(x: np.ndarray, run: _Runner, spec: ModelSpec, gy: int, gx: int)
     wsum = np.zeros((hy * s, hx * s), dtype=np.float32)
     origins = [(py, px) for py in _grid(gy, hy, p, stride) for px in _grid(gx, hx, p, stride)]
     bs = run.batch_size(p)
+    tmp = np.empty((len(spec.bands_out), p * s, p * s), dtype=np.float32)
     for i in range(0, len(origins), bs):
         chunk = origins[i : i + bs]
         patches = np.stack([
@@ -160,9 +161,12 @@ def _run_feather(x: np.ndarray, run: _Runner, spec: ModelSpec, gy: int, gx: int)
             y0, y1 = max(oy, 0), min(oy + p * s, hy * s)
             x0, x1 = max(ox, 0), min(ox + p * s, hx * s)
             w = weight[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-            acc[:, y0:y1, x0:x1] += result[k, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox] * w
+            part = tmp[:, : y1 - y0, : x1 - x0]  # no temporaries per patch
+            np.multiply(result[k, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox], w, out=part)
+            acc[:, y0:y1, x0:x1] += part
             wsum[y0:y1, x0:x1] += w
-    return acc / wsum
+    acc /= wsum
+    return acc
 
 
 def sr_block(block: np.ndarray, block_info: dict | None = None, *,
