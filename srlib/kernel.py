@@ -147,25 +147,26 @@ def _run_feather(x: np.ndarray, run: _Runner, spec: ModelSpec, gy: int, gx: int)
     wsum = np.zeros((hy * s, hx * s), dtype=np.float32)
     origins = [(py, px) for py in _grid(gy, hy, p, stride) for px in _grid(gx, hx, p, stride)]
     bs = run.batch_size(p)
-    tmp = np.empty((len(spec.bands_out), p * s, p * s), dtype=np.float32)
+    # accumulate through torch views of the same memory: one fused, multi-threaded
+    # multiply-add per patch, no temporaries
+    acc_t, wsum_t, weight_t = map(torch.from_numpy, (acc, wsum, weight))
     for i in range(0, len(origins), bs):
         chunk = origins[i : i + bs]
         patches = np.stack([
             x[:, py - gy + halo : py - gy + halo + p, px - gx + halo : px - gx + halo + p]
             for py, px in chunk
         ])
-        result = run(patches)
+        result = torch.from_numpy(run(patches))
         for k, (py, px) in enumerate(chunk):
             # patch extent in core-relative output pixels, clipped to the core
             oy, ox = (py - gy) * s, (px - gx) * s
             y0, y1 = max(oy, 0), min(oy + p * s, hy * s)
             x0, x1 = max(ox, 0), min(ox + p * s, hx * s)
-            w = weight[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-            part = tmp[:, : y1 - y0, : x1 - x0]  # no temporaries per patch
-            np.multiply(result[k, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox], w, out=part)
-            acc[:, y0:y1, x0:x1] += part
-            wsum[y0:y1, x0:x1] += w
-    acc /= wsum
+            w = weight_t[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+            acc_t[:, y0:y1, x0:x1].addcmul_(result[k, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox],
+                                            w)
+            wsum_t[y0:y1, x0:x1] += w
+    acc_t.div_(wsum_t)
     return acc
 
 
@@ -207,21 +208,31 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
         iy, ix = block_info[None]["chunk-location"][1:] if block_info else (0, 0)
         hr = _run_feather(xn, run, spec, cfg.y_starts[iy], cfg.x_starts[ix])
 
-    out_mean, out_std = spec.stats.output.arrays()
-    hr *= out_std  # in place: the block's output is the largest array here
-    hr += out_mean
     q = quality[halo:-halo, halo:-halo]
     q = np.repeat(np.repeat(q, s, axis=0), s, axis=1)
+    out = np.empty((hr.shape[0] + 1, *hr.shape[1:]), dtype=np.int16)
+    for r0 in range(0, hr.shape[1], _STRIP):  # strips stay in cache through every step
+        _finish(hr[:, r0 : r0 + _STRIP], q[r0 : r0 + _STRIP], out[:, r0 : r0 + _STRIP],
+                spec)
+    return out
+
+
+_STRIP = 64  # output rows post-processed at once (4 bands x 64 x 5120 float32: 5 MiB)
+
+
+def _finish(hr: np.ndarray, q: np.ndarray, out: np.ndarray, spec: ModelSpec) -> None:
+    """De-normalise, round and clip ``hr`` into ``out`` (bands + quality), in place."""
+    out_mean, out_std = spec.stats.output.arrays()
+    hr *= out_std
+    hr += out_mean
     bad = ~np.isfinite(hr.sum(axis=0))  # a model's NaN or inf never looks valid
     if bad.any():
         q[bad] = Quality.NODATA
         hr[:, bad] = 0.0
     np.rint(hr, out=hr)
     np.clip(hr, OUTPUT_NODATA + 1, 32767, out=hr)
-    out = np.empty((hr.shape[0] + 1, *hr.shape[1:]), dtype=np.int16)
     out[:-1] = hr
     nodata = q == Quality.NODATA
     if nodata.any():
         out[:-1, nodata] = OUTPUT_NODATA
     out[-1] = q
-    return out
