@@ -53,15 +53,23 @@ def product_token(sr: xr.Dataset) -> str:
     return tokenize(names, dict(sr.sizes), str(sr.rio.crs), tuple(sr.rio.transform()))
 
 
+REGION_TILES = 5  # a write region spans at most 5 x 5 Zarr chunks (2560 px)
+
+
 def _aligned(sr: xr.Dataset, tile: int) -> xr.Dataset:
-    """Rechunk so that every dask chunk but the last is a whole number of Zarr chunks."""
+    """Rechunk so that every dask chunk but the last is a whole number of Zarr chunks.
+
+    Chunks are also split to at most ``REGION_TILES`` Zarr chunks a side: a large model
+    block (Swin2SR's default 5120 px) is then written by several threads at once.
+    """
     first = sr[next(iter(sr.data_vars))]
+    cap = tile * REGION_TILES
     if first.chunks is None:
-        return sr.chunk({"y": tile * 5, "x": tile * 5})
+        return sr.chunk({"y": cap, "x": cap})
     sizes = {}
     for dim, chunks in zip(first.dims, first.chunks, strict=True):
-        if any(c % tile for c in chunks[:-1]):
-            sizes[dim] = tile * max(1, round(chunks[0] / tile))
+        if any(c % tile for c in chunks[:-1]) or max(chunks) > cap:
+            sizes[dim] = min(cap, tile * max(1, round(chunks[0] / tile)))
     return sr.chunk(sizes) if sizes else sr
 
 
