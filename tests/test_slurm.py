@@ -115,6 +115,9 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         assert (final["JobState"], final["ExitCode"]) == ("COMPLETED", "0:0"), fin_log
         assert final["StartTime"] >= dr["EndTime"]  # chained after dr
         assert "finalised: 1 product(s) pass QC" in fin_log
+        print(f"dr job {job}: {dr['JobState']} {dr['ExitCode']} ({dr['RunTime']}); "
+              f"finalisation {fin}: {final['JobState']} {final['ExitCode']}, "
+              f"started {final['StartTime']} after dr ended {dr['EndTime']}")
         name = "S2x10_T29RKH_20200219_v1"
         assert json.loads((out / f"{name}.qc.json").read_text())["passed"] is True
         keys = [o["Key"] for o in s3_client(endpoint).list_objects_v2(
