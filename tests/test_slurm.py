@@ -53,8 +53,10 @@ def test_time_limit_grows_with_the_work():
     small = render_dr(profile, date="20250731", aoi=(0, 0, 1, 1), out="o", log_dir="l",
                       input_px=512 * 512, venv="/v")
     tile = render_dr(profile, date="20250731", mgrs="24MWV", out="o", log_dir="l", venv="/v")
-    times = [next(ln for ln in s.splitlines() if "--time=" in ln) for s in (small, tile)]
-    assert times[0] < times[1]
+    for key in ("--time=", "--mem="):  # both grow with the work
+        small_v, tile_v = (next(ln for ln in s.splitlines() if key in ln).split("=")[1]
+                           for s in (small, tile))
+        assert small_v.removesuffix("G").zfill(8) < tile_v.removesuffix("G").zfill(8), key
 
 
 def test_profiles_that_need_an_account_say_so(monkeypatch):
