@@ -238,6 +238,9 @@ RUNNERS = {"srlib": run_srlib, "legacy": run_legacy, "floors": run_floors}
 
 
 def one(kind: str, size: int, model: str, workdir: Path) -> None:
+    import srlib
+
+    srlib.flush_subnormals()  # as the srlib command does; for every kind alike
     workdir.mkdir(parents=True, exist_ok=True)
     print(json.dumps(RUNNERS[kind](size, model, workdir)))
 

@@ -25,6 +25,7 @@ from .errors import (
     StatsMismatchWarning,
     Terminated,
 )
+from .kernel import flush_subnormals
 from .models import ModelSpec, load_model
 from .pipeline import super_resolve_to_cog
 from .qc import CheckResult, QCReport, check_quality
@@ -57,6 +58,7 @@ __all__ = [
     "Terminated",
     "__version__",
     "check_quality",
+    "flush_subnormals",
     "load_items",
     "load_model",
     "load_s2",

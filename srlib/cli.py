@@ -37,6 +37,11 @@ def main(verbose: bool) -> None:
 
     _setup_logging(verbose)
     signal.signal(signal.SIGTERM, _terminate)
+    if click.get_current_context().invoked_subcommand in ("demo", "dr", "pdr"):
+        # before any thread starts: see srlib.flush_subnormals
+        from srlib.kernel import flush_subnormals
+
+        flush_subnormals()
 
 
 @main.command()
