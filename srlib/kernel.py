@@ -230,18 +230,19 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
     q = quality[halo:-halo, halo:-halo]
     q = np.repeat(np.repeat(q, s, axis=0), s, axis=1)
     out = np.empty((hr.shape[0] + 1, *hr.shape[1:]), dtype=np.int16)
+    out_mean, out_std = spec.stats.output.arrays()
     for r0 in range(0, hr.shape[1], _STRIP):  # strips stay in cache through every step
-        _finish(hr[:, r0 : r0 + _STRIP], q[r0 : r0 + _STRIP], out[:, r0 : r0 + _STRIP],
-                spec)
+        rows = slice(r0, r0 + _STRIP)
+        _finish(hr[:, rows], q[rows], out[:, rows], out_mean, out_std)
     return out
 
 
 _STRIP = 64  # output rows post-processed at once (4 bands x 64 x 5120 float32: 5 MiB)
 
 
-def _finish(hr: np.ndarray, q: np.ndarray, out: np.ndarray, spec: ModelSpec) -> None:
+def _finish(hr: np.ndarray, q: np.ndarray, out: np.ndarray, out_mean: np.ndarray,
+            out_std: np.ndarray) -> None:
     """De-normalise, round and clip ``hr`` into ``out`` (bands + quality), in place."""
-    out_mean, out_std = spec.stats.output.arrays()
     hr *= out_std
     hr += out_mean
     bad = ~np.isfinite(hr.sum(axis=0))  # a model's NaN or inf never looks valid

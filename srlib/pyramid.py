@@ -45,16 +45,17 @@ def mean2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
     """
     padded = _pad_even(block, nodata)
     quads = _quads(padded)
-    total = quads[0].astype(np.int32)  # 2 * 4 * 32768 + 4 fits comfortably
-    for q in quads[1:]:
-        total += q
+    dtype = block.dtype if block.dtype != bool else np.int16
     if not (padded == nodata).any():  # the common case: every pixel valid
+        total = quads[0].astype(np.int32)  # 2 * 4 * 32768 + 4 fits comfortably
+        for q in quads[1:]:
+            total += q
         total *= 2
         total += 4
         total //= 8
-        return total.astype(block.dtype if block.dtype != bool else np.int16)
+        return total.astype(dtype)
     valid = [q != nodata for q in quads]
-    total[...] = 0
+    total = np.zeros(quads[0].shape, dtype=np.int32)
     count = np.zeros(quads[0].shape, dtype=np.int32)
     for q, v in zip(quads, valid, strict=True):
         total += np.where(v, q, 0)
@@ -62,7 +63,7 @@ def mean2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
     out = np.full(total.shape, nodata, dtype=np.int32)
     ok = count > 0
     out[ok] = (2 * total[ok] + count[ok]) // (2 * count[ok])
-    return out.astype(block.dtype if block.dtype != bool else np.int16)
+    return out.astype(dtype)
 
 
 def mode2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:

@@ -19,7 +19,7 @@ import math
 import os
 import shlex
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ def render_finalise(profile: Profile, *, out: str, log_dir: str, runtime: str = 
     fails (non-zero) when no product is there or any product fails QC.
     """
     srlib = _runner(runtime, image, venv, [out, log_dir])
-    cpu_only = Profile(**{**profile.__dict__, "gres": "", "cpus_per_task": 1})
+    cpu_only = replace(profile, gres="", cpus_per_task=1)
     lines = _header(cpu_only, "srlib-finalise", log_dir, "00:30:00",
                     min(16, profile.node_memory_gb), account)
     lines += ["shopt -s nullglob",

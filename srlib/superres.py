@@ -196,9 +196,10 @@ def super_resolve(
         By default ``{"GPU": 1}`` when the active client's workers advertise a ``GPU``
         resource (``dask worker --resources GPU=1``, as :func:`srlib.slurm.dask_cluster`
         starts them) and ``device`` is not ``"cpu"``: one model task per GPU at a time,
-        never more. Computing the result directly needs
-        ``dask.config.set({"optimization.fuse.active": False})`` for the annotation to
-        reach the scheduler; :func:`srlib.to_zarr` does that itself.
+        never more. Graph optimisation (low-level fusion) drops the annotation:
+        computing the result directly needs
+        ``dask.config.set({"optimization.fuse.active": False})``; :func:`srlib.to_zarr`
+        keeps it by computing unoptimised blocks.
 
     Returns
     -------
