@@ -12,7 +12,11 @@ quantise, and write nodata wherever the input pixel was nodata.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +29,7 @@ from .models.spec import ModelSpec, loaded_module
 __all__ = ["KernelConfig", "resolve_device", "sr_block"]
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,63 @@ class _Runner:
         return out.float().cpu().numpy()
 
 
+def _lanes(run: _Runner) -> int:
+    """Concurrent forward passes: on the CPU one per torch thread, each single-threaded.
+
+    On a few cores, one thread per batch beats one batch spread over every thread
+    (PyTorch's intra-op threads meet at a barrier after every operator): Swin2SR's
+    forward passes on 2 cores ran 1.41x faster (lightweight configuration) and 1.16-1.26x
+    faster (small), see benchmarks/README.md. Single-threaded passes also make CPU output
+    independent of the thread count: the same bytes from a laptop, a dask LocalCluster or
+    a SLURM job. The count is the calling thread's ``torch.get_num_threads()``; OpenMP
+    keeps that setting per thread, so the lanes' own setting never leaks to the caller.
+    A GPU runs its batches in the calling thread (0 lanes).
+    """
+    return max(1, torch.get_num_threads()) if run.device.type == "cpu" else 0
+
+
+def _forward_all(run: _Runner, batches: Sequence[_T], make: Callable[[_T], np.ndarray],
+                 consume: Callable[[_T, torch.Tensor], None]) -> None:
+    """Run every batch through the model and hand each result to ``consume``, in order.
+
+    ``make`` builds a batch's input patches, ``consume`` adds its output to the block.
+    The forward passes run in parallel lanes (see :func:`_lanes`); results are consumed
+    strictly in batch order, one at a time, so float sums (feather blending) are the same
+    whatever the number of lanes and the block is bit-for-bit reproducible.
+    """
+    lanes = min(_lanes(run), len(batches))
+    if lanes == 0:
+        for batch in batches:
+            consume(batch, torch.from_numpy(run(make(batch))))
+        return
+    lock, failed = threading.Lock(), threading.Event()
+    todo: Iterator[tuple[int, _T]] = iter(enumerate(batches))
+    done: dict[int, torch.Tensor] = {}
+    turn = 0  # index of the next batch to consume
+
+    def lane() -> None:
+        nonlocal turn
+        torch.set_num_threads(1)  # this thread only: the caller's setting is untouched
+        while not failed.is_set():
+            with lock:
+                i, batch = next(todo, (-1, None))
+            if batch is None:
+                return
+            try:
+                done[i] = torch.from_numpy(run(make(batch)))
+            except BaseException:
+                failed.set()  # the other lanes stop after their batch
+                raise
+            with lock:  # consume whatever is next in order
+                while turn in done:
+                    consume(batches[turn], done.pop(turn))
+                    turn += 1
+
+    with ThreadPoolExecutor(lanes, thread_name_prefix="srlib-lane") as pool:
+        for future in [pool.submit(lane) for _ in range(lanes)]:
+            future.result()  # re-raise a lane's error
+
+
 def _run_trim(x: np.ndarray, run: _Runner, spec: ModelSpec) -> np.ndarray:
     """Local patch grid; each patch's border of ``halo`` input pixels is discarded."""
     halo, s = spec.halo, spec.scale
@@ -133,17 +195,23 @@ def _run_trim(x: np.ndarray, run: _Runner, spec: ModelSpec) -> np.ndarray:
     groups: dict[tuple[int, int], list[tuple[tuple[int, int], tuple[int, int]]]] = {}
     for ty, tx in tiles:
         groups.setdefault((ty[1] - ty[0], tx[1] - tx[0]), []).append((ty, tx))
+    batches = []
     for (cy, cx), members in groups.items():
         bs = run.batch_size(max(cy, cx) + 2 * halo)
-        for i in range(0, len(members), bs):
-            chunk = members[i : i + bs]
-            patches = np.stack([x[:, y0 : y1 + 2 * halo, x0 : x1 + 2 * halo]
-                                for (y0, y1), (x0, x1) in chunk])
-            result = run(patches)
-            for k, ((y0, _), (x0, _)) in enumerate(chunk):
-                out[:, y0 * s : (y0 + cy) * s, x0 * s : (x0 + cx) * s] = result[
-                    k, :, halo * s : (halo + cy) * s, halo * s : (halo + cx) * s
-                ]
+        batches += [(cy, cx, members[i : i + bs]) for i in range(0, len(members), bs)]
+
+    def make(batch: tuple) -> np.ndarray:
+        return np.stack([x[:, y0 : y1 + 2 * halo, x0 : x1 + 2 * halo]
+                         for (y0, y1), (x0, x1) in batch[2]])
+
+    def consume(batch: tuple, result: torch.Tensor) -> None:
+        cy, cx, members = batch
+        for k, ((y0, _), (x0, _)) in enumerate(members):
+            out[:, y0 * s : (y0 + cy) * s, x0 * s : (x0 + cx) * s] = result[
+                k, :, halo * s : (halo + cy) * s, halo * s : (halo + cx) * s
+            ].numpy()
+
+    _forward_all(run, batches, make, consume)
     return out
 
 
@@ -166,16 +234,17 @@ def _run_feather(x: np.ndarray, run: _Runner, spec: ModelSpec, gy: int, gx: int)
     wsum = np.zeros((hy * s, hx * s), dtype=np.float32)
     origins = [(py, px) for py in _grid(gy, hy, p, stride) for px in _grid(gx, hx, p, stride)]
     bs = run.batch_size(p)
-    # accumulate through torch views of the same memory: one fused, multi-threaded
-    # multiply-add per patch, no temporaries
+    # accumulate through torch views of the same memory: one fused multiply-add per
+    # patch, no temporaries
     acc_t, wsum_t, weight_t = map(torch.from_numpy, (acc, wsum, weight))
-    for i in range(0, len(origins), bs):
-        chunk = origins[i : i + bs]
-        patches = np.stack([
+
+    def make(chunk: list[tuple[int, int]]) -> np.ndarray:
+        return np.stack([
             x[:, py - gy + halo : py - gy + halo + p, px - gx + halo : px - gx + halo + p]
             for py, px in chunk
         ])
-        result = torch.from_numpy(run(patches))
+
+    def consume(chunk: list[tuple[int, int]], result: torch.Tensor) -> None:
         for k, (py, px) in enumerate(chunk):
             # patch extent in core-relative output pixels, clipped to the core
             oy, ox = (py - gy) * s, (px - gx) * s
@@ -185,6 +254,8 @@ def _run_feather(x: np.ndarray, run: _Runner, spec: ModelSpec, gy: int, gx: int)
             acc_t[:, y0:y1, x0:x1].addcmul_(result[k, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox],
                                             w)
             wsum_t[y0:y1, x0:x1] += w
+
+    _forward_all(run, [origins[i : i + bs] for i in range(0, len(origins), bs)], make, consume)
     acc_t.div_(wsum_t)
     return acc
 

@@ -31,15 +31,13 @@ def test_local_cluster_output_is_identical_to_the_single_process_run(client, tmp
     remote = client.compute(sr).result()
     for var in local.data_vars:  # bicubic: bit-identical
         np.testing.assert_array_equal(remote[var].values, local[var].values)
-    # Swin2SR: workers run torch with 1 thread, this process with 2, and oneDNN's
-    # convolutions round differently per thread count: within the documented 1 DN
+    # Swin2SR too: workers run torch with 1 thread, this process with 2, but the kernel's
+    # forward passes are single-threaded lanes everywhere (srlib.kernel._lanes)
     sr = srlib.super_resolve(ds, tiny_swin, chunks=32)
     local = sr.compute(scheduler="threads")
     remote = client.compute(sr).result()
-    for var in srlib.OUTPUT_BANDS:
-        diff = np.abs(remote[var].values.astype(int) - local[var].values)
-        assert diff.max() <= 1 and (diff > 0).mean() < 0.001
-    np.testing.assert_array_equal(remote.quality.values, local.quality.values)
+    for var in local.data_vars:
+        np.testing.assert_array_equal(remote[var].values, local[var].values)
     # the resumable writer runs its region tasks on the workers
     sr = srlib.super_resolve(ds, chunks=52)
     store = srlib.to_zarr(sr, tmp_path / "p.zarr")

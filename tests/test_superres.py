@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -243,3 +244,43 @@ def test_flush_subnormals_zeroes_subnormal_floats_in_a_fresh_process():
     assert float(out[0]) > 0  # off by default: the library never sets it on import
     if out[1] == "True":  # x86 and most ARM CPUs support it
         assert float(out[2]) == 0.0
+
+
+def test_cpu_output_is_identical_whatever_the_torch_thread_count(scene, tiny_swin):
+    """Forward passes run single-threaded in parallel lanes: same bytes on 1, 2 or 3."""
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)  # the sync scheduler runs the kernel in this thread
+            results.append(srlib.super_resolve(scene, tiny_swin, chunks=48)
+                           .compute(scheduler="sync"))
+            assert torch.get_num_threads() == n  # the lanes never change the caller's
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for var in results[0].data_vars:
+            np.testing.assert_array_equal(other[var].values, results[0][var].values)
+
+
+class _FailsOnThirdCall(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = srlib.load_model("bicubic").build()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("boom on the third batch")
+        return self.inner(x)
+
+
+def test_a_failing_forward_pass_stops_every_lane_and_surfaces(scene):
+    module = _FailsOnThirdCall()
+    spec = srlib.load_model(module, blend="trim", halo=2, patch_size=8)  # many batches
+    sr = srlib.super_resolve(scene, spec, chunks=96, batch_size=1)
+    with pytest.raises(RuntimeError, match="boom on the third batch"):
+        sr.compute(scheduler="sync")
+    total = len(range(0, 96, 4)) ** 2  # 8 px patches with a 2 px halo: 4 px cores
+    assert module.calls < total / 2  # the other lanes stopped instead of finishing
