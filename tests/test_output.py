@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -59,6 +60,17 @@ def test_store_of_another_product_is_refused(tmp_path):
         srlib.to_zarr(b, store)
     srlib.to_zarr(b, store, resume=False)
     np.testing.assert_array_equal(srlib.open_zarr(store).red.values, b.red.values)
+
+
+def test_rewriting_a_store_with_another_codec_in_the_same_process(tmp_path):
+    """Writers keep arrays open per process; a store created again is opened afresh."""
+    import numcodecs
+
+    sr = srlib.super_resolve(synthetic_scene((20, 20), seed=1))
+    store = srlib.to_zarr(sr, tmp_path / "p.zarr")
+    srlib.to_zarr(sr, store, resume=False, compressor=numcodecs.Zlib(level=1))
+    assert json.loads((store / "red" / ".zarray").read_text())["compressor"]["id"] == "zlib"
+    np.testing.assert_array_equal(srlib.open_zarr(store).red.values, sr.red.values)
 
 
 KILL_SCRIPT = textwrap.dedent("""
