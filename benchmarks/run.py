@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/run.py                      # DEFAULT_PLAN: ~30 min on 2 cores
+    python benchmarks/run.py                      # DEFAULT_PLAN: ~45 min on 2 cores
     python benchmarks/run.py --sizes 512 --models bicubic swin2sr
     python benchmarks/run.py --repeat 3           # each measurement 3 times (default 2)
 
@@ -41,8 +41,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-# make bench: bicubic at every size; Swin2SR where a 2-core run stays within minutes
-DEFAULT_PLAN = [("bicubic", [512, 1024, 2048]), ("swin2sr", [512, 1024]),
+# make bench: bicubic and Swin2SR small at every size; the lightweight config at 512
+DEFAULT_PLAN = [("bicubic", [512, 1024, 2048]), ("swin2sr", [512, 1024, 2048]),
                 ("swin2sr-light", [512])]
 SCALE = 10
 LR_CHUNK = 256
