@@ -154,8 +154,12 @@ def run_legacy(size: int, model: str, workdir: Path) -> dict:
     from rasterio.enums import Resampling
     from rasterio.transform import from_origin
 
+    import srlib.kernel
     from srlib.kernel import sr_block
 
+    # the legacy ran its batches one after another with torch's own (intra-op) threads,
+    # not in srlib's parallel lanes: the same kernel otherwise
+    srlib.kernel._lanes = lambda run: 0
     spec, padded, cfg, _ = _prepared(size, model)
     halo, out = spec.halo, size * SCALE
     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ quantise, and write nodata wherever the input pixel was nodata.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -128,18 +129,35 @@ class _Runner:
 
 
 def _lanes(run: _Runner) -> int:
-    """Concurrent forward passes: on the CPU one per torch thread, each single-threaded.
+    """Concurrent forward passes of one block: on the CPU one per torch thread.
 
-    On a few cores, one thread per batch beats one batch spread over every thread
-    (PyTorch's intra-op threads meet at a barrier after every operator): Swin2SR's
-    forward passes on 2 cores ran 1.41x faster (lightweight configuration) and 1.16-1.26x
-    faster (small), see benchmarks/README.md. Single-threaded passes also make CPU output
-    independent of the thread count: the same bytes from a laptop, a dask LocalCluster or
-    a SLURM job. The count is the calling thread's ``torch.get_num_threads()``; OpenMP
-    keeps that setting per thread, so the lanes' own setting never leaks to the caller.
-    A GPU runs its batches in the calling thread (0 lanes).
+    On a few cores, one single-threaded pass per core beats one pass spread over every
+    core (PyTorch's intra-op threads meet at a barrier after every operator). Passes of
+    one thread also make CPU output independent of the thread count: the same bytes from
+    a laptop, a dask LocalCluster or a SLURM job. The count is the calling thread's
+    ``torch.get_num_threads()``; OpenMP keeps that setting per thread, so the lanes' own
+    setting never leaks to the caller. A GPU runs its batches in the calling thread (0).
     """
     return max(1, torch.get_num_threads()) if run.device.type == "cpu" else 0
+
+
+_SLOTS: threading.BoundedSemaphore | None = None
+_SLOTS_LOCK = threading.Lock()
+
+
+def _cpu_slots() -> threading.BoundedSemaphore:
+    """Process-wide bound on CPU forward passes in flight: one per usable core.
+
+    Blocks that run at once (dask threads) each start their lanes, but only this many
+    passes run together, so cores are never oversubscribed and memory holds at most one
+    batch per core, however many blocks are in flight.
+    """
+    global _SLOTS
+    with _SLOTS_LOCK:
+        if _SLOTS is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+            _SLOTS = threading.BoundedSemaphore(max(1, cores or os.cpu_count() or 1))
+        return _SLOTS
 
 
 def _forward_all(run: _Runner, batches: Sequence[_T], make: Callable[[_T], np.ndarray],
@@ -156,7 +174,7 @@ def _forward_all(run: _Runner, batches: Sequence[_T], make: Callable[[_T], np.nd
         for batch in batches:
             consume(batch, torch.from_numpy(run(make(batch))))
         return
-    lock, failed = threading.Lock(), threading.Event()
+    lock, failed, slots = threading.Lock(), threading.Event(), _cpu_slots()
     todo: Iterator[tuple[int, _T]] = iter(enumerate(batches))
     done: dict[int, torch.Tensor] = {}
     turn = 0  # index of the next batch to consume
@@ -170,7 +188,8 @@ def _forward_all(run: _Runner, batches: Sequence[_T], make: Callable[[_T], np.nd
             if batch is None:
                 return
             try:
-                done[i] = torch.from_numpy(run(make(batch)))
+                with slots:
+                    done[i] = torch.from_numpy(run(make(batch)))
             except BaseException:
                 failed.set()  # the other lanes stop after their batch
                 raise

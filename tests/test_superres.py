@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
+import dask
 import numpy as np
 import pytest
 import torch
@@ -284,3 +289,30 @@ def test_a_failing_forward_pass_stops_every_lane_and_surfaces(scene):
         sr.compute(scheduler="sync")
     total = len(range(0, 96, 4)) ** 2  # 8 px patches with a 2 px halo: 4 px cores
     assert module.calls < total / 2  # the other lanes stopped instead of finishing
+
+
+class _CountsConcurrentPasses(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = srlib.load_model("bicubic").build()
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+    def forward(self, x):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.02)
+        with self.lock:
+            self.running -= 1
+        return self.inner(x)
+
+
+def test_cpu_forward_passes_never_outnumber_the_cores(scene):
+    """More dask threads than cores, each with its lanes: still one pass per core at once."""
+    module = _CountsConcurrentPasses()
+    spec = srlib.load_model(module, blend="trim", halo=2, patch_size=12)
+    sr = srlib.super_resolve(scene, spec, chunks=24, batch_size=1)  # 16 blocks
+    cores = len(os.sched_getaffinity(0))
+    with dask.config.set(scheduler="threads", num_workers=cores + 2):
+        sr.compute()
+    assert 1 < module.most <= cores or cores == 1
