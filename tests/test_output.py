@@ -73,6 +73,22 @@ def test_rewriting_a_store_with_another_codec_in_the_same_process(tmp_path):
     np.testing.assert_array_equal(srlib.open_zarr(store).red.values, sr.red.values)
 
 
+def test_each_model_block_is_computed_once_when_written_as_several_regions(tmp_path,
+                                                                          monkeypatch, scene):
+    """A model block larger than a write region is never cut across two compute waves."""
+    import srlib.superres
+
+    calls = []
+    kernel = srlib.superres.sr_block
+    monkeypatch.setattr(srlib.superres, "sr_block",
+                        lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    sr = srlib.super_resolve(scene, chunks=48)  # 2 x 2 model blocks of 480 px
+    store = srlib.to_zarr(sr, tmp_path / "p.zarr", chunks=32)  # 160 px regions: 9 a block
+    assert len(calls) == 4
+    np.testing.assert_array_equal(srlib.open_zarr(store).red.values,
+                                  sr.red.compute().values)
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
