@@ -203,7 +203,7 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
 
     from srlib.models import loaded_module
 
-    spec, padded, _cfg, _ = _prepared(size, model)
+    spec, padded, cfg, _ = _prepared(size, model)
     module = loaded_module(spec, "cpu")
     mean, std = spec.stats.input.arrays()
     p, halo = spec.patch_size, spec.halo
@@ -223,11 +223,10 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
             for px in origins:
                 patches.append(scene[:, py + halo : py + halo + p, px + halo : px + halo + p])
     # the pipeline's batch size (trim: one block per call, as the pipeline)
-    from srlib.batching import peak_elements, plan_batch_size
     from srlib.kernel import _forward_all, _Runner
 
-    step = 1 if spec.blend == "trim" else plan_batch_size(
-        peak_elements(spec, p), torch.device("cpu"), safe=64)
+    run = _Runner(cfg)
+    step = 1 if spec.blend == "trim" else run.batch_size(p)
     batches = [patches[i : i + step] for i in range(0, len(patches), step)]
 
     def make(batch):
@@ -242,7 +241,7 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
     # lanes: the same forward passes run as srlib's kernel runs them (one single-threaded
     # pass per core at once, srlib.kernel._forward_all), nothing else
     t0 = time.perf_counter()
-    _forward_all(_Runner(_cfg), batches, make, lambda batch, result: None)
+    _forward_all(run, batches, make, lambda batch, result: None)
     t1 = time.perf_counter()
     out = size * SCALE
     rng = np.random.default_rng(0)

@@ -80,11 +80,11 @@ def _limits(profile: Profile, input_px: int, scale: int) -> tuple[str, int]:
     """Wall time (HH:MM:SS) and memory (GB) for ``input_px`` input pixels.
 
     Time: output pixels over the profile's measured GPU rate, twice, plus 15 min of
-    start-up, capped at the partition's limit. Memory: the Zarr writer streams regions, so
-    peak RSS does not grow with the scene beyond the blocks in flight (benchmarks/README.md:
-    1.3 GB at 2048 px on 2 threads); each thread holds at most a wave of two 5120 px
-    blocks (budgeted 2 GB), and there are no more busy threads than blocks in the work;
-    8 GB more cover the model, CUDA and GDAL's cache.
+    start-up, capped at the partition's limit. Memory: the Zarr writer streams regions in
+    waves, so peak RSS does not grow with the scene beyond the blocks in flight
+    (benchmarks/README.md, 2048 px on 2 threads: 1.4 GB bicubic, 2.1 GB Swin2SR with two
+    5120 px blocks in flight); each busy thread is budgeted 2 GB, there are no more busy
+    threads than blocks in the work, and 8 GB more cover the model, CUDA and GDAL's cache.
     """
     output_mpx = input_px * scale * scale / 1e6
     seconds = output_mpx / profile.gpu_mpx_per_s * 2.0 + 900  # 2x margin + start-up

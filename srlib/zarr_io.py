@@ -159,13 +159,16 @@ def _threads() -> int:
         return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
-def _source_block(source_chunks: tuple[tuple[int, ...], ...] | None,
+def _source_block(source_ends: list[np.ndarray] | None,
                   region: tuple[slice, slice]) -> tuple[int, int]:
-    """Index of the model block (dask chunk before alignment) where a region starts."""
-    if source_chunks is None:
+    """Index of the model block (dask chunk before alignment) where a region starts.
+
+    ``source_ends``: per dimension, the cumulative ends of the model's chunks.
+    """
+    if source_ends is None:
         return (0, 0)
-    return tuple(int(np.searchsorted(np.cumsum(c), r.start, side="right"))
-                 for c, r in zip(source_chunks, region, strict=True))  # type: ignore[return-value]
+    return tuple(int(np.searchsorted(ends, r.start, side="right"))
+                 for ends, r in zip(source_ends, region, strict=True))  # type: ignore[return-value]
 
 
 def _waves(groups: list[list], regions: int) -> list[list]:
@@ -235,6 +238,7 @@ def to_zarr(
     path = Path(path)
     tile = chunks or ZARR_TILE
     source_chunks = sr[next(iter(sr.data_vars))].chunks  # the model's blocks
+    source_ends = None if source_chunks is None else [np.cumsum(c) for c in source_chunks]
     sr = _aligned(sr, tile)
     token = product_token(sr)
     progress = _progress_dir(path)
@@ -286,7 +290,7 @@ def to_zarr(
             region = (slice(int(ystarts[iy]), int(ystarts[iy + 1])),
                       slice(int(xstarts[ix]), int(xstarts[ix + 1])))
             blocks = {v: parts[v][iy, ix] for v in sr.data_vars}
-            source = _source_block(source_chunks, region)
+            source = _source_block(source_ends, region)
             groups.setdefault(source, []).append(dask.delayed(_write_region, pure=False)(
                 str(path), store_id, region, str(marker), levels,
                 {v: cog_nodata(sr[v]) for v in sr.data_vars}, **blocks))
