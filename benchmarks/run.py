@@ -49,25 +49,29 @@ LR_CHUNK = 256
 
 
 def make_input(size: int):
-    """The real sample mirrored (numpy 'symmetric') to ``size`` x ``size`` pixels."""
+    """The real sample mirrored (numpy 'symmetric') to ``size`` x ``size`` pixels, lazily.
+
+    Dask-backed and read from the bundled files block by block, as ``srlib.load_s2``
+    reads its scenes: the input is never held in memory whole.
+    """
+    import dask.array as da
     import numpy as np
     import xarray as xr
     from affine import Affine
 
     import srlib
 
-    src = srlib.sample_scene().compute()
+    src = srlib.sample_scene()
     t = src.rio.transform()
     variables = {}
     for name, var in src.data_vars.items():
-        arr = var.values[:size, :size]
+        arr = var.data[:size, :size]
         pad = ((0, size - arr.shape[0]), (0, size - arr.shape[1]))
-        arr = np.pad(arr, pad, mode="symmetric") if any(p[1] for p in pad) else arr
-        variables[name] = xr.DataArray(arr, dims=("y", "x"), attrs=var.attrs)
+        arr = da.pad(arr, pad, mode="symmetric") if any(p[1] for p in pad) else arr
+        variables[name] = xr.DataArray(arr.rechunk(512), dims=("y", "x"), attrs=var.attrs)
     ds = xr.Dataset(variables, coords={
         "y": t.f + (np.arange(size) + 0.5) * t.e, "x": t.c + (np.arange(size) + 0.5) * t.a})
-    ds = ds.rio.write_crs(src.rio.crs).rio.write_transform(Affine(t.a, 0, t.c, 0, t.e, t.f))
-    return ds.chunk({"y": 512, "x": 512})
+    return ds.rio.write_crs(src.rio.crs).rio.write_transform(Affine(t.a, 0, t.c, 0, t.e, t.f))
 
 
 def model_spec(name: str):

@@ -15,7 +15,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -57,12 +57,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _ramp(n: int, width: int) -> np.ndarray:
-    """Feather weights along one axis: linear ramps of ``width`` at both ends."""
+    """Feather weights along one axis: linear ramps of ``width`` at both ends.
+
+    Patches ``n - width`` apart overlap by ``width``, where one ramps down as the next
+    ramps up: ``(n - i - 0.5) / width + (i - (n - width) + 0.5) / width = 1``. The
+    weights of every patch that covers a pixel therefore sum to one (to float rounding)
+    when ``width <= n / 2`` (see ModelSpec's check), in 2-D too, as products of these.
+    """
     if width <= 0:
         return np.ones(n, dtype=np.float32)
     i = np.arange(n, dtype=np.float64)
-    w = np.minimum(i + 0.5, n - i - 0.5) / width
-    return np.clip(w, 1e-3, 1.0).astype(np.float32)
+    return np.minimum(np.minimum(i + 0.5, n - i - 0.5) / width, 1.0).astype(np.float32)
 
 
 def _even_tiles(length: int, max_core: int) -> list[tuple[int, int]]:
@@ -129,86 +134,195 @@ class _Runner:
 
 
 def _lanes(run: _Runner) -> int:
-    """Concurrent forward passes of one block: on the CPU one per torch thread.
+    """Concurrent forward passes of one block: the process's lanes on the CPU, else 0.
+
+    A GPU runs its batches in the calling thread (0).
+    """
+    return _process_lanes().lanes if run.device.type == "cpu" else 0
+
+
+class _Lanes:
+    """The process's lane threads, one per CPU forward pass in flight, and the free ones.
 
     On a few cores, one single-threaded pass per core beats one pass spread over every
     core (PyTorch's intra-op threads meet at a barrier after every operator). Passes of
     one thread also make CPU output independent of the thread count: the same bytes from
-    a laptop, a dask LocalCluster or a SLURM job. The count is the calling thread's
-    ``torch.get_num_threads()``; OpenMP keeps that setting per thread, so the lanes' own
-    setting never leaks to the caller. A GPU runs its batches in the calling thread (0).
+    a laptop, a dask LocalCluster or a SLURM job.
+
+    There are as many lanes as ``torch.get_num_threads()`` in the thread that runs the
+    first block (at most the usable cores): set it, or ``OMP_NUM_THREADS`` (dask's
+    worker processes get 1), before computing. It is read once, because torch gives every
+    thread started afterwards the last count set anywhere in the process, so a thread's
+    own count says nothing after the lanes set theirs to 1. The lanes are started at once
+    and that process-wide count is then put back.
+
+    A block takes all the lanes it needs at once and each lane comes back when it runs
+    out of batches. Blocks that dask runs at the same time therefore take turns instead
+    of sharing the cores: one block finishes, and its output is written while the next
+    one computes, rather than both finishing late together with two outputs in memory.
+    The threads live as long as the process: a new pool per block gave every block new
+    threads, each with its own malloc arena, and fragmented memory.
     """
-    return max(1, torch.get_num_threads()) if run.device.type == "cpu" else 0
+
+    def __init__(self) -> None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        threads = torch.get_num_threads()
+        self.lanes = max(1, min(cores or os.cpu_count() or 1, threads))
+        self.free = self.lanes
+        self.changed = threading.Condition()
+        started = threading.Barrier(self.lanes + 1)
+        self.pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="srlib-lane",
+                                       initializer=_single_threaded)
+        for _ in range(self.lanes):
+            self.pool.submit(started.wait)
+        started.wait()
+        torch.set_num_threads(threads)  # the count new threads get, as it was
+
+    def take(self, n: int) -> int:
+        """Wait until ``n`` cores (at most all) are free, take them, return how many."""
+        n = min(n, self.lanes)
+        with self.changed:
+            self.changed.wait_for(lambda: self.free >= n)
+            self.free -= n
+        return n
+
+    def give(self) -> None:
+        with self.changed:
+            self.free += 1
+            self.changed.notify_all()
 
 
-_SLOTS: threading.BoundedSemaphore | None = None
-_SLOTS_LOCK = threading.Lock()
+def _single_threaded() -> None:
+    """Make torch run single-threaded in this thread, for good.
 
-
-def _cpu_slots() -> threading.BoundedSemaphore:
-    """Process-wide bound on CPU forward passes in flight: one per usable core.
-
-    Blocks that run at once (dask threads) each start their lanes, but only this many
-    passes run together, so cores are never oversubscribed and memory holds at most one
-    batch per core, however many blocks are in flight.
+    torch sets a thread's count from the process-wide one at the thread's first parallel
+    operator, unless it has already done so: ``get_num_threads`` does it first.
     """
-    global _SLOTS
-    with _SLOTS_LOCK:
-        if _SLOTS is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-            _SLOTS = threading.BoundedSemaphore(max(1, cores or os.cpu_count() or 1))
-        return _SLOTS
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+_LANES: _Lanes | None = None
+_LANES_LOCK = threading.Lock()
+
+
+def _process_lanes() -> _Lanes:
+    global _LANES
+    with _LANES_LOCK:
+        if _LANES is None:
+            _LANES = _Lanes()
+        return _LANES
+
+
+def _forget_lanes() -> None:  # a forked child has none of its parent's threads
+    global _LANES
+    _LANES = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_lanes)
 
 
 def _forward_all(run: _Runner, batches: Sequence[_T], make: Callable[[_T], np.ndarray],
-                 consume: Callable[[_T, torch.Tensor], None]) -> None:
+                 consume: Callable[[_T, np.ndarray], None],
+                 prepare: Callable[[np.ndarray], np.ndarray] = lambda r: r) -> None:
     """Run every batch through the model and hand each result to ``consume``, in order.
 
-    ``make`` builds a batch's input patches, ``consume`` adds its output to the block.
-    The forward passes run in parallel lanes (see :func:`_lanes`); results are consumed
-    strictly in batch order, one at a time, so float sums (feather blending) are the same
-    whatever the number of lanes and the block is bit-for-bit reproducible.
+    ``make`` builds a batch's input patches; ``prepare`` post-processes the model's
+    output patch by patch (in the lanes, in parallel); ``consume`` adds it to the block.
+    The forward passes run in parallel lanes (see :class:`_Lanes`) while the calling
+    thread consumes their results strictly in batch order, so float sums (feather
+    blending) are the same whatever the number of lanes and the block is bit-for-bit
+    reproducible. The lanes stop taking batches while ``2 x lanes`` results wait.
     """
-    lanes = min(_lanes(run), len(batches))
-    if lanes == 0:
+    n = min(_lanes(run), len(batches))
+    if n == 0:
         for batch in batches:
-            consume(batch, torch.from_numpy(run(make(batch))))
+            consume(batch, prepare(run(make(batch))))
         return
-    lock, failed, slots = threading.Lock(), threading.Event(), _cpu_slots()
+    lanes = _process_lanes()
+    n = lanes.take(n)
+    changed, failed = threading.Condition(), threading.Event()
     todo: Iterator[tuple[int, _T]] = iter(enumerate(batches))
-    done: dict[int, torch.Tensor] = {}
-    turn = 0  # index of the next batch to consume
+    done: dict[int, np.ndarray] = {}
 
     def lane() -> None:
-        nonlocal turn
-        torch.set_num_threads(1)  # this thread only: the caller's setting is untouched
-        while not failed.is_set():
-            with lock:
-                i, batch = next(todo, (-1, None))
-            if batch is None:
-                return
-            try:
-                with slots:
-                    done[i] = torch.from_numpy(run(make(batch)))
-            except BaseException:
-                failed.set()  # the other lanes stop after their batch
-                raise
-            with lock:  # consume whatever is next in order
-                while turn in done:
-                    consume(batches[turn], done.pop(turn))
-                    turn += 1
+        try:
+            while not failed.is_set():
+                with changed:
+                    changed.wait_for(lambda: len(done) < 2 * n or failed.is_set())
+                    i, batch = next(todo, (-1, None))
+                if batch is None:
+                    return
+                result = prepare(run(make(batch)))
+                with changed:
+                    done[i] = result
+                    changed.notify_all()
+        except BaseException:
+            failed.set()  # the other lanes stop after their batch, the caller at once
+            raise
+        finally:
+            lanes.give()  # this lane's core, as soon as it has no batch left
+            with changed:
+                changed.notify_all()
 
-    with ThreadPoolExecutor(lanes, thread_name_prefix="srlib-lane") as pool:
-        for future in [pool.submit(lane) for _ in range(lanes)]:
-            future.result()  # re-raise a lane's error
+    futures = [lanes.pool.submit(lane) for _ in range(n)]
+    try:
+        for turn, batch in enumerate(batches):
+            with changed:
+                changed.wait_for(lambda: turn in done or failed.is_set())  # noqa: B023
+                if failed.is_set():
+                    break
+                result = done.pop(turn)
+                changed.notify_all()
+            consume(batch, result)
+    except BaseException:
+        failed.set()
+        raise
+    finally:
+        wait(futures)  # every lane has stopped before the block returns or raises
+    for future in futures:
+        future.result()  # re-raise a lane's error
 
 
-def _run_trim(x: np.ndarray, run: _Runner, spec: ModelSpec) -> np.ndarray:
+class _Output:
+    """The block's int16 output, finished region by region as the model produces it.
+
+    A region of model output (normalised float32) is final once no other patch adds to
+    it; it is then de-normalised, quantised and written here at once, so a block
+    never holds a float32 copy of its whole output (4 bands x 5120 px: 420 MB) and its
+    peak memory is the int16 output plus one row of patches.
+    """
+
+    def __init__(self, spec: ModelSpec, quality: np.ndarray) -> None:
+        self.s = spec.scale
+        self.quality = quality  # core quality at input resolution, uint8
+        h, w = quality.shape
+        self.out = np.empty((len(spec.bands_out) + 1, h * self.s, w * self.s), dtype=np.int16)
+        self.mean, self.std = spec.stats.output.arrays()
+
+    def emit(self, hr: np.ndarray, y0: int, x0: int) -> None:
+        """Finish ``hr`` (bands, rows, cols) into the output at output pixel (y0, x0).
+
+        ``y0``, ``x0`` and the extent of ``hr`` are multiples of the scale. ``hr`` is
+        overwritten.
+        """
+        s = self.s
+        h, w = hr.shape[1:]
+        q = self.quality[y0 // s : (y0 + h) // s, x0 // s : (x0 + w) // s]
+        step = max(1, _STRIP // s)  # input rows per strip: strips stay in cache
+        for i in range(0, q.shape[0], step):
+            qs = np.repeat(np.repeat(q[i : i + step], s, axis=0), s, axis=1)
+            r0, r1 = i * s, i * s + qs.shape[0]
+            _finish(hr[:, r0:r1], qs, self.out[:, y0 + r0 : y0 + r1, x0 : x0 + w],
+                    self.mean, self.std)
+
+
+def _run_trim(x: np.ndarray, run: _Runner, spec: ModelSpec, out: _Output) -> None:
     """Local patch grid; each patch's border of ``halo`` input pixels is discarded."""
     halo, s = spec.halo, spec.scale
     _, ly, lx = x.shape
     hy, hx = ly - 2 * halo, lx - 2 * halo
-    out = np.empty((len(spec.bands_out), hy * s, hx * s), dtype=np.float32)
     core = spec.patch_size - 2 * halo
     tiles = [(ty, tx) for ty in _even_tiles(hy, core) for tx in _even_tiles(hx, core)]
     groups: dict[tuple[int, int], list[tuple[tuple[int, int], tuple[int, int]]]] = {}
@@ -223,15 +337,13 @@ def _run_trim(x: np.ndarray, run: _Runner, spec: ModelSpec) -> np.ndarray:
         return np.stack([x[:, y0 : y1 + 2 * halo, x0 : x1 + 2 * halo]
                          for (y0, y1), (x0, x1) in batch[2]])
 
-    def consume(batch: tuple, result: torch.Tensor) -> None:
+    def consume(batch: tuple, result: np.ndarray) -> None:
         cy, cx, members = batch
-        for k, ((y0, _), (x0, _)) in enumerate(members):
-            out[:, y0 * s : (y0 + cy) * s, x0 * s : (x0 + cx) * s] = result[
-                k, :, halo * s : (halo + cy) * s, halo * s : (halo + cx) * s
-            ].numpy()
+        for k, ((y0, _), (x0, _)) in enumerate(members):  # a tile is final at once
+            out.emit(result[k, :, halo * s : (halo + cy) * s, halo * s : (halo + cx) * s],
+                     y0 * s, x0 * s)
 
     _forward_all(run, batches, make, consume)
-    return out
 
 
 def _grid(start: int, length: int, patch: int, stride: int) -> list[int]:
@@ -241,21 +353,40 @@ def _grid(start: int, length: int, patch: int, stride: int) -> list[int]:
     return [k * stride for k in range(first, last + 1)]
 
 
-def _run_feather(x: np.ndarray, run: _Runner, spec: ModelSpec, gy: int, gx: int) -> np.ndarray:
-    """Scene-anchored patch grid blended with linear ramps: chunking-independent."""
+def _run_feather(x: np.ndarray, run: _Runner, spec: ModelSpec, gy: int, gx: int,
+                 out: _Output) -> None:
+    """Scene-anchored patch grid blended with linear ramps: chunking-independent.
+
+    The ramps of neighbouring patches sum to one (see :func:`_ramp`), so the blend is a
+    plain sum of weighted patches. The lanes weight each patch; the sums live in a
+    window one patch high, filled row by row of the grid. When the next row of patches
+    starts, the rows above it have every contribution and are finished into ``out``,
+    and the window slides down. Each pixel's sum is taken in patch order, whatever the
+    chunking or the number of lanes: the same bytes.
+    """
     halo, s, p = spec.halo, spec.scale, spec.patch_size
     stride = p - spec.overlap
     _, ly, lx = x.shape
-    hy, hx = ly - 2 * halo, lx - 2 * halo
+    hy, hx = (ly - 2 * halo) * s, (lx - 2 * halo) * s  # core, output pixels
     ramp = _ramp(p * s, spec.overlap * s)
     weight = ramp[:, None] * ramp[None, :]
-    acc = np.zeros((len(spec.bands_out), hy * s, hx * s), dtype=np.float32)
-    wsum = np.zeros((hy * s, hx * s), dtype=np.float32)
-    origins = [(py, px) for py in _grid(gy, hy, p, stride) for px in _grid(gx, hx, p, stride)]
+    ph = p * s  # window height: one patch
+    acc = np.zeros((len(spec.bands_out), ph, hx), dtype=np.float32)
+    origins = [(py, px) for py in _grid(gy, hy // s, p, stride)
+               for px in _grid(gx, hx // s, p, stride)]
     bs = run.batch_size(p)
-    # accumulate through torch views of the same memory: one fused multiply-add per
-    # patch, no temporaries
-    acc_t, wsum_t, weight_t = map(torch.from_numpy, (acc, wsum, weight))
+    top = (origins[0][0] - gy) * s  # core row of the window's first row (may be < 0)
+
+    def flush(end: int) -> None:
+        """Finish the window's rows above core row ``end`` and slide it down to there."""
+        nonlocal top
+        lo, hi = max(top, 0), min(end, hy)
+        if hi > lo:
+            out.emit(acc[:, lo - top : hi - top], lo, 0)
+        d = min(end - top, ph)
+        acc[:, : ph - d] = acc[:, d:]
+        acc[:, ph - d :] = 0
+        top = end
 
     def make(chunk: list[tuple[int, int]]) -> np.ndarray:
         return np.stack([
@@ -263,20 +394,22 @@ def _run_feather(x: np.ndarray, run: _Runner, spec: ModelSpec, gy: int, gx: int)
             for py, px in chunk
         ])
 
-    def consume(chunk: list[tuple[int, int]], result: torch.Tensor) -> None:
-        for k, (py, px) in enumerate(chunk):
-            # patch extent in core-relative output pixels, clipped to the core
-            oy, ox = (py - gy) * s, (px - gx) * s
-            y0, y1 = max(oy, 0), min(oy + p * s, hy * s)
-            x0, x1 = max(ox, 0), min(ox + p * s, hx * s)
-            w = weight_t[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-            acc_t[:, y0:y1, x0:x1].addcmul_(result[k, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox],
-                                            w)
-            wsum_t[y0:y1, x0:x1] += w
+    def prepare(result: np.ndarray) -> np.ndarray:
+        result *= weight
+        return result
 
-    _forward_all(run, [origins[i : i + bs] for i in range(0, len(origins), bs)], make, consume)
-    acc_t.div_(wsum_t)
-    return acc
+    def consume(chunk: list[tuple[int, int]], result: np.ndarray) -> None:
+        for k, (py, px) in enumerate(chunk):
+            oy, ox = (py - gy) * s, (px - gx) * s  # patch origin, core output pixels
+            if oy != top:
+                flush(oy)
+            x0, x1 = max(ox, 0), min(ox + ph, hx)
+            y1 = min(ph, hy - oy)  # window rows the patch covers inside the core
+            acc[:, :y1, x0:x1] += result[k, :, :y1, x0 - ox : x1 - ox]
+
+    _forward_all(run, [origins[i : i + bs] for i in range(0, len(origins), bs)], make, consume,
+                 prepare)
+    flush(hy)
 
 
 def sr_block(block: np.ndarray, block_info: dict | None = None, *,
@@ -298,7 +431,7 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
         ``(len(bands_out) + 1, h * scale, w * scale)`` int16.
     """
     spec = cfg.spec
-    halo, s = spec.halo, spec.scale
+    halo = spec.halo
     x = np.asarray(block[: cfg.n_bands], dtype=np.float32)
     valid = np.isfinite(x).all(axis=0)
     if cfg.has_scl:
@@ -311,23 +444,16 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
     xn[:, quality == Quality.NODATA] = 0.0  # the band mean: neutral for the neighbours
 
     run = _Runner(cfg)
+    out = _Output(spec, quality[halo:-halo, halo:-halo])
     if spec.blend == "trim":
-        hr = _run_trim(xn, run, spec)
+        _run_trim(xn, run, spec, out)
     else:
         iy, ix = block_info[None]["chunk-location"][1:] if block_info else (0, 0)
-        hr = _run_feather(xn, run, spec, cfg.y_starts[iy], cfg.x_starts[ix])
-
-    q = quality[halo:-halo, halo:-halo]
-    q = np.repeat(np.repeat(q, s, axis=0), s, axis=1)
-    out = np.empty((hr.shape[0] + 1, *hr.shape[1:]), dtype=np.int16)
-    out_mean, out_std = spec.stats.output.arrays()
-    for r0 in range(0, hr.shape[1], _STRIP):  # strips stay in cache through every step
-        rows = slice(r0, r0 + _STRIP)
-        _finish(hr[:, rows], q[rows], out[:, rows], out_mean, out_std)
-    return out
+        _run_feather(xn, run, spec, cfg.y_starts[iy], cfg.x_starts[ix], out)
+    return out.out
 
 
-_STRIP = 64  # output rows post-processed at once (4 bands x 64 x 5120 float32: 5 MiB)
+_STRIP = 64  # output rows finished at once (4 bands x 64 x 5120 float32: 5 MiB)
 
 
 def _finish(hr: np.ndarray, q: np.ndarray, out: np.ndarray, out_mean: np.ndarray,

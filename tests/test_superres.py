@@ -251,21 +251,72 @@ def test_flush_subnormals_zeroes_subnormal_floats_in_a_fresh_process():
         assert float(out[2]) == 0.0
 
 
-def test_cpu_output_is_identical_whatever_the_torch_thread_count(scene, tiny_swin):
-    """Forward passes run single-threaded in parallel lanes: same bytes on 1, 2 or 3."""
+def test_cpu_output_is_identical_whatever_the_number_of_lanes(scene, tiny_swin, monkeypatch):
+    """Forward passes run single-threaded in parallel lanes: same bytes with 1, 2 or 3."""
     before = torch.get_num_threads()
     results = []
     try:
         for n in (1, 2, 3):
-            torch.set_num_threads(n)  # the sync scheduler runs the kernel in this thread
+            torch.set_num_threads(n)  # read when the process's lanes start
+            monkeypatch.setattr(srlib.kernel, "_LANES", None)
             results.append(srlib.super_resolve(scene, tiny_swin, chunks=48)
                            .compute(scheduler="sync"))
+            lanes = srlib.kernel._LANES
+            assert lanes.lanes == min(n, len(os.sched_getaffinity(0)))
+            assert lanes.free == lanes.lanes  # every lane came back
             assert torch.get_num_threads() == n  # the lanes never change the caller's
     finally:
         torch.set_num_threads(before)
     for other in results[1:]:
         for var in results[0].data_vars:
             np.testing.assert_array_equal(other[var].values, results[0][var].values)
+
+
+def test_lanes_leave_the_thread_count_of_new_threads_alone(scene, tiny_swin, monkeypatch):
+    """torch gives a new thread the count last set anywhere; the lanes set theirs to 1.
+
+    Unrestored, dask's second thread started its blocks with one lane (measured: half
+    the blocks of a Swin2SR scene ran on one core of two).
+    """
+    monkeypatch.setattr(srlib.kernel, "_LANES", None)
+    expected = torch.get_num_threads()
+    srlib.super_resolve(scene, tiny_swin, chunks=48).compute(scheduler="sync")
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [expected]
+
+    def lane_threads() -> int:  # a parallel operator inside a lane runs on one thread
+        x = torch.ones(1 << 20)
+        return torch.get_num_threads() if bool((x + x).sum() > 0) else -1
+
+    counts = [srlib.kernel._LANES.pool.submit(lane_threads).result() for _ in range(4)]
+    assert counts == [1] * 4
+
+
+class _Constant(torch.nn.Module):
+    """Every output pixel the same normalised value, whatever the patch."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        return torch.full((n, 4, h * SCALE, w * SCALE), 0.3125)
+
+
+def test_feather_weights_sum_to_one_everywhere(scene):
+    """The blend is a plain weighted sum: a constant model must come out constant."""
+    spec = srlib.load_model(_Constant(), patch_size=16, overlap=8, halo=16)
+    sr = srlib.super_resolve(scene, spec, chunks=24).compute()
+    mean, std = spec.stats.output.arrays()
+    expected = np.rint(0.3125 * std[:, 0, 0] + mean[:, 0, 0]).astype(np.int16)
+    valid = sr.quality.values != Quality.NODATA
+    for i, band in enumerate(spec.bands_out):
+        assert (sr[band].values[valid] == expected[i]).all()
+
+
+def test_feather_overlap_beyond_half_a_patch_is_refused():
+    with pytest.raises(srlib.ModelError, match="patch_size // 2"):
+        srlib.load_model(_Constant(), patch_size=16, overlap=9, halo=16)
 
 
 class _FailsOnThirdCall(torch.nn.Module):

@@ -48,7 +48,8 @@ class ModelSpec:
         Input patch side in pixels (the largest for ``"trim"``, the exact one for
         ``"feather"``).
     overlap : int
-        Overlap of neighbouring patches for ``"feather"``.
+        Overlap of neighbouring patches for ``"feather"``, at most ``patch_size // 2``
+        (where it is larger, the blend ramps of neighbouring patches would not sum to one).
     halo : int
         Context in input pixels added around each dask chunk.
     peak_channels : int
@@ -77,9 +78,10 @@ class ModelSpec:
         if self.scale < 1:
             raise ModelError(f"{self.name}: scale must be a positive integer, got {self.scale}")
         if self.blend == "feather":
-            if not 0 <= self.overlap < self.patch_size:
+            if not 0 <= self.overlap <= self.patch_size // 2:
                 raise ModelError(f"{self.name}: overlap {self.overlap} must be in "
-                                 f"[0, patch_size={self.patch_size})")
+                                 f"[0, patch_size // 2 = {self.patch_size // 2}]: the blend "
+                                 "ramps of neighbouring patches must sum to one")
             if self.halo < self.patch_size:
                 raise ModelError(f"{self.name}: feather blending needs halo >= patch_size")
         elif self.patch_size <= 2 * self.halo:
