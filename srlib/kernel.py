@@ -179,7 +179,7 @@ class _Lanes:
         torch.set_num_threads(threads)  # the count new threads get, as it was
 
     def take(self, n: int) -> int:
-        """Wait until ``n`` cores (at most all) are free, take them, return how many."""
+        """Wait until ``n`` lanes (at most all) are free, take them, return how many."""
         n = min(n, self.lanes)
         with self.changed:
             self.changed.wait_for(lambda: self.free >= n)
