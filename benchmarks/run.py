@@ -341,6 +341,16 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_disk(size: int) -> None:
+    """Refuse a size whose files do not fit: a full disk kills the legacy's memmap."""
+    need = 4 * 5 * 2 * (size * SCALE) ** 2  # srlib Zarr + COG, legacy memmap + GeoTIFF
+    tmp = tempfile.gettempdir()
+    free = shutil.disk_usage(tmp).free
+    if free < need:
+        raise SystemExit(f"{size} px needs about {need / 1e9:.0f} GB free in {tmp}, which has "
+                         f"{free / 1e9:.0f} GB: free some space or point TMPDIR at a larger disk")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
@@ -363,6 +373,8 @@ def main() -> None:
         plan = [(m, args.sizes or [512, 1024, 2048]) for m in args.models or ["bicubic"]]
     else:
         plan = DEFAULT_PLAN
+    for size in {size for _, sizes in plan for size in sizes}:
+        _check_disk(size)
     rows = []
     for model, sizes in plan:
         for size in sizes:
