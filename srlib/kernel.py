@@ -11,6 +11,7 @@ quantise, and write nodata wherever the input pixel was nodata.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import threading
@@ -451,7 +452,33 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
     else:
         iy, ix = block_info[None]["chunk-location"][1:] if block_info else (0, 0)
         _run_feather(xn, run, spec, cfg.y_starts[iy], cfg.x_starts[ix], out)
+    del x, xn, valid, quality
+    _release_free_memory()
     return out.out
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc (Linux); absent elsewhere
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _release_free_memory() -> None:
+    """Give the free pages of glibc's heaps back to the OS, after each block.
+
+    A block frees hundreds of MB of temporaries of every size (patches, model outputs,
+    strips), which glibc keeps in its heaps, fragmented, for the next block: the peak RSS
+    of a run then grows with the number of blocks (bicubic, 2 threads: 0.99 GB at
+    512 px, 1.2-1.3 GB at 2048 px). ``malloc_trim`` returns them; it takes about a
+    millisecond, and a block seconds. Dask's worker processes get a related setting
+    (``MALLOC_TRIM_THRESHOLD_``) from their nanny; a threaded run has nothing of the kind.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 _STRIP = 64  # output rows finished at once (4 bands x 64 x 5120 float32: 5 MiB)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import time
 
@@ -367,3 +368,15 @@ def test_cpu_forward_passes_never_outnumber_the_cores(scene):
     with dask.config.set(scheduler="threads", num_workers=cores + 2):
         sr.compute()
     assert 1 < module.most <= cores or cores == 1
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_blocks_give_free_heap_memory_back_on_glibc(monkeypatch):
+    import srlib.kernel
+
+    assert srlib.kernel._MALLOC_TRIM is not None  # found, so the call below is real
+    calls = []
+    monkeypatch.setattr(srlib.kernel, "_MALLOC_TRIM", lambda pad: calls.append(pad) or 1)
+    ds = synthetic_scene((40, 40), with_scl=False)
+    srlib.super_resolve(ds, chunks=20).compute(scheduler="threads")
+    assert calls == [0] * 4  # once per block (2 x 2 chunks)
