@@ -32,7 +32,7 @@ class BusySampler:
     """Samples GPU utilisation with nvidia-smi every 100 ms while running."""
 
     def __init__(self) -> None:
-        self.samples: list[float] = []
+        self.samples: list[tuple[float, float]] = []  # (perf_counter, busy fraction)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -43,7 +43,7 @@ class BusySampler:
                                   "--format=csv,noheader,nounits", "-i", "0"],
                                  capture_output=True, text=True, check=False).stdout.strip()
             if out.replace(".", "").isdigit():
-                self.samples.append(float(out) / 100)
+                self.samples.append((time.perf_counter(), float(out) / 100))
             time.sleep(0.1)
 
     def __enter__(self) -> BusySampler:
@@ -54,9 +54,10 @@ class BusySampler:
         self._stop.set()
         self._thread.join()
 
-    @property
-    def busy(self) -> float | None:
-        return sum(self.samples) / len(self.samples) if self.samples else None
+    def busy(self, start: float, end: float) -> float | None:
+        """Mean utilisation of the samples taken between two ``perf_counter`` times."""
+        inside = [b for t, b in self.samples if start <= t <= end]
+        return sum(inside) / len(inside) if inside else None
 
 
 def main() -> None:
@@ -116,7 +117,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     tile_factor = (10980 / args.size) ** 2
     result.update(size=args.size, zarr_s=t1 - t0, cog_s=t2 - t1, total_s=t2 - t0,
-                  gpu_busy_fraction=sampler.busy,
+                  gpu_busy_fraction=sampler.busy(t0, t2),
+                  gpu_busy_fraction_zarr_stage=sampler.busy(t0, t1),
                   projected_full_tile_s=(t2 - t0) * tile_factor)
     (out_dir / "gpu.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
