@@ -228,13 +228,23 @@ def submit_all(profile: Profile, **kwargs: Any) -> tuple[str, str]:
     return job, submit(fin_script, log_dir=kwargs["log_dir"], dependency=job)
 
 
+#: Job-script line: the nanny leaves malloc's dynamic thresholds alone in its workers.
+#: By default it sets ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins malloc's mmap
+#: threshold at 128 KB so that every larger temporary is a fresh zero-filled mapping:
+#: srlib's CPU path ran 1.4-1.5x slower (benchmarks/README.md). The kernel trims the
+#: heaps after each block instead. A ``None`` value removes a key (distributed's rule).
+_KEEP_MALLOC_DEFAULTS = ("export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
+                         "\"{'MALLOC_TRIM_THRESHOLD_': None}\"")
+
+
 def dask_cluster(profile: Profile, *, account: str | None = None, processes: int = 1,
                  **kwargs: Any):
     """Start a ``dask_jobqueue.SLURMCluster`` whose jobs match the profile.
 
     Each job is one node share: the profile's partition, GRES, cores and memory. Jobs
     with a GPU start workers that advertise the resource ``GPU=1`` per GPU process, so
-    :func:`srlib.super_resolve` runs at most one kernel task per GPU. Scale it with
+    :func:`srlib.super_resolve` runs at most one kernel task per GPU. The workers keep
+    malloc's default thresholds (see ``_KEEP_MALLOC_DEFAULTS``). Scale it with
     ``cluster.scale(jobs=N)`` and connect a ``distributed.Client``; ``kwargs`` go to
     ``SLURMCluster`` (e.g. ``python=``, ``log_directory=``, ``walltime=``).
     """
@@ -254,9 +264,11 @@ def dask_cluster(profile: Profile, *, account: str | None = None, processes: int
                              "runs one worker process per GPU job; use a gres of one GPU "
                              "(gpu:1) and processes=1, and scale with more jobs")
         worker_args += ["--resources", "GPU=1"]
+    prologue = [*kwargs.pop("job_script_prologue", []), _KEEP_MALLOC_DEFAULTS]
     options = dict(queue=profile.partition, account=_account(profile, account),
                    cores=profile.cpus_per_task, memory=f"{memory}GB", processes=processes,
                    walltime=f"{int(profile.max_time_h):02d}:00:00",
-                   job_extra_directives=extra, worker_extra_args=worker_args)
+                   job_extra_directives=extra, worker_extra_args=worker_args,
+                   job_script_prologue=prologue)
     options.update(kwargs)
     return SLURMCluster(**options)
