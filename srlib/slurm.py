@@ -233,8 +233,11 @@ def submit_all(profile: Profile, **kwargs: Any) -> tuple[str, str]:
 #: threshold at 128 KB so that every larger temporary is a fresh zero-filled mapping:
 #: srlib's CPU path ran 1.4-1.5x slower (benchmarks/README.md). The kernel trims the
 #: heaps after each block instead. A ``None`` value removes a key (distributed's rule).
-_KEEP_MALLOC_DEFAULTS = ("export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
-                         "\"{'MALLOC_TRIM_THRESHOLD_': None}\"")
+#: ``unset``: a ``LocalCluster`` started earlier in the submitting process has exported it
+#: there (its nanny sets it in its own process), and jobs inherit that environment.
+#: Put after this line, a ``job_script_prologue`` export of the variable still wins.
+_KEEP_MALLOC_DEFAULTS = ("unset MALLOC_TRIM_THRESHOLD_; export DASK_DISTRIBUTED__NANNY__"
+                         "PRE_SPAWN_ENVIRON=\"{'MALLOC_TRIM_THRESHOLD_': None}\"")
 
 
 def dask_cluster(profile: Profile, *, account: str | None = None, processes: int = 1,
@@ -264,7 +267,7 @@ def dask_cluster(profile: Profile, *, account: str | None = None, processes: int
                              "runs one worker process per GPU job; use a gres of one GPU "
                              "(gpu:1) and processes=1, and scale with more jobs")
         worker_args += ["--resources", "GPU=1"]
-    prologue = [*kwargs.pop("job_script_prologue", []), _KEEP_MALLOC_DEFAULTS]
+    prologue = [_KEEP_MALLOC_DEFAULTS, *kwargs.pop("job_script_prologue", [])]
     options = dict(queue=profile.partition, account=_account(profile, account),
                    cores=profile.cpus_per_task, memory=f"{memory}GB", processes=processes,
                    walltime=f"{int(profile.max_time_h):02d}:00:00",
