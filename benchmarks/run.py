@@ -152,11 +152,20 @@ def _block(padded, y0, x0, bh, bw, halo):
     return padded[:, y0 : y0 + bh + 2 * halo, x0 : x0 + bw + 2 * halo]
 
 
+def _gtiff_profile(out: int, **options) -> dict:
+    """Tiled LZW (predictor 2) GeoTIFF of the 5-band int16 output, ``out`` px a side."""
+    from rasterio.transform import from_origin
+
+    return dict(driver="GTiff", width=out, height=out, count=5, dtype="int16",
+                crs="EPSG:32629", transform=from_origin(0, 0, 10, 10), nodata=-32768,
+                tiled=True, blockxsize=512, blockysize=512, compress="lzw", predictor=2,
+                BIGTIFF="IF_SAFER", **options)
+
+
 def run_legacy(size: int, model: str, workdir: Path) -> dict:
     import numpy as np
     import rasterio
     from rasterio.enums import Resampling
-    from rasterio.transform import from_origin
 
     import srlib.kernel
     from srlib.kernel import sr_block
@@ -177,10 +186,7 @@ def run_legacy(size: int, model: str, workdir: Path) -> dict:
         mm[:, y0 * SCALE : (y0 + bh) * SCALE, x0 * SCALE : (x0 + bw) * SCALE] = res
     mm.flush()
     t1 = time.perf_counter()
-    profile = dict(driver="GTiff", width=out, height=out, count=5, dtype="int16",
-                   crs="EPSG:32629", transform=from_origin(0, 0, 10, 10), nodata=-32768,
-                   tiled=True, blockxsize=512, blockysize=512, compress="lzw", predictor=2,
-                   BIGTIFF="IF_SAFER")
+    profile = _gtiff_profile(out)
     path = workdir / "legacy.tif"
     with rasterio.open(path, "w", **profile) as dst:
         for y in range(0, out, 512):
@@ -203,7 +209,6 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
     import numpy as np
     import rasterio
     import torch
-    from rasterio.transform import from_origin
 
     from srlib.models import loaded_module
 
@@ -252,10 +257,7 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
     real = data is not None
     if data is None:
         data = _synthetic(out)
-    profile = dict(driver="GTiff", width=out, height=out, count=5, dtype="int16",
-                   crs="EPSG:32629", transform=from_origin(0, 0, 10, 10), nodata=-32768,
-                   tiled=True, blockxsize=512, blockysize=512, compress="lzw", predictor=2,
-                   num_threads="all_cpus", BIGTIFF="IF_SAFER")
+    profile = _gtiff_profile(out, num_threads="all_cpus")
     t2 = time.perf_counter()
     with rasterio.open(workdir / "floor.tif", "w", **profile) as dst:
         dst.write(data)
