@@ -82,7 +82,7 @@ def _limits(profile: Profile, input_px: int, scale: int) -> tuple[str, int]:
     Time: output pixels over the profile's measured GPU rate, twice, plus 15 min of
     start-up, capped at the partition's limit. Memory: the Zarr writer streams regions in
     waves, so peak RSS does not grow with the scene beyond the blocks in flight
-    (benchmarks/README.md, 2048 px on 2 threads: 1.2-1.3 GB bicubic, 1.5 GB Swin2SR
+    (benchmarks/README.md, run D, 2048 px on 2 threads: 1.0 GB bicubic, 1.4 GB Swin2SR
     small); each busy thread is budgeted 2 GB, there are no more busy
     threads than blocks in the work, and 8 GB more cover the model, CUDA and GDAL's cache.
     """
