@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+import dask
 from distributed import Client, LocalCluster
 
 from srlib.jobs import run_dr
@@ -34,6 +35,9 @@ def main() -> None:
         cluster = dask_cluster(load_profile(args.slurm_profile), log_directory="logs")
         cluster.scale(jobs=args.jobs)
     else:
+        # keep malloc's defaults in the workers, as dask_cluster's jobs do (the nanny's
+        # MALLOC_TRIM_THRESHOLD_ made srlib's CPU path 1.4-1.5x slower; examples/HPC.md)
+        dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
         cluster = LocalCluster(n_workers=2, threads_per_worker=1)
     with cluster, Client(cluster):
         for tile in args.tiles:
