@@ -1,9 +1,10 @@
 """Zarr store -> Cloud-Optimized GeoTIFF, fast, atomic and validated.
 
-How: the overview pyramid is computed with dask from the Zarr store and stored in it
-(``overviews/1``, ``overviews/2``, ...): reflectance is the mean of the valid pixels of
-each 2 x 2 block, and the quality band takes the most frequent valid code (ties go to
-the higher code, so clouds outrank clear), never an average of codes. A VRT then
+How: the overview pyramid is in the store (``overviews/1``, ``overviews/2``, ...), written
+by :func:`srlib.to_zarr` (reflectance is the mean of the valid pixels of each 2 x 2
+block, and the quality band takes the most frequent valid code, ties to the higher code,
+never an average of codes); this module only reads the store, so a read-only store
+converts. A VRT then
 presents the full-resolution arrays (read by GDAL's Zarr driver) with those overviews,
 and GDAL's COG driver writes the file with its own threads (compression of tiles in
 parallel, ``NUM_THREADS``) and bounded memory. The COG profile (LZW, 512 px tiles) and
@@ -13,85 +14,57 @@ and copies 512 px blocks from a single Python loop (measured ~1.8x slower than t
 legacy writer on a 10240 x 10240 x 5 output).
 
 The file is written under a temporary name beside the target, validated, and moved into
-place with an atomic rename only when complete and valid.
+place with an atomic rename only when complete and valid; the temporary files a killed
+conversion left (``.<name>.*.tmp.tif`` and ``.vrt``) are removed on the next one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
-import numpy as np
 import rasterio
 import xarray as xr
-import zarr
 from rasterio.shutil import copy as rio_copy
 from rio_cogeo.cogeo import cog_validate
 from rio_cogeo.profiles import cog_profiles
 
 from .bands import OUTPUT_NODATA, Quality
-from .errors import SrlibError
-from .pyramid import halve, levels_needed, quality_for_cog
-from .zarr_io import ZARR_TILE, cog_nodata, default_compressor, open_zarr
+from .errors import IncompleteStoreError, SrlibError
+from .pyramid import levels_needed
+from .zarr_io import OVERVIEWS, ZARR_TILE, build_overviews, cog_nodata, open_zarr
 
 __all__ = ["COG_TILE", "build_overviews", "to_cog"]
 
 COG_TILE = 512
-_OVR_GROUP = "overviews"
+_OVR_GROUP = OVERVIEWS
 
 
-def _halve(arr: xr.DataArray, name: str, first: bool, nodata: int) -> xr.DataArray:
-    data = arr.data.rechunk({0: 2048, 1: 2048})
-    if first and name == "quality":
-        data = data.map_blocks(quality_for_cog, dtype=np.int16)
-    chunks = tuple(tuple(-(-c // 2) for c in dim) for dim in data.chunks)
-    out = da.map_blocks(halve, data, name, nodata, dtype=data.dtype, chunks=chunks,
-                        meta=np.empty((0, 0), data.dtype))
-    return xr.DataArray(out, dims=("y", "x"),
-                        attrs={k: v for k, v in arr.attrs.items() if k == "long_name"})
-
-
-def _group_complete(path: Path, group: str) -> bool:
-    try:
-        grp = zarr.open_group(str(path), path=group, mode="r", zarr_format=2,
-                              use_consolidated=False)
-        return bool(grp.attrs.get("srlib_complete"))
-    except Exception:  # missing or torn group: rebuild it
-        return False
-
-
-def build_overviews(zarr_path: str | os.PathLike, *, tile: int = COG_TILE) -> int:
-    """Compute the overview pyramid into the store (idempotent); return the level count.
-
-    :func:`srlib.to_zarr` already wrote the levels that fit inside its regions; the
-    remaining (small) levels are made here, level ``k`` from level ``k - 1`` with dask,
-    reading the previous one from disk. Overview quality is int16 with the COG's nodata
-    (-32768) for "no valid pixel" (see :mod:`srlib.pyramid`).
-    """
-    path = Path(zarr_path)
-    ds = open_zarr(path)
-    levels = levels_needed(ds.sizes["y"], ds.sizes["x"], tile=tile)
-    prev = ds[[v for v in ds.data_vars if ds[v].dims == ("y", "x")]]
-    nodata = {v: cog_nodata(ds[v]) for v in prev.data_vars}
+def _store_levels(store: Path, ds: xr.Dataset) -> int:
+    """Overview levels of a complete store; refuse one whose pyramid is not whole."""
+    levels = levels_needed(ds.sizes["y"], ds.sizes["x"], tile=COG_TILE)
     for k in range(1, levels + 1):
-        group = f"{_OVR_GROUP}/{k}"
-        if not _group_complete(path, group):
-            level = xr.Dataset({name: _halve(arr, name, k == 1, nodata[name])
-                                for name, arr in prev.data_vars.items()})
-            encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": nodata[v],
-                            "compressors": [default_compressor()]} for v in level.data_vars}
-            level.attrs["srlib_complete"] = False
-            level.to_zarr(path, group=group, mode="w", zarr_format=2, encoding=encoding,
-                          consolidated=False)
-            zarr.open_group(str(path), path=group, mode="r+",
-                            zarr_format=2, use_consolidated=False).attrs["srlib_complete"] = True
-        prev = xr.open_zarr(path, group=group, mask_and_scale=False, consolidated=False)
-    zarr.consolidate_metadata(str(path))  # GDAL finds groups through .zmetadata
+        attrs = store / _OVR_GROUP / str(k) / ".zattrs"
+        try:
+            done = json.loads(attrs.read_text()).get("srlib_complete")
+        except (OSError, ValueError):
+            done = False
+        if not done:
+            raise IncompleteStoreError(
+                f"{store} lacks overview level {k}; it was written by an older srlib or "
+                "interrupted: rerun srlib.to_zarr with the same input to complete it")
     return levels
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete the temporary files of an earlier, killed conversion to ``target``."""
+    for pattern in (f".{target.name}.*.tmp.tif", f".{target.name}.*.tmp.vrt"):
+        for leftover in target.parent.glob(pattern):
+            leftover.unlink(missing_ok=True)
 
 
 def _source(parent: ET.Element, tag: str, store: Path, array: str, shape: tuple[int, int],
@@ -185,8 +158,9 @@ def to_cog(
     bands = [b for b in ds.data_vars if ds[b].dims == ("y", "x")]
     if ds.rio.crs is None:
         raise SrlibError(f"{store} has no CRS; it was not written by srlib.to_zarr")
-    levels = build_overviews(store)
+    levels = _store_levels(store, ds)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.tif",
                                     dir=target.parent)
     os.close(fd)

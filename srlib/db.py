@@ -3,22 +3,42 @@
 One code path for SQLite and PostgreSQL. The default is an SQLite file; ``PG_URL`` (``postgresql+psycopg://user:pass@host/db``)
 selects PostgreSQL. Workers claim pending requests safely: PostgreSQL uses
 ``SELECT ... FOR UPDATE SKIP LOCKED``, SQLite a write-locked (``BEGIN IMMEDIATE``)
-transaction, so no request is claimed twice. A request is marked ``done`` only by
-:meth:`MetadataDB.complete_request`, which the job calls after publishing succeeded.
+transaction, so no request is claimed twice. A claim is a lease (``lease_until``) that its
+worker renews while it works (:meth:`MetadataDB.lease`); a claim whose lease has expired
+(the worker died) is claimed again by another worker and its run marked ``abandoned``.
+A request is marked ``done`` only by :meth:`MetadataDB.complete_request`, which the job
+calls after publishing succeeded, with the URIs of its own product.
+
+A database that cannot be reached raises :class:`DatabaseError` with one line (the URL's
+password never appears).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import logging
 import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
 
-from .errors import InputError
+from .errors import InputError, SrlibError
 
-__all__ = ["MetadataDB", "default_url"]
+__all__ = ["DatabaseError", "LeaseLost", "MetadataDB", "default_url"]
+
+log = logging.getLogger("srlib")
+
+
+class DatabaseError(SrlibError, OSError):
+    """The metadata database cannot be reached or refused a statement."""
+
+
+class LeaseLost(SrlibError):
+    """The claim of this worker on a request expired and another worker took it over."""
 
 _meta = sa.MetaData()
 
@@ -27,7 +47,7 @@ runs = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("started", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished", sa.DateTime(timezone=True)),
-    sa.Column("status", sa.String(16), nullable=False),  # running, done, failed, skipped
+    sa.Column("status", sa.String(16), nullable=False),  # running done failed skipped abandoned
     sa.Column("inputs", sa.Text, nullable=False),  # JSON: date, mgrs/aoi, items
     sa.Column("model", sa.String(200)),
     sa.Column("versions", sa.Text),  # JSON: srlib, torch, gdal
@@ -36,6 +56,7 @@ runs = sa.Table(
     sa.Column("qc", sa.Text),  # JSON report
     sa.Column("outputs", sa.Text),  # JSON list of URIs
     sa.Column("error", sa.Text),
+    sa.Column("request_id", sa.Integer),
 )
 
 requests = sa.Table(
@@ -49,6 +70,8 @@ requests = sa.Table(
     sa.Column("claimed_at", sa.DateTime(timezone=True)),
     sa.Column("run_id", sa.Integer),
     sa.Column("error", sa.Text),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("outputs", sa.Text),  # JSON list of the product's URIs
 )
 
 
@@ -86,31 +109,75 @@ class MetadataDB:
             @sa.event.listens_for(self.engine, "begin")
             def _sqlite_begin(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
-        _meta.create_all(self.engine)
+        self._db_call("create the tables", lambda: (_meta.create_all(self.engine),
+                                                    self._add_missing_columns()))
+
+    def _add_missing_columns(self) -> None:
+        """Add the columns of newer srlib versions to tables an older one created."""
+        inspector = sa.inspect(self.engine)
+        for table in (runs, requests):
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    try:
+                        with self.engine.begin() as conn:
+                            conn.exec_driver_sql(
+                                f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+                    except sa.exc.SQLAlchemyError:  # another worker added it meanwhile
+                        names = {c["name"] for c in sa.inspect(self.engine).get_columns(
+                            table.name)}
+                        if column.name not in names:
+                            raise
+
+    def _db_call(self, what: str, func: Any) -> Any:
+        try:
+            return func()
+        except sa.exc.SQLAlchemyError as err:
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+            raise DatabaseError(
+                f"the metadata database ({self.engine.url.render_as_string(hide_password=True)})"
+                f" could not {what}: {type(err).__name__}: {reason[0] if reason else ''}; "
+                "check that it is running and the URL (--db or $PG_URL)") from None
+
+    def ping(self) -> None:
+        """Raise :class:`DatabaseError` unless the database answers."""
+        def _ping() -> None:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        self._db_call("answer", _ping)
 
     def __repr__(self) -> str:
         return f"MetadataDB({self.engine.dialect.name})"
 
     # -- runs
     def start_run(self, inputs: dict[str, Any], *, model: str = "",
-                  versions: dict[str, str] | None = None) -> int:
-        """Record a run as ``running``; return its id."""
-        with self.engine.begin() as conn:
-            result = conn.execute(runs.insert().values(
-                started=_now(), status="running", inputs=json.dumps(inputs, default=str),
-                model=model, versions=json.dumps(versions or {})))
-            return int(result.inserted_primary_key[0])
+                  versions: dict[str, str] | None = None, request_id: int | None = None) -> int:
+        """Record a run as ``running`` (serving ``request_id``, if any); return its id."""
+        def _start() -> int:
+            with self.engine.begin() as conn:
+                result = conn.execute(runs.insert().values(
+                    started=_now(), status="running", inputs=json.dumps(inputs, default=str),
+                    model=model, versions=json.dumps(versions or {}), request_id=request_id))
+                run_id = int(result.inserted_primary_key[0])
+                if request_id is not None:
+                    conn.execute(requests.update().where(requests.c.id == request_id)
+                                 .values(run_id=run_id))
+                return run_id
+        return self._db_call("record a run", _start)
 
     def finish_run(self, run_id: int, status: str, *, timings: dict | None = None,
                    qc: dict | None = None, outputs: list[str] | None = None,
                    error: str | None = None) -> None:
         """Record the end of a run (``done``, ``failed`` or ``skipped``)."""
-        with self.engine.begin() as conn:
-            conn.execute(runs.update().where(runs.c.id == run_id).values(
-                finished=_now(), status=status, timings=json.dumps(timings or {}),
-                qc_passed=None if qc is None else bool(qc.get("passed")),
-                qc=json.dumps(qc, default=str) if qc is not None else None,
-                outputs=json.dumps(outputs or []), error=error))
+        def _finish() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(runs.update().where(runs.c.id == run_id).values(
+                    finished=_now(), status=status, timings=json.dumps(timings or {}),
+                    qc_passed=None if qc is None else bool(qc.get("passed")),
+                    qc=json.dumps(qc, default=str) if qc is not None else None,
+                    outputs=json.dumps(outputs or []), error=error))
+        self._db_call("record the end of a run", _finish)
 
     def run(self, run_id: int) -> dict[str, Any]:
         """One run as a dict."""
@@ -126,29 +193,77 @@ class MetadataDB:
                 created=_now(), date=str(date), aoi=json.dumps(list(aoi)), status="pending"))
             return int(result.inserted_primary_key[0])
 
-    def claim_request(self, worker: str) -> dict[str, Any] | None:
-        """Atomically claim the oldest pending request for ``worker`` (None if none)."""
-        query = (sa.select(requests).where(requests.c.status == "pending")
-                 .order_by(requests.c.id).limit(1))
-        if not self.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        with self.engine.begin() as conn:
-            row = conn.execute(query).mappings().first()
-            if row is None:
-                return None
-            conn.execute(requests.update().where(requests.c.id == row["id"]).values(
-                status="claimed", worker=worker, claimed_at=_now()))
-        claimed = dict(row)
-        claimed.update(status="claimed", worker=worker, aoi=json.loads(row["aoi"]))
-        return claimed
+    def claim_request(self, worker: str, *, lease_s: float = 600.0) -> dict[str, Any] | None:
+        """Atomically claim the oldest claimable request for ``worker`` (None if none).
 
-    def complete_request(self, request_id: int, run_id: int | None) -> None:
-        """Mark a request done (call only after publishing succeeded)."""
-        self._set(request_id, status="done", run_id=run_id, error=None)
+        Claimable: pending, or claimed by a worker whose lease expired (that worker's run
+        is then marked ``abandoned``). The claim holds a lease of ``lease_s`` seconds.
+        """
+        def _claim() -> dict[str, Any] | None:
+            now = _now()
+            expired = sa.and_(requests.c.status == "claimed", requests.c.lease_until < now)
+            query = (sa.select(requests)
+                     .where(sa.or_(requests.c.status == "pending", expired))
+                     .order_by(requests.c.id).limit(1))
+            if not self.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            with self.engine.begin() as conn:
+                row = conn.execute(query).mappings().first()
+                if row is None:
+                    return None
+                if row["status"] == "claimed":
+                    log.warning("request %s: the lease of worker %s expired; reclaiming it",
+                                row["id"], row["worker"])
+                    if row["run_id"] is not None:
+                        conn.execute(runs.update().where(
+                            sa.and_(runs.c.id == row["run_id"], runs.c.status == "running"))
+                            .values(status="abandoned", finished=now,
+                                    error=f"worker {row['worker']} stopped renewing its lease"))
+                conn.execute(requests.update().where(requests.c.id == row["id"]).values(
+                    status="claimed", worker=worker, claimed_at=now, run_id=None,
+                    lease_until=now + dt.timedelta(seconds=lease_s)))
+            claimed = dict(row)
+            claimed.update(status="claimed", worker=worker, aoi=json.loads(row["aoi"]))
+            return claimed
+        return self._db_call("claim a request", _claim)
 
-    def fail_request(self, request_id: int, error: str, run_id: int | None = None) -> None:
+    def renew_lease(self, request_id: int, worker: str, lease_s: float) -> bool:
+        """Extend ``worker``'s lease on a request; False when it is no longer its claim."""
+        def _renew() -> bool:
+            with self.engine.begin() as conn:
+                result = conn.execute(requests.update().where(sa.and_(
+                    requests.c.id == request_id, requests.c.worker == worker,
+                    requests.c.status == "claimed")).values(
+                    lease_until=_now() + dt.timedelta(seconds=lease_s)))
+                return result.rowcount == 1
+        return self._db_call("renew a lease", _renew)
+
+    @contextlib.contextmanager
+    def lease(self, request_id: int, worker: str, lease_s: float) -> Iterator[_Lease]:
+        """Renew ``worker``'s lease every ``lease_s / 3`` seconds while the block runs."""
+        held = _Lease(self, request_id, worker, lease_s)
+        held.start()
+        try:
+            yield held
+        finally:
+            held.stop()
+
+    def complete_request(self, request_id: int, run_id: int | None, *,
+                         outputs: list[str] | None = None, worker: str | None = None) -> None:
+        """Mark a request done with its product's URIs (only after publishing succeeded).
+
+        Raises
+        ------
+        LeaseLost
+            ``worker`` no longer holds the claim (its lease expired and another took it).
+        """
+        self._set(request_id, worker, status="done", run_id=run_id, error=None,
+                  outputs=json.dumps(outputs or []))
+
+    def fail_request(self, request_id: int, error: str, run_id: int | None = None, *,
+                     worker: str | None = None) -> None:
         """Mark a request failed with its error."""
-        self._set(request_id, status="failed", run_id=run_id, error=error)
+        self._set(request_id, worker, status="failed", run_id=run_id, error=error)
 
     def request(self, request_id: int) -> dict[str, Any]:
         """One request as a dict."""
@@ -156,6 +271,48 @@ class MetadataDB:
             row = conn.execute(sa.select(requests).where(requests.c.id == request_id))
             return dict(row.mappings().one())
 
-    def _set(self, request_id: int, **values: Any) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(requests.update().where(requests.c.id == request_id).values(**values))
+    def _set(self, request_id: int, worker: str | None, **values: Any) -> None:
+        def _update() -> int:
+            where = requests.c.id == request_id
+            if worker is not None:
+                where = sa.and_(where, requests.c.worker == worker,
+                                requests.c.status == "claimed")
+            with self.engine.begin() as conn:
+                return conn.execute(requests.update().where(where).values(**values)).rowcount
+        if self._db_call("update a request", _update) != 1:
+            raise LeaseLost(f"request {request_id} is no longer claimed by {worker} (its lease "
+                            "expired and another worker took it over); its result was not "
+                            "recorded. Use a longer lease (--lease) if jobs outlive it")
+
+
+class _Lease:
+    """A thread that renews a claim's lease until stopped."""
+
+    def __init__(self, db: MetadataDB, request_id: int, worker: str, lease_s: float) -> None:
+        self.db, self.request_id, self.worker, self.lease_s = db, request_id, worker, lease_s
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"srlib-lease-{request_id}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not self.db.renew_lease(self.request_id, self.worker, self.lease_s):
+                    self.lost = "another worker took the request over"
+                    return
+            except DatabaseError as err:  # keep trying: the lease may still hold
+                log.warning("request %s: could not renew the lease: %s", self.request_id, err)
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` when the lease was lost while the job ran."""
+        if self.lost:
+            raise LeaseLost(f"request {self.request_id}: {self.lost}; the result of this "
+                            "worker is not recorded")

@@ -28,7 +28,31 @@ def check_grid(obj: xr.DataArray | xr.Dataset) -> tuple[Affine, object]:
                          "ds.rio.write_transform(...)") from err
     if transform.b != 0 or transform.d != 0:
         raise InputError("the input grid is rotated or sheared; reproject it to a north-up grid")
+    _check_regular(obj, transform)
     return transform, crs
+
+
+def _check_regular(obj: xr.DataArray | xr.Dataset, transform: Affine) -> None:
+    """Refuse x/y coordinates that are not finite and evenly spaced at the transform's step."""
+    for dim, step, origin in ((obj.rio.x_dim, transform.a, transform.c),
+                              (obj.rio.y_dim, transform.e, transform.f)):
+        if dim not in obj.coords:
+            continue
+        values = np.asarray(obj[dim].values, dtype=np.float64)
+        if values.ndim != 1 or not np.isfinite(values).all():
+            raise InputError(f"the {dim} coordinates are not finite 1-D values; the grid "
+                             "cannot be georeferenced: fix them or rebuild the grid with "
+                             "ds.rio.write_transform(...)")
+        if not np.isfinite(step) or step == 0:
+            raise InputError(f"the {dim} pixel size is {step}; fix the {dim} coordinates")
+        expect = origin + (np.arange(values.size) + 0.5) * step
+        worst = float(np.abs(values - expect).max()) if values.size else 0.0
+        if worst > 1e-3 * abs(step):
+            raise InputError(
+                f"the {dim} coordinates are not evenly spaced (off a regular {abs(step):g} "
+                f"grid by up to {worst:.3g} in CRS units); super-resolution needs a regular "
+                "grid: resample the scene onto one (e.g. ds.rio.reproject(crs, "
+                "resolution=...)) first")
 
 
 def zoom_transform(transform: Affine, scale: int) -> Affine:

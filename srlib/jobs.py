@@ -1,42 +1,97 @@
-"""Production jobs: ``srlib dr`` (one date, one MGRS tile or AOI) end to end.
+"""Production jobs: ``srlib dr`` (one date, one MGRS tile or AOI) and ``srlib pdr``.
 
-Steps, each reported to the notifier on failure (then re-raised): ``load`` (STAC search
-and lazy load), ``inference`` (super-resolution, Zarr, COG and QC through
-:func:`srlib.super_resolve_to_cog`), ``publish`` (S3, only after QC passed). A product
-that already exists and passes QC (locally, or at its published key) is skipped unless
-``force``.
+Steps of ``dr``, each reported to the notifier on failure (then re-raised): ``load``
+(STAC search and lazy load), ``inference``/``writing``/``qc`` (super-resolution, Zarr,
+COG and QC against the input through :func:`srlib.super_resolve_to_cog`),
+``derivatives``, ``quicklook``, ``stac``, ``manifest`` and ``publish`` (S3, only after QC
+passed), and ``database`` when a run is recorded.
+
+Done means delivered: a product is one unit proven by its manifest (see
+:mod:`srlib.manifest`), written last. A product is skipped only when its manifest is
+complete, belongs to the same job (date, tile, AOI, model, version) and every file it
+lists is in place (published: as S3 reports the stored bytes); anything else is redone,
+and a product that fails QC is never reported done.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .derivatives import write_derivatives
+from .derivatives import DERIVATIVES, write_derivatives
+from .errors import InputError
+from .manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
 from .notify import Notifier, notifier_from_env, step
-from .pipeline import remove_product, super_resolve_to_cog
-from .publish import S3Target, publish_product, s3_client
+from .pipeline import super_resolve_to_cog
+from .publish import publish_product, verify_published
 from .qc import check_quality
 from .quicklook import write_quicklooks
 from .sources import EARTH_SEARCH, load_s2, parse_date
 from .stac_item import write_product_item
 
-__all__ = ["DEFAULT_NAME", "JobResult", "product_name", "run_dr", "run_pdr"]
+__all__ = ["DEFAULT_AOI_NAME", "DEFAULT_NAME", "JobResult", "aoi_key", "product_name",
+           "run_dr", "run_pdr"]
 
 log = logging.getLogger("srlib")
 
-#: Default product file name.
+#: Default product file name of a whole MGRS tile.
 DEFAULT_NAME = "S2x10_T{mgrs}_{date:%Y%m%d}_v{version}.tif"
+#: Default product file name of an AOI: ``aoi`` is a short key of the snapped bounds.
+DEFAULT_AOI_NAME = "S2x10_T{mgrs}_{date:%Y%m%d}_{aoi}_v{version}.tif"
+#: Fields a name template may use.
+NAME_FIELDS = ("mgrs", "date", "version", "aoi", "request")
 
 
-def product_name(template: str, *, mgrs: str, date: dt.date, version: int) -> str:
-    """Fill the product name template (fields ``mgrs``, ``date``, ``version``)."""
-    return template.format(mgrs=mgrs, date=date, version=version)
+def aoi_key(crs: object, bounds: Sequence[float]) -> str:
+    """Short stable key (8 hex digits) of an AOI's bounds snapped to the scene grid."""
+    text = f"{crs}|" + ",".join(f"{float(b):.3f}" for b in bounds)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _template_fields(template: str) -> list[str]:
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise InputError(f"bad product name template {template!r}: {err}") from err
+
+
+def product_name(template: str, *, mgrs: str, date: dt.date, version: int,
+                 aoi: str | None = None, request: int | None = None) -> str:
+    """Fill a product name template (fields ``mgrs``, ``date``, ``version``, ``aoi``, ``request``).
+
+    Raises
+    ------
+    InputError
+        Unknown fields; an AOI product whose template has neither ``{aoi}`` nor
+        ``{request}`` (products on one tile and date would collide); a name that is not a
+        plain ``.tif`` file name inside the output directory.
+    """
+    fields = _template_fields(template)
+    unknown = sorted({f.split(".")[0].split("[")[0] for f in fields} - set(NAME_FIELDS))
+    if unknown:
+        raise InputError(f"product name template {template!r} has unknown fields {unknown}; "
+                         f"use {', '.join('{' + f + '}' for f in NAME_FIELDS)}")
+    if aoi is not None and not {"aoi", "request"} & set(fields):
+        raise InputError(f"product name template {template!r} has neither {{aoi}} nor "
+                         "{request}: AOI products on one tile and date would overwrite each "
+                         "other; add one of them")
+    try:
+        name = template.format(mgrs=mgrs, date=date, version=version, aoi=aoi or "",
+                               request="" if request is None else request)
+    except (ValueError, KeyError, IndexError, AttributeError) as err:
+        raise InputError(f"bad product name template {template!r}: {err}") from err
+    if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".tif") \
+            or name != os.path.basename(name):
+        raise InputError(f"product name {name!r} (from {template!r}) must be a plain file "
+                         "name ending in .tif, inside --out: no '/', no leading '.'")
+    return name
 
 
 @dataclass
@@ -50,15 +105,28 @@ class JobResult:
     files: list[Path] = field(default_factory=list)
     qc: dict[str, Any] | None = None
     run_id: int | None = None
+    manifest: Path | None = None
 
 
-def _published(uri: str, name: str) -> bool:
-    target = S3Target.parse(uri)
-    try:
-        s3_client().head_object(Bucket=target.bucket, Key=target.key(name))
-        return True
-    except Exception:
-        return False
+def product_files(cog: Path) -> list[Path]:
+    """Every file a job may write for the product ``cog`` (whether present or not)."""
+    stem = cog.stem
+    names = [cog.name, f"{stem}.qc.json", f"{stem}.stac.json", f"{stem}{MANIFEST_SUFFIX}",
+             *(f"{stem}_{d}.tif" for d in DERIVATIVES),
+             *(f"{stem}_quicklook_{k}.png" for k in ("rgb", "ndvi"))]
+    return [cog.with_name(n) for n in names]
+
+
+def remove_outputs(cog: Path) -> None:
+    """Delete a product's files, manifest first (the Zarr store is kept for resuming)."""
+    for path in sorted(product_files(cog), key=lambda p: not p.name.endswith(MANIFEST_SUFFIX)):
+        path.unlink(missing_ok=True)
+
+
+def _model_spec(model: Any, options: dict[str, Any]) -> Any:
+    from .models import load_model
+
+    return load_model(model, scale=options.get("scale", 10))
 
 
 def run_dr(
@@ -73,43 +141,59 @@ def run_dr(
     publish: str | None = None,
     force: bool = False,
     catalog: str = EARTH_SEARCH,
-    name_template: str = DEFAULT_NAME,
+    name_template: str | None = None,
     version: int = 1,
     notifier: Notifier | None = None,
     load_options: dict[str, Any] | None = None,
     derivatives: bool | None = None,
     db: Any | None = None,
+    request: int | None = None,
     **options: Any,
 ) -> JobResult:
     """Super-resolve one scene into a checked, optionally published product.
 
     Parameters mirror ``srlib dr``; ``options`` go to :func:`srlib.super_resolve`.
     ``derivatives`` (default: for AOI requests) writes NDVI, EVI, RGB and NIR COGs beside
-    the product and publishes them with it. With ``db`` (a :class:`srlib.db.MetadataDB`)
-    the run is recorded: inputs, model, versions, timings, QC, outputs and status.
+    the product and publishes them with it. ``name_template`` defaults to
+    :data:`DEFAULT_NAME` for a tile and :data:`DEFAULT_AOI_NAME` for an AOI. With ``db``
+    (a :class:`srlib.db.MetadataDB`) the run is recorded: inputs, model, versions,
+    timings, QC, outputs and status; ``request`` is the id of the AOI request it serves.
+
+    Raises
+    ------
+    srlib.SrlibError
+        Any failure; the error's ``run_id`` attribute names the recorded run.
     """
+    spec = _model_spec(model, options)
     job = dict(date=date, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
-               model=model, out=out, publish=publish, force=force, catalog=catalog,
+               model=spec, out=out, publish=publish, force=force, catalog=catalog,
                name_template=name_template, version=version, notifier=notifier,
-               load_options=load_options, derivatives=derivatives, **options)
+               load_options=load_options, derivatives=derivatives, request=request,
+               **options)
     if db is None:
         return _run_dr(**job)
     from .notify import redact
 
     inputs = {"date": str(date), "mgrs": mgrs, "aoi": list(aoi) if aoi else None,
-              "s2_id": s2_id, "product_id": product_id, "publish": publish}
-    run_id = db.start_run(inputs, model=getattr(model, "name", str(model)),
-                          versions=_versions())
+              "s2_id": s2_id, "product_id": product_id, "publish": publish,
+              "request": request}
+    notifier = notifier or notifier_from_env()
+    with step("database", notifier):
+        run_id = db.start_run(inputs, model=f"{spec.name}:{spec.token}",
+                              versions=_versions(), request_id=request)
+    job["notifier"] = notifier
     try:
         result = _run_dr(**job)
     except Exception as err:
         report = getattr(err, "report", None)
-        db.finish_run(run_id, "failed", error=redact(f"{type(err).__name__}: {err}"),
-                      qc=report.to_dict() if report is not None else None)
+        with step("database", notifier, run=run_id):
+            db.finish_run(run_id, "failed", error=redact(f"{type(err).__name__}: {err}"),
+                          qc=report.to_dict() if report is not None else None)
         err.srlib_run_id = run_id  # type: ignore[attr-defined]
         raise
-    db.finish_run(run_id, result.status, timings=result.timings, qc=result.qc,
-                  outputs=result.published or [str(p) for p in result.files])
+    with step("database", notifier, run=run_id):
+        db.finish_run(run_id, result.status, timings=result.timings, qc=result.qc,
+                      outputs=result.published or [str(p) for p in result.files])
     result.run_id = run_id
     return result
 
@@ -121,6 +205,16 @@ def _versions() -> dict[str, str]:
     from . import __version__
 
     return {"srlib": __version__, "torch": torch.__version__, "gdal": rasterio.__gdal_version__}
+
+
+def _identity(ds: Any, *, day: dt.date, tile: str, aoi: str | None, spec: Any,
+              version: int) -> dict[str, Any]:
+    from .models import spec_identity
+
+    return {"date": f"{day:%Y%m%d}", "mgrs": tile, "aoi": aoi,
+            "bounds": [round(float(b), 3) for b in ds.rio.bounds()],
+            "crs": str(ds.rio.crs), "items": list(ds.attrs.get("items", [])),
+            "model": spec_identity(spec), "version": version}
 
 
 def _run_dr(
@@ -135,44 +229,74 @@ def _run_dr(
     publish: str | None,
     force: bool,
     catalog: str,
-    name_template: str,
+    name_template: str | None,
     version: int,
     notifier: Notifier | None,
     load_options: dict[str, Any] | None,
     derivatives: bool | None,
+    request: int | None,
     **options: Any,
 ) -> JobResult:
     notifier = notifier or notifier_from_env()
     day = parse_date(date)
+    template = name_template or (DEFAULT_AOI_NAME if aoi is not None else DEFAULT_NAME)
+    # refuse a bad template before any network call
+    product_name(template, mgrs="00AAA", date=day, version=version,
+                 aoi="0" if aoi is not None else None, request=request)
     context = {"date": f"{day:%Y%m%d}", "mgrs": mgrs, "aoi": aoi}
     context = {k: v for k, v in context.items() if v is not None}
     with step("load", notifier, **context):
         ds = load_s2(date=day, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
                      catalog=catalog, **(load_options or {}))
     tile = ds.attrs.get("mgrs") or (mgrs or "AOI")
-    name = product_name(name_template, mgrs=tile, date=day, version=version)
-    cog = Path(out) / name
-    existing = None  # the QC report of a product already at ``cog``, checked once
-    if not force:
-        if publish and _published(publish, name):
-            log.info("%s is already published under %s; skipping (--force redoes it)",
-                     name, publish)
-            return JobResult("skipped", cog)
-        if cog.exists():
-            existing = check_quality(cog)
-            if existing.passed:
-                log.info("%s exists and passes QC; skipping (--force redoes it)", cog)
+    key = aoi_key(ds.rio.crs, ds.rio.bounds()) if aoi is not None else None
+    name = product_name(template, mgrs=tile, date=day, version=version, aoi=key,
+                        request=request)
+    out = Path(out)
+    cog = out / name
+    identity = _identity(ds, day=day, tile=tile, aoi=key, spec=model, version=version)
+    if force:
+        remove_outputs(cog)
+    else:
+        if publish:
+            manifest, why = verify_published(publish, name, identity)
+            if manifest is not None:
+                log.info("%s is published and complete under %s; skipping (--force redoes "
+                         "it)", name, publish)
+                uris = [f"{publish.rstrip('/')}/{r['name']}" for r in manifest["files"]]
+                return JobResult("skipped", cog, published=uris)
+            log.info("%s: %s; making it", name, why)
+        manifest, why = verify_local(cog)
+        if manifest is not None:
+            differ = mismatch(manifest, identity)
+            if differ:
+                raise InputError(
+                    f"{cog} is another product (its manifest differs in {differ}); use a name "
+                    "template that tells them apart ({aoi}, {date}, {version}), another "
+                    "--out, or --force to replace it")
+            report = check_quality(cog)
+            if report.passed:
+                files = [cog.with_name(r["name"]) for r in manifest["files"]]
+                result = JobResult("skipped", cog, files=files, qc=report.to_dict(),
+                                   manifest=cog.with_name(cog.stem + MANIFEST_SUFFIX))
                 if not publish:
-                    return JobResult("skipped", cog)
-    else:
-        remove_product(cog)
+                    log.info("%s exists and is complete; skipping (--force redoes it)", cog)
+                    return result
+                with step("publish", notifier, product=name, destination=publish):
+                    result.published = publish_product(cog, report, publish,
+                                                       extra=files[2:])
+                result.status = "done"
+                return result
+            log.warning("%s no longer passes QC (%s); making it again", cog,
+                        ", ".join(report.failed))
+        elif why != f"no manifest {cog.with_name(cog.stem + MANIFEST_SUFFIX).name}" \
+                or cog.exists():
+            log.info("%s is unfinished (%s); making it again", cog, why)
+        remove_outputs(cog)
     result = JobResult("done", cog)
-    if existing is None:
-        with step("inference", notifier, product=name, **context):
-            report = super_resolve_to_cog(ds, cog, model=model, **options)
-        result.timings = report.timings
-    else:
-        report = existing
+    with step("inference", notifier, product=name, **context):
+        report = super_resolve_to_cog(ds, cog, model=model, **options)
+    result.timings = report.timings
     result.qc = report.to_dict()
     extra: list[Path] = []
     if derivatives if derivatives is not None else aoi is not None:
@@ -186,16 +310,46 @@ def _run_dr(
         item = write_product_item(
             cog, datetime=ds.attrs.get("datetime") or None, href=href(cog),
             properties={"srlib:source_items": ds.attrs.get("items", []),
-                        "srlib:model": getattr(model, "name", str(model))},
+                        "srlib:model": model.name, "srlib:model_token": model.token},
             extra_assets={"qc": href(cog.with_suffix(".qc.json")),
                           **{p.stem.rsplit("_", 1)[-1].lower(): href(p) for p in extra
                              if p.suffix == ".tif"}})
     extra = [*extra, item]
     result.files = [cog, cog.with_suffix(".qc.json"), *extra]
+    with step("manifest", notifier, product=name):
+        result.manifest = write_manifest(cog, result.files, identity=identity, qc=result.qc,
+                                         model={"name": model.name, "token": model.token})
     if publish:
         with step("publish", notifier, product=name, destination=publish):
             result.published = publish_product(cog, report, publish, extra=extra)
     return result
+
+
+def check_pdr_config(db: Any, *, model: Any = "bicubic", publish: str | None = None,
+                     device: str | None = None, **options: Any) -> Any:
+    """Check ``pdr``'s whole configuration before anything is claimed; return the model spec.
+
+    The model loads, the device exists, the publish target is reachable and the database
+    answers; otherwise the first problem is raised (:class:`srlib.SrlibError`).
+    """
+    from .kernel import resolve_device
+    from .publish import PublishError, S3Target, s3_client
+
+    spec = _model_spec(model, options)
+    try:
+        resolve_device(device)
+    except Exception as err:
+        raise InputError(f"device {device!r} is not usable here: {err}; use cpu, cuda or "
+                         "cuda:N") from err
+    if publish:
+        target = S3Target.parse(publish)
+        try:
+            s3_client().head_bucket(Bucket=target.bucket)
+        except Exception as err:
+            raise PublishError(f"cannot reach the publish target {publish}: "
+                               f"{type(err).__name__}: {err}") from err
+    db.ping()
+    return spec
 
 
 def run_pdr(
@@ -206,48 +360,66 @@ def run_pdr(
     poll_interval: float = 60.0,
     notifier: Notifier | None = None,
     max_requests: int | None = None,
+    lease_s: float = 600.0,
     **dr_options: Any,
 ) -> dict[str, int]:
     """Process pending AOI requests from the metadata database.
 
-    Each claimed request runs :func:`run_dr` (recorded as a run); it is marked ``done``
-    only after the job (publishing included) succeeded, else ``failed`` with its error,
-    and the next request goes on. ``once`` stops when nothing is pending; otherwise the
-    database is polled every ``poll_interval`` seconds.
+    The whole configuration is checked first (:func:`check_pdr_config`): nothing is
+    claimed with a model, device, publish target or database that cannot work. Each
+    claimed request holds a lease of ``lease_s`` seconds that a background thread renews
+    while it runs; a request whose worker died is reclaimed by another worker once its
+    lease has expired (its run is marked ``abandoned``). A request is marked ``done``
+    only after its job (publishing included) succeeded, with its own product URIs; else
+    ``failed`` with its error, and the next request goes on. ``once`` stops when nothing
+    is pending; otherwise the database is polled every ``poll_interval`` seconds.
 
     Returns
     -------
     dict
         Counts of ``done``, ``skipped`` and ``failed`` requests.
     """
+    import contextlib
     import time
 
+    from .db import LeaseLost
     from .notify import redact
 
     notifier = notifier or notifier_from_env()
+    with step("database", notifier, worker=worker):
+        dr_options["model"] = check_pdr_config(db, **dr_options)
     counts = {"done": 0, "skipped": 0, "failed": 0}
     handled = 0
     while max_requests is None or handled < max_requests:
         with step("database", notifier, worker=worker):
-            request = db.claim_request(worker)
+            request = db.claim_request(worker, lease_s=lease_s)
         if request is None:
             if once:
                 break
             time.sleep(poll_interval)
             continue
         handled += 1
-        try:
-            result = run_dr(date=request["date"], aoi=request["aoi"], notifier=notifier,
-                            db=db, **dr_options)
-        except Exception as err:
-            message = redact(f"{type(err).__name__}: {err}")
-            with step("database", notifier, worker=worker):
-                db.fail_request(request["id"], message, getattr(err, "srlib_run_id", None))
-            counts["failed"] += 1
-            log.error("request %s failed: %s", request["id"], message)
-            continue
-        with step("database", notifier, worker=worker):
-            db.complete_request(request["id"], result.run_id)
+        with db.lease(request["id"], worker, lease_s) as lease:
+            try:
+                result = run_dr(date=request["date"], aoi=request["aoi"], notifier=notifier,
+                                db=db, request=request["id"], **dr_options)
+                lease.check()
+            except Exception as err:
+                message = redact(f"{type(err).__name__}: {err}")
+                counts["failed"] += 1
+                log.error("request %s failed: %s", request["id"], message)
+                with contextlib.suppress(LeaseLost), step("database", notifier, worker=worker):
+                    db.fail_request(request["id"], message, getattr(err, "srlib_run_id", None),
+                                    worker=worker)
+                continue
+            try:
+                with step("database", notifier, worker=worker):
+                    db.complete_request(request["id"], result.run_id, worker=worker,
+                                        outputs=result.published
+                                        or [str(p) for p in result.files])
+            except LeaseLost as err:
+                counts["failed"] += 1
+                log.error("request %s: %s", request["id"], err)
+                continue
         counts[result.status] += 1
     return counts
-

@@ -25,7 +25,7 @@ import torch
 
 from .bands import OUTPUT_NODATA, Quality, scl_to_quality
 from .batching import INDEX_LIMIT, plan_batch_size
-from .errors import ModelError
+from .errors import InputError, ModelError
 from .models.spec import ModelSpec, loaded_module
 
 __all__ = ["KernelConfig", "resolve_device", "sr_block"]
@@ -51,10 +51,26 @@ class KernelConfig:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` picks CUDA when available, else the CPU."""
+    """``None`` picks CUDA when available, else the CPU; anything unusable is refused.
+
+    Raises
+    ------
+    InputError
+        Not a device name, not ``cpu``/``cuda[:N]``, or CUDA asked for where there is none.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"device={device!r} is not a device: use 'cpu', 'cuda' or 'cuda:N', "
+                         "or leave it unset to choose automatically") from err
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device={device!r}: srlib runs on 'cpu' or 'cuda[:N]'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r} but this machine has no CUDA device; use 'cpu' "
+                         "or leave it unset to choose automatically")
+    return dev
 
 
 def _ramp(n: int, width: int) -> np.ndarray:
@@ -123,6 +139,11 @@ class _Runner:
             self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
         ):
             out = self.module(tensor)
+        if not isinstance(out, torch.Tensor):
+            raise ModelError(
+                f"model {spec.name} returned a {type(out).__name__}, not a tensor; its forward "
+                "must return one (N, bands_out, h * scale, w * scale) tensor: wrap it to "
+                "return only the image")
         n, _, h, w = patches.shape
         expected = (n, len(spec.bands_out), h * spec.scale, w * spec.scale)
         if tuple(out.shape) != expected:

@@ -73,6 +73,7 @@ def super_resolve_to_cog(
     cog_path = Path(cog_path)
     zarr_path = Path(zarr_path) if zarr_path else cog_path.with_suffix(".zarr")
     staging = cog_path.with_name(f".{cog_path.stem}.staging{cog_path.suffix}")
+    staging.unlink(missing_ok=True)  # left by a killed run
     t0 = time.perf_counter()
     sr = super_resolve(ds, model, **options)
     device = resolve_device(options.get("device"))

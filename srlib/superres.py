@@ -17,8 +17,8 @@ from .bands import OUTPUT_NODATA, REFLECTANCE_SCALE, Quality
 from .batching import check_batch_size, peak_elements
 from .errors import InputError
 from .grid import check_grid, zoom_coords, zoom_transform
-from .kernel import KernelConfig, sr_block
-from .models import ModelSpec, load_model
+from .kernel import KernelConfig, resolve_device, sr_block
+from .models import ModelSpec, load_model, spec_identity
 
 __all__ = ["default_chunk", "super_resolve"]
 
@@ -47,18 +47,27 @@ def _plan(n: int, chunk: int, halo: int) -> tuple[int, ...]:
 def _chunk_sizes(chunks: int | Mapping[str, int] | tuple[int, int] | None,
                  spec: ModelSpec) -> tuple[int, int]:
     scale = spec.scale
+
+    def _side(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise InputError(f"chunks must be positive whole numbers of input pixels (an int, "
+                             f"{{'y': .., 'x': ..}} or (y, x)), got {chunks!r}")
+        return int(value)
+
     if chunks is None:
         # Patch-blended models recompute the patches that straddle chunk borders, about
         # (1 + patch / chunk)**2 of the work: larger chunks keep that overhead near 1.25.
         c = default_chunk(scale, 5120 if spec.blend == "feather" else 2560)
         return c, c
-    if isinstance(chunks, int):
-        return chunks, chunks
     if isinstance(chunks, Mapping):
+        unknown = set(chunks) - {"y", "x"}
+        if unknown:
+            raise InputError(f"chunks has unknown dims {sorted(unknown)}; use 'y' and 'x'")
         default = default_chunk(scale)
-        return int(chunks.get("y", default)), int(chunks.get("x", default))
-    cy, cx = chunks
-    return int(cy), int(cx)
+        return _side(chunks.get("y", default)), _side(chunks.get("x", default))
+    if isinstance(chunks, tuple | list) and len(chunks) == 2:
+        return _side(chunks[0]), _side(chunks[1])
+    return _side(chunks), _side(chunks)
 
 
 def _spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[str, str]:
@@ -83,13 +92,29 @@ def _squeeze(arr: xr.DataArray, keep: tuple[str, ...], name: str) -> xr.DataArra
 
 def _reflectance(arr: xr.DataArray, attrs: Mapping) -> da.Array:
     """Lazy float32 reflectance x 10000 with NaN at nodata."""
+    kind = np.dtype(arr.dtype)
+    if kind == np.bool_ or kind.kind not in "iuf" or (kind.kind in "iu" and kind.itemsize < 2):
+        raise InputError(f"band {arr.name} is {kind}; Sentinel-2 reflectance must be integer "
+                         "DN of 16 bits or more (uint16, int16, ...) or float reflectance: "
+                         "convert it with .astype('uint16') or .astype('float32')")
     data = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.data, chunks=-1)
     data = data.astype(np.float32)
     nodata = arr.rio.nodata if arr.rio.nodata is not None else attrs.get("nodata")
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
         data = da.where(data == np.float32(nodata), np.float32(np.nan), data)
-    scale = float(attrs.get("scale_factor", REFLECTANCE_SCALE)) / REFLECTANCE_SCALE
-    offset = float(attrs.get("add_offset", 0.0)) / REFLECTANCE_SCALE
+    factors = {}
+    for key, default in (("scale_factor", REFLECTANCE_SCALE), ("add_offset", 0.0)):
+        value = attrs.get(key, default)
+        try:
+            factors[key] = float(value)
+        except (TypeError, ValueError):
+            factors[key] = float("nan")
+        if not math.isfinite(factors[key]) or (key == "scale_factor" and factors[key] == 0):
+            raise InputError(f"band {arr.name}: attribute {key}={value!r} is not a usable "
+                             f"number; set it (e.g. ds[{str(arr.name)!r}].attrs[{key!r}] = "
+                             f"{default}) or drop it for the default {default}")
+    scale = factors["scale_factor"] / REFLECTANCE_SCALE
+    offset = factors["add_offset"] / REFLECTANCE_SCALE
     if scale != 1.0 or offset != 0.0:
         data = data * np.float32(scale) + np.float32(offset)
     return data
@@ -222,7 +247,7 @@ def super_resolve(
     if precision not in ("bf16", "fp16", "fp32"):
         raise InputError(f"precision must be 'bf16', 'fp16' or 'fp32', got {precision!r}")
     if device is not None:
-        dev = torch.device(device)
+        dev = resolve_device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device={device!r} but this machine has no CUDA device; use "
                              "device='cpu' or leave device=None to choose automatically")
@@ -247,8 +272,6 @@ def super_resolve(
         grow_x = min(px - stack.shape[2], stack.shape[2])
         stack = da.pad(stack, ((0, 0), (0, grow_y), (0, grow_x)), mode="symmetric")
     cy, cx = _chunk_sizes(chunks, spec)
-    if cy < 1 or cx < 1:
-        raise InputError(f"chunks must be positive, got {chunks!r}")
     ychunks, xchunks = _plan(py, max(cy, halo), halo), _plan(px, max(cx, halo), halo)
     stack = stack.rechunk(((stack.shape[0],), ychunks, xchunks))
 
@@ -274,7 +297,7 @@ def super_resolve(
                     tuple(c * scale for c in xchunks)),
             dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
             name=f"srlib-{spec.name}-"
-            f"{tokenize(stack.name, spec.token, cfg.device, precision, batch_size)}",
+            f"{tokenize(stack.name, spec_identity(spec), cfg.device, precision, batch_size)}",
             cfg=cfg,
         )
     if (py, px) != (ny, nx):
@@ -305,5 +328,6 @@ def super_resolve(
         # the input grid's, and must not replace the output's
         result = result.assign_coords(time=((), ds["time"].values.reshape(())))
     result.attrs.update({k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)})
-    result.attrs.update(srlib_model=spec.name, srlib_model_token=spec.token, srlib_scale=scale)
+    result.attrs.update(srlib_model=spec.name, srlib_model_token=spec.token,
+                        srlib_model_identity=spec_identity(spec), srlib_scale=scale)
     return result

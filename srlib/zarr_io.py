@@ -2,10 +2,17 @@
 
 Format 2 because GDAL (3.10, inside the rasterio wheel) reads it, which lets the COG
 stage read the store directly. Each dask block of the product is written as one
-chunk-aligned region; a marker file records each finished region, and the store is
-marked complete (root attribute ``srlib_complete``) only when every region is written.
-A rerun after a crash computes only the regions without a marker, rewriting each whole
-(a killed writer can tear a chunk), so it ends with the same bytes as an uninterrupted run.
+chunk-aligned region, together with the overview levels it can reduce on its own; a
+marker file records each finished region and lists the chunks it wrote. The remaining
+(small) overview levels are then computed from the store, so a store is whole when
+:func:`to_zarr` returns and :func:`srlib.to_cog` only reads it. The store is marked
+complete (root attribute ``srlib_complete``) only when every region and level is written
+and every expected chunk exists (empty chunks are written too, so that a missing chunk
+file is always a hole). Readers check that: a store with a missing chunk is refused,
+naming the region, and a rerun of :func:`to_zarr` rewrites that region. A rerun after a
+crash computes only the regions without a valid marker, rewriting each whole (a killed
+writer can tear a chunk), so it ends with the same bytes as an uninterrupted run; the
+``.partial`` files a killed writer leaves are removed.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import dask
+import dask.array as da
 import numcodecs
 import numpy as np
 import xarray as xr
@@ -28,7 +36,8 @@ from .bands import OUTPUT_BANDS, OUTPUT_NODATA
 from .errors import IncompleteStoreError, InputError
 from .pyramid import halve, levels_needed, quality_for_cog
 
-__all__ = ["ZARR_TILE", "default_compressor", "open_zarr", "to_zarr"]
+__all__ = ["ZARR_TILE", "build_overviews", "default_compressor", "missing_chunks", "open_zarr",
+           "to_zarr"]
 
 #: Zarr chunk side: the COG's internal tile, so that regions and tiles align.
 ZARR_TILE = 512
@@ -95,26 +104,55 @@ def _array(path: str, store_id: str) -> zarr.Array:
     ``store_id`` is drawn when the store is created, so a store deleted and created
     again (another codec, ``resume=False``) is opened afresh.
     """
-    return zarr.open_array(store=path, mode="r+", zarr_format=2)
+    array = zarr.open_array(store=path, mode="r+", zarr_format=2)
+    return array.with_config({"write_empty_chunks": True})  # a missing chunk is a hole
+
+
+def _chunk_keys(array_dir: str, y: slice, x: slice) -> list[str]:
+    """Keys of the chunks of a format-2 array that cover ``[y, x]`` (pixels)."""
+    meta = json.loads(Path(array_dir, ".zarray").read_text())
+    cy, cx = meta["chunks"]
+    sep = meta.get("dimension_separator") or "."
+    return [f"{iy}{sep}{ix}" for iy in range(y.start // cy, -(-y.stop // cy))
+            for ix in range(x.start // cx, -(-x.stop // cx))]
 
 
 def _write_region(path: str, store_id: str, region: tuple[slice, slice], marker: str,
                   levels: int, nodata: dict[str, int], **blocks: np.ndarray) -> int:
+    written: dict[str, list[str]] = {}
     for name, block in blocks.items():
         _array(os.path.join(path, name), store_id)[region] = block
+        written[name] = _chunk_keys(os.path.join(path, name), *region)
         # the first overview levels come from the block in memory: no second read pass
         level = quality_for_cog(block) if name == "quality" else block
         for k in range(1, levels + 1):
             level = halve(level, name, nodata[name])
-            ovr = _array(os.path.join(path, OVERVIEWS, str(k), name), store_id)
+            array = os.path.join(OVERVIEWS, str(k), name)
+            ovr = _array(os.path.join(path, array), store_id)
             y0, x0 = region[0].start >> k, region[1].start >> k
-            ovr[y0 : y0 + level.shape[0], x0 : x0 + level.shape[1]] = level
+            part = (slice(y0, y0 + level.shape[0]), slice(x0, x0 + level.shape[1]))
+            ovr[part] = level
+            written[array] = _chunk_keys(os.path.join(path, array), *part)
+    lost = [f"{a}/{k}" for a, keys in written.items() for k in keys
+            if not os.path.exists(os.path.join(path, a, k))]
+    if lost:
+        raise IncompleteStoreError(f"{path}: chunks {lost[:3]} vanished right after they were "
+                                   "written; check the file system and rerun")
     # the marker goes last and atomically: its presence proves the whole region landed
     tmp = marker + ".tmp"
     with open(tmp, "w") as fh:
-        fh.write("done")
+        json.dump({"chunks": written}, fh)
     os.replace(tmp, marker)
     return 1
+
+
+def _marker_valid(path: Path, marker: Path) -> bool:
+    """Tell whether a region marker lists chunks that all exist (text markers: no)."""
+    try:
+        written = json.loads(marker.read_text())["chunks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all((path / array / key).exists() for array, keys in written.items() for key in keys)
 
 
 def _local_levels(shape: tuple[int, int], chunks: tuple[tuple[int, ...], ...]) -> int:
@@ -147,6 +185,114 @@ def _create_overview_arrays(path: Path, sr: xr.DataArray | xr.Dataset, levels: i
                                      fill_value=cog_nodata(var), compressor=compressor,
                                      overwrite=True)
             arr.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
+
+
+def _halve_lazy(arr: xr.DataArray, name: str, first: bool, nodata: int) -> xr.DataArray:
+    data = arr.data.rechunk({0: 2048, 1: 2048})
+    if first and name == "quality":
+        data = data.map_blocks(quality_for_cog, dtype=np.int16)
+    chunks = tuple(tuple(-(-c // 2) for c in dim) for dim in data.chunks)
+    out = da.map_blocks(halve, data, name, nodata, dtype=data.dtype, chunks=chunks,
+                        meta=np.empty((0, 0), data.dtype))
+    return xr.DataArray(out, dims=("y", "x"),
+                        attrs={k: v for k, v in arr.attrs.items() if k == "long_name"})
+
+
+def _group_complete(path: Path, group: str) -> bool:
+    attrs = path / group / ".zattrs"
+    try:
+        return bool(json.loads(attrs.read_text()).get("srlib_complete"))
+    except (OSError, ValueError):  # missing or torn group: rebuild it
+        return False
+
+
+def build_overviews(path: str | os.PathLike, *, tile: int = ZARR_TILE) -> int:
+    """Compute the overview levels a store lacks (idempotent); return the level count.
+
+    :func:`to_zarr` calls this before it marks the store complete: the levels that fit
+    inside its regions are written with them; the remaining (small) levels are made
+    here, level ``k`` from level ``k - 1`` with dask. Overview quality is int16 with the
+    COG's nodata (-32768) for "no valid pixel" (see :mod:`srlib.pyramid`).
+    """
+    path = Path(path)
+    ds = _open(path)
+    levels = levels_needed(ds.sizes["y"], ds.sizes["x"], tile=tile)
+    prev = ds[[v for v in ds.data_vars if ds[v].dims == ("y", "x")]]
+    nodata = {v: cog_nodata(ds[v]) for v in prev.data_vars}
+    for k in range(1, levels + 1):
+        group = f"{OVERVIEWS}/{k}"
+        if not _group_complete(path, group):
+            level = xr.Dataset({name: _halve_lazy(arr, name, k == 1, nodata[name])
+                                for name, arr in prev.data_vars.items()})
+            encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": nodata[v],
+                            "compressors": [default_compressor()]} for v in level.data_vars}
+            level.attrs["srlib_complete"] = False
+            level.to_zarr(path, group=group, mode="w", zarr_format=2, encoding=encoding,
+                          consolidated=False, write_empty_chunks=True)
+            zarr.open_group(str(path), path=group, mode="r+",
+                            zarr_format=2, use_consolidated=False).attrs["srlib_complete"] = True
+        prev = xr.open_zarr(path, group=group, mask_and_scale=False, consolidated=False)
+    zarr.consolidate_metadata(str(path))  # GDAL finds groups through .zmetadata
+    return levels
+
+
+def _arrays(path: Path) -> list[str]:
+    """Every 2-D data array of a store (full resolution and overview levels), by path."""
+    found = []
+    for zarray in sorted(path.rglob(".zarray")):
+        meta = json.loads(zarray.read_text())
+        if len(meta["shape"]) == 2:
+            found.append(zarray.parent.relative_to(path).as_posix())
+    return found
+
+
+def missing_chunks(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Chunks a store's arrays should have but lack, by array (empty when whole)."""
+    path = Path(path)
+    missing: dict[str, list[str]] = {}
+    for array in _arrays(path):
+        meta = json.loads((path / array / ".zarray").read_text())
+        h, w = meta["shape"]
+        keys = _chunk_keys(str(path / array), slice(0, h), slice(0, w))
+        absent = [k for k in keys if not (path / array / k).exists()]
+        if absent:
+            missing[array] = absent
+    return missing
+
+
+def _damaged_regions(path: Path, missing: dict[str, list[str]]) -> list[str]:
+    """Region ids ("iy-ix") of the full-resolution regions that hold missing chunks."""
+    attrs = _root_attrs(path)
+    edges = attrs.get("srlib_regions") or {}
+    ys, xs = np.asarray(edges.get("y", [0])), np.asarray(edges.get("x", [0]))
+    regions = set()
+    for array, keys in missing.items():
+        level = int(array.split("/")[1]) if array.startswith(OVERVIEWS + "/") else 0
+        meta = json.loads((path / array / ".zarray").read_text())
+        cy, cx = meta["chunks"]
+        sep = meta.get("dimension_separator") or "."
+        for key in keys:
+            iy, ix = (int(v) for v in key.split(sep))
+            y0, x0 = (iy * cy) << level, (ix * cx) << level
+            regions.add(f"{int(np.searchsorted(ys, y0, side='right')) - 1}-"
+                        f"{int(np.searchsorted(xs, x0, side='right')) - 1}")
+    return sorted(regions)
+
+
+def _check_whole(path: Path) -> None:
+    missing = missing_chunks(path)
+    if missing:
+        where = ", ".join(f"{a}: {k[:3]}" for a, k in list(missing.items())[:3])
+        raise IncompleteStoreError(
+            f"{path} is damaged: {sum(map(len, missing.values()))} chunks are missing ({where}) "
+            f"in regions {_damaged_regions(path, missing)[:5]}; rerun srlib.to_zarr (or the "
+            "srlib command) with the same input to rewrite them")
+
+
+def _remove_partials(path: Path) -> None:
+    """Delete the temporary chunk files (``*.partial``) a killed writer left behind."""
+    for leftover in path.rglob("*.partial"):
+        leftover.unlink(missing_ok=True)
 
 
 def _threads() -> int:
@@ -196,7 +342,11 @@ def _waves(groups: list[list], regions: int) -> list[list]:
 
 def _root_attrs(path: Path) -> dict:
     zattrs = path / ".zattrs"
-    return json.loads(zattrs.read_text()) if zattrs.exists() else {}
+    try:
+        attrs = json.loads(zattrs.read_text()) if zattrs.exists() else {}
+    except (OSError, ValueError):  # a torn or foreign file: not a usable srlib store
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
 
 
 def to_zarr(
@@ -252,8 +402,12 @@ def to_zarr(
                 f"{path} holds another product (or is not an srlib store); delete it or pass "
                 "resume=False to overwrite it"
             )
+        _remove_partials(path)
         if attrs.get("srlib_complete"):
-            return path
+            missing = missing_chunks(path)
+            if not missing:
+                return path
+            _reopen_damaged(path, missing, first_chunks=sr[next(iter(sr.data_vars))].chunks)
     else:
         compressor = compressor or default_compressor()
         encoding = {v: {"chunks": (tile, tile), "compressors": [compressor]}
@@ -263,8 +417,12 @@ def to_zarr(
         for v in template.data_vars:
             if crs_wkt:  # CF grid mapping for xarray/rioxarray, _CRS for GDAL's Zarr driver
                 template[v].attrs.update(grid_mapping="spatial_ref", _CRS={"wkt": crs_wkt})
+        first = sr[next(iter(sr.data_vars))]
+        regions = {d: np.cumsum((0, *c[:-1])).tolist() for d, c in zip(("y", "x"), first.chunks,
+                                                                         strict=True)}
         template.attrs.update(srlib_product=token, srlib_complete=False,
-                              srlib_chunk=tile, srlib_store_id=uuid.uuid4().hex)
+                              srlib_chunk=tile, srlib_store_id=uuid.uuid4().hex,
+                              srlib_regions=regions)
         template.to_zarr(path, mode="w", compute=False, zarr_format=2, encoding=encoding,
                          consolidated=True)
         shutil.rmtree(progress, ignore_errors=True)
@@ -285,7 +443,7 @@ def to_zarr(
     for iy in range(len(ychunks)):
         for ix in range(len(xchunks)):
             marker = progress / f"{iy}-{ix}"
-            if marker.exists():
+            if marker.exists() and _marker_valid(path, marker):
                 continue
             region = (slice(int(ystarts[iy]), int(ystarts[iy + 1])),
                       slice(int(xstarts[ix]), int(xstarts[ix + 1])))
@@ -304,6 +462,9 @@ def to_zarr(
     group = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
     for k in range(1, levels + 1):
         group[f"{OVERVIEWS}/{k}"].attrs["srlib_complete"] = True
+    zarr.consolidate_metadata(str(path))
+    build_overviews(path, tile=tile)
+    _check_whole(path)
     group.attrs["srlib_complete"] = True
     if "spatial_ref" in sr.coords:  # CF: a plain xr.open_zarr then keeps it a coordinate
         group.attrs["coordinates"] = "spatial_ref"
@@ -312,13 +473,47 @@ def to_zarr(
     return path
 
 
+def _reopen_damaged(path: Path, missing: dict[str, list[str]],
+                    first_chunks: tuple | None) -> None:
+    """Mark a complete store with missing chunks incomplete, keeping its whole regions."""
+    damaged = set(_damaged_regions(path, missing))
+    group = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
+    group.attrs["srlib_complete"] = False
+    local = sorted(int(p.name) for p in (path / OVERVIEWS).iterdir() if p.name.isdigit()) \
+        if (path / OVERVIEWS).exists() else []
+    for k in local:  # the small levels are rebuilt from the regions afterwards
+        if not (path / OVERVIEWS / str(k) / ".zattrs").exists():
+            continue
+        sub = zarr.open_group(str(path), path=f"{OVERVIEWS}/{k}", mode="r+", zarr_format=2,
+                              use_consolidated=False)
+        if sub.attrs.get("srlib_complete"):
+            sub.attrs["srlib_complete"] = False
+    progress = _progress_dir(path)
+    shutil.rmtree(progress, ignore_errors=True)
+    progress.mkdir()
+    if first_chunks is not None:
+        for iy in range(len(first_chunks[0])):
+            for ix in range(len(first_chunks[1])):
+                name = f"{iy}-{ix}"
+                if name not in damaged:
+                    (progress / name).write_text(json.dumps({"chunks": {}}))
+
+
+def _open(path: Path) -> xr.Dataset:
+    ds = xr.open_zarr(path, mask_and_scale=False, consolidated=True)
+    ds = ds[[v for v in ds.data_vars if v != OVERVIEWS]]
+    order = [v for v in (*OUTPUT_BANDS, "quality") if v in ds.data_vars]
+    return ds[order + [v for v in ds.data_vars if v not in order]]
+
+
 def open_zarr(path: str | os.PathLike) -> xr.Dataset:
     """Open a complete srlib Zarr store lazily, int16 values and nodata kept as stored.
 
     Raises
     ------
     IncompleteStoreError
-        The store was not completely written (the writer was interrupted).
+        The store was not completely written (the writer was interrupted), or a chunk is
+        missing (named with its region); rerun :func:`to_zarr` to complete it.
     """
     path = Path(path)
     if not (path / ".zattrs").exists():
@@ -329,7 +524,9 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
             f"{path} is incomplete: its writer stopped before every region was written. "
             "Rerun srlib.to_zarr (or the srlib command) with the same input to resume it"
         )
-    ds = xr.open_zarr(path, mask_and_scale=False, consolidated=True)
-    ds = ds[[v for v in ds.data_vars if v != OVERVIEWS]]
-    order = [v for v in (*OUTPUT_BANDS, "quality") if v in ds.data_vars]
-    return ds[order + [v for v in ds.data_vars if v not in order]]
+    _check_whole(path)
+    try:
+        return _open(path)
+    except Exception as err:
+        raise IncompleteStoreError(f"{path} cannot be read as an srlib store: "
+                                   f"{type(err).__name__}: {err}; rerun srlib.to_zarr") from err

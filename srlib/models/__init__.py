@@ -18,7 +18,7 @@ from ..bands import OUTPUT_BANDS, S2_BANDS
 from ..errors import ModelError
 from .bicubic import Bicubic
 from .checkpoint import load_state_dict, read_checkpoint
-from .spec import ModelSpec, loaded_module, state_token
+from .spec import ModelSpec, loaded_module, module_token, spec_identity
 from .stats import BandStats, Stats, default_s2_stats, read_stats
 from .swin2sr import Swin2SR
 
@@ -31,6 +31,7 @@ __all__ = [
     "load_model",
     "loaded_module",
     "read_stats",
+    "spec_identity",
 ]
 
 #: A small Swin2SR for CPU tests and benchmarks (10 bands in, 4 out, x10).
@@ -201,7 +202,7 @@ def load_model(
     common = dict(
         name=type(model).__name__, bands_in=bands_in, bands_out=bands_out, scale=scale,
         stats=_stats(stats, bands_in, bands_out), build=functools.partial(_build_given, model),
-        token=f"module-{state_token(model, scale, bands_in, bands_out, blend, halo)}",
+        token=f"module-{module_token(model, scale, bands_in, bands_out, blend, halo)}",
     )
     if blend == "trim":
         if halo is None:

@@ -41,7 +41,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor] | torch.jit.Scr
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist; pass the path of a .pth file")
     if _is_torchscript(path):
-        return torch.jit.load(str(path), map_location="cpu")
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:  # torch raises RuntimeError and others for torn archives
+            raise ModelError(f"cannot read TorchScript module {path}: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}; the file is "
+                             "corrupt or truncated: export or copy it again") from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for unreadable files

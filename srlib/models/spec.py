@@ -13,7 +13,7 @@ import torch
 from ..errors import ModelError
 from .stats import Stats
 
-__all__ = ["ModelSpec", "loaded_module"]
+__all__ = ["ModelSpec", "loaded_module", "module_token", "spec_identity"]
 
 Blend = Literal["trim", "feather"]
 
@@ -118,3 +118,66 @@ def state_token(module: torch.nn.Module, *parts: object) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def module_token(module: torch.nn.Module, *parts: object) -> str:
+    """Identity of a module given as an object: what it computes, not just its weights.
+
+    A TorchScript module is hashed by its serialised form (code and weights). A Python
+    module by its class's source code, its pickled state (weights and attributes) and
+    ``parts``. When neither can be established, a random token is returned: the module
+    then runs, but a store it wrote is never resumed (nothing could prove it is the same
+    model).
+    """
+    import inspect
+    import io
+    import uuid
+
+    digest = hashlib.sha256(repr(parts).encode())
+    if isinstance(module, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+        digest.update(buffer.getvalue())
+        return "ts-" + digest.hexdigest()[:16]
+    try:
+        for name, sub in module.named_modules():
+            digest.update(f"{name}:{type(sub).__module__}.{type(sub).__qualname__}".encode())
+            for cls in type(sub).__mro__:
+                if cls.__module__.split(".")[0] in ("torch", "builtins"):
+                    break
+                digest.update(inspect.getsource(cls).encode())
+            for key, value in sorted(vars(sub).items()):
+                if key.startswith("_") or isinstance(value, torch.nn.Module):
+                    continue
+                digest.update(key.encode())
+                digest.update(_attribute_bytes(value))
+        digest.update(state_token(module).encode())
+    except (OSError, TypeError, ValueError):
+        return "unidentified-" + uuid.uuid4().hex[:16]
+    return "py-" + digest.hexdigest()[:16]
+
+
+def _attribute_bytes(value: object) -> bytes:
+    """Deterministic bytes of a module attribute; TypeError when there are none."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().contiguous().numpy().tobytes()
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return repr(value).encode()
+    if isinstance(value, list | tuple):
+        return b"[" + b",".join(_attribute_bytes(v) for v in value) + b"]"
+    if isinstance(value, dict):
+        return b"{" + b",".join(repr(k).encode() + b":" + _attribute_bytes(v)
+                                for k, v in sorted(value.items(), key=repr)) + b"}"
+    raise TypeError(f"no stable identity for a {type(value).__name__} attribute")
+
+
+def spec_identity(spec: ModelSpec) -> str:
+    """Identity of everything in a spec that changes the output.
+
+    The architecture and weights (``token``), bands, scale, normalisation statistics and
+    patch geometry. Used in the product's dask names (hence the Zarr store's identity)
+    and in manifests.
+    """
+    parts = (spec.token, spec.name, spec.bands_in, spec.bands_out, spec.scale,
+             repr(spec.stats), spec.blend, spec.patch_size, spec.overlap, spec.halo)
+    return f"{spec.name}-{hashlib.sha256(repr(parts).encode()).hexdigest()[:16]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +54,19 @@ class Stats:
 
 
 def _band_stats(block: dict, default_bands: tuple[str, ...], where: str) -> BandStats:
-    try:
-        mean = tuple(float(v) for v in block["mean"])
-        std = tuple(float(v) for v in block["std"])
-    except (KeyError, TypeError) as err:
-        raise ModelError(f"{where}: needs 'mean' and 'std' lists of numbers") from err
+    if not isinstance(block, dict) or "mean" not in block or "std" not in block:
+        raise ModelError(f"{where}: needs 'mean' and 'std' lists of numbers")
+    values = {}
+    for key in ("mean", "std"):
+        raw = block[key]
+        if not isinstance(raw, list | tuple) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in raw):
+            raise ModelError(f"{where}: '{key}' must be a list of numbers, got {raw!r}")
+        if not all(math.isfinite(v) for v in raw):
+            raise ModelError(f"{where}: '{key}' has a NaN or infinite value: {list(raw)}; "
+                             "recompute the statistics")
+        values[key] = tuple(float(v) for v in raw)
+    mean, std = values["mean"], values["std"]
     if len(mean) != len(std):
         raise ModelError(f"{where}: 'mean' has {len(mean)} values but 'std' has {len(std)}")
     if any(s <= 0 for s in std):
