@@ -1,4 +1,10 @@
-"""The ``srlib`` command line (click). Library code logs; only this module prints."""
+"""The ``srlib`` command line (click). Library code logs; only this module prints.
+
+Every failure exits non-zero with one line, printed once and with secrets redacted
+(``srlib <command> failed: ...``); ``-v`` adds the traceback. Log records, srlib's and
+third-party libraries' alike, pass through the same redaction, and ``-v`` turns on debug
+logging for srlib only (botocore's debug log would print request headers).
+"""
 
 from __future__ import annotations
 
@@ -20,21 +26,78 @@ def _terminate(signum: int, _frame: object) -> None:
     raise Terminated(f"stopped by signal {signum} (SIGTERM); the run was not completed")
 
 
+class _Redact(logging.Filter):
+    """Redact secrets from every record a handler emits (see :func:`srlib.notify.redact`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from srlib.notify import redact
+
+        message = record.getMessage()
+        record.msg, record.args = redact(message), None
+        if record.exc_info and record.exc_info[1] is not None:
+            import traceback
+
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_info = None
+        return True
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Redact())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_srlib", False):
+            root.removeHandler(old)
+    handler._srlib = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("srlib").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+class _Group(click.Group):
+    """Turn every failure of a command into one redacted line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException,
+                SystemExit):
+            raise
+        except BaseException as err:
+            from srlib.notify import redact
+
+            name = ctx.invoked_subcommand or "srlib"
+            if ctx.obj and ctx.obj.get("verbose"):
+                import traceback
+
+                click.echo(redact("".join(traceback.format_exception(err))), err=True)
+            known = type(err).__module__.startswith("srlib")
+            text = str(err) if known else f"{type(err).__name__}: {err}"
+            hint = "" if known or (ctx.obj or {}).get("verbose") else " (-v shows the traceback)"
+            line = " ".join(redact(text).split())
+            click.echo(f"srlib {name} failed: {line}{hint}", err=True)
+            raise SystemExit(130 if isinstance(err, KeyboardInterrupt) else 1) from None
+
+
+def _fail(command: str, err: BaseException) -> SystemExit:
+    """Print one redacted failure line; return the SystemExit to raise."""
+    from srlib.notify import redact
+
+    click.echo(f"srlib {command} failed: {' '.join(redact(str(err)).split())}", err=True)
+    return SystemExit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")
 @click.version_option(package_name="srlib")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Super-resolve Sentinel-2 L2A scenes 10x into quality-checked COGs."""
     import signal
 
+    ctx.obj = {"verbose": verbose}
     _setup_logging(verbose)
     signal.signal(signal.SIGTERM, _terminate)
     if click.get_current_context().invoked_subcommand in ("demo", "dr", "pdr"):
@@ -42,6 +105,22 @@ def main(verbose: bool) -> None:
         from srlib.kernel import flush_subnormals
 
         flush_subnormals()
+
+
+def _load_model(model: str, checkpoint: str | None, stats: str | None):
+    """Return the model spec of ``--model/--checkpoint/--stats`` (errors name the fix)."""
+    import srlib
+
+    if model == "bicubic" and (checkpoint or stats):
+        raise srlib.ModelError("--checkpoint and --stats are for --model swin2sr; bicubic has "
+                               "no weights")
+    return srlib.load_model(model, checkpoint=checkpoint, stats=stats)
+
+
+def _open_db(db_url: str | None):
+    from srlib.db import MetadataDB
+
+    return MetadataDB(db_url)
 
 
 @main.command()
@@ -61,26 +140,36 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
     from dask.diagnostics import ProgressBar
 
     import srlib
+    from srlib.jobs import remove_outputs
+    from srlib.kernel import resolve_device
+    from srlib.manifest import verify_local, write_manifest
+    from srlib.models import spec_identity
     from srlib.pipeline import remove_product
 
+    spec = _load_model(model, checkpoint, stats)
+    resolve_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     cog = out_dir / f"S2x10_{sample}.tif"
+    identity = {"sample": sample, "model": spec_identity(spec)}
     if force:
+        remove_outputs(cog)
         remove_product(cog)
-    elif cog.exists():
-        report = srlib.check_quality(cog)
-        if report.passed:
-            click.echo(f"{cog} exists and passes QC; nothing to do (--force recomputes)")
+    else:
+        manifest, _why = verify_local(cog)
+        if manifest is not None and manifest.get("identity") == identity \
+                and srlib.check_quality(cog).passed:
+            click.echo(f"{cog} exists and is complete; nothing to do (--force recomputes)")
             return
-    spec = srlib.load_model(model, checkpoint=checkpoint, stats=stats) if model != "bicubic" \
-        else "bicubic"
+        remove_outputs(cog)
     ds = srlib.sample_scene(sample)
     try:
         with ProgressBar(out=sys.stderr):
             report = srlib.super_resolve_to_cog(ds, cog, model=spec, device=device)
     except srlib.QCFailed as err:
         click.echo(err.report.to_table() if err.report else str(err), err=True)
-        raise SystemExit(1) from err
+        raise _fail("demo", err) from None
+    write_manifest(cog, [cog, cog.with_suffix(".qc.json")], identity=identity,
+                   qc=report.to_dict(), model={"name": spec.name, "token": spec.token})
     click.echo(report.to_table())
     click.echo(f"product: {cog.resolve()}")
 
@@ -101,7 +190,9 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 @click.option("--force", is_flag=True, help="Redo even if the product exists.")
 @click.option("--catalog", default=None, help="STAC API (default: Earth Search v1).")
 @click.option("--name", "name_template", default=None,
-              help="Product name template (fields mgrs, date, version).")
+              help="Product name template (fields mgrs, date, version, aoi, request). "
+                   "Default: S2x10_T{mgrs}_{date:%Y%m%d}_v{version}.tif for a tile, with "
+                   "_{aoi} before _v for an AOI.")
 @click.option("--version", "product_version", default=1, show_default=True)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
 @click.option("--db", "db_url", default=None,
@@ -115,29 +206,28 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
     from dask.diagnostics import ProgressBar
 
-    import srlib
-    from srlib.jobs import DEFAULT_NAME, run_dr
+    from srlib.jobs import run_dr
+    from srlib.kernel import resolve_device
+    from srlib.notify import notifier_from_env, step
+    from srlib.publish import S3Target
     from srlib.sources import EARTH_SEARCH
 
-    spec = srlib.load_model(model, checkpoint=checkpoint, stats=stats) \
-        if model != "bicubic" else "bicubic"
+    spec = _load_model(model, checkpoint, stats)
+    resolve_device(device)
+    if publish:
+        S3Target.parse(publish)
     db = None
     if db_url or os.environ.get("PG_URL"):
-        from srlib.db import MetadataDB
-
-        db = MetadataDB(db_url)
+        with step("database", notifier_from_env()):
+            db = _open_db(db_url)
     if server:
         logging.getLogger("srlib").info("running on %s", server)
-    try:
-        with ProgressBar(out=sys.stderr):
-            result = run_dr(date=date, mgrs=mgrs, aoi=aoi or None, s2_id=s2_id,
-                            product_id=product_id, model=spec, out=out_dir, publish=publish,
-                            force=force, catalog=catalog or EARTH_SEARCH,
-                            name_template=name_template or DEFAULT_NAME,
-                            version=product_version, device=device, db=db)
-    except srlib.SrlibError as err:
-        click.echo(f"srlib dr failed: {err}", err=True)
-        raise SystemExit(1) from err
+    with ProgressBar(out=sys.stderr):
+        result = run_dr(date=date, mgrs=mgrs, aoi=aoi or None, s2_id=s2_id,
+                        product_id=product_id, model=spec, out=out_dir, publish=publish,
+                        force=force, catalog=catalog or EARTH_SEARCH,
+                        name_template=name_template, version=product_version,
+                        device=device, db=db)
     click.echo(f"{result.status}: {result.cog}")
     for uri in result.published:
         click.echo(f"published: {uri}")
@@ -145,30 +235,41 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
 
 @main.command()
 @click.option("--server", default=None, help="Name of this worker in the database "
-              "(default: the host name).")
+              "(default: the host name and process id).")
 @click.option("--db", "db_url", default=None,
               help="Database URL (default: $PG_URL, else sqlite:///srlib.sqlite).")
 @click.option("--once", is_flag=True, help="Stop when no request is pending.")
 @click.option("--poll-interval", default=60.0, show_default=True, help="Seconds between polls.")
+@click.option("--lease", "lease_s", default=600.0, show_default=True,
+              help="Seconds a claim holds without renewal; a dead worker's request is "
+                   "reclaimed after it.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out"), show_default=True)
 @click.option("--publish", default=None, help="s3://bucket/prefix to publish to after QC.")
 @click.option("--catalog", default=None, help="STAC API (default: Earth Search v1).")
 @click.option("--model", default="bicubic", show_default=True)
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--device", default=None)
 def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float,
-        out_dir: Path, publish: str | None, catalog: str | None, model: str,
-        device: str | None) -> None:
+        lease_s: float, out_dir: Path, publish: str | None, catalog: str | None, model: str,
+        checkpoint: str | None, stats: str | None, device: str | None) -> None:
     """Process pending AOI requests from the metadata database."""
     import socket
 
-    from srlib.db import MetadataDB
     from srlib.jobs import run_pdr
+    from srlib.notify import notifier_from_env, step
     from srlib.sources import EARTH_SEARCH
 
-    counts = run_pdr(MetadataDB(db_url), worker=server or socket.gethostname(), once=once,
-                     poll_interval=poll_interval, out=out_dir, publish=publish,
-                     catalog=catalog or EARTH_SEARCH, model=model, device=device)
+    if lease_s <= 0:
+        raise click.BadParameter("must be positive", param_hint="--lease")
+    spec = _load_model(model, checkpoint, stats)
+    with step("database", notifier_from_env()):
+        db = _open_db(db_url)
+    counts = run_pdr(db, worker=server or f"{socket.gethostname()}:{os.getpid()}", once=once,
+                     poll_interval=poll_interval, lease_s=lease_s, out=out_dir,
+                     publish=publish, catalog=catalog or EARTH_SEARCH, model=spec,
+                     device=device)
     click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
     if counts["failed"]:
         raise SystemExit(1)
@@ -224,15 +325,10 @@ def slurm_render(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
 @_slurm_job_options
 def slurm_submit(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
     """Submit one srlib dr job and its finalisation (--dependency=afterany) with sbatch."""
-    import srlib
     from srlib.slurm import submit_all
 
     prof, kw = _slurm_kwargs(profile, aoi, **kwargs)
-    try:
-        job, fin = submit_all(prof, **kw)
-    except srlib.SrlibError as err:
-        click.echo(f"srlib slurm submit failed: {err}", err=True)
-        raise SystemExit(1) from err
+    job, fin = submit_all(prof, **kw)
     click.echo(f"submitted {job}; finalisation {fin} after it")
 
 
@@ -255,7 +351,18 @@ def qc(cog_path: Path, timings: str | None, as_json: bool) -> None:
     """Run the quality checks on a product; exit 1 if any check fails."""
     import srlib
 
-    times = json.loads(Path(timings).read_text()) if timings else None
+    times = None
+    if timings:
+        try:
+            times = json.loads(Path(timings).read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise srlib.InputError(f"--timings {timings} is not JSON ({err}); give a JSON "
+                                   'object of seconds such as {"cpu_s": 120, "total_s": 300}'
+                                   ) from None
+        if not isinstance(times, dict) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in times.values()):
+            raise srlib.InputError(f"--timings {timings} must hold a JSON object of seconds, "
+                                   'such as {"cpu_s": 120, "total_s": 300}')
     report = srlib.check_quality(cog_path, timings=times)
     click.echo(report.to_json() if as_json else report.to_table())
     if not report.passed:

@@ -55,12 +55,16 @@ def _message(step: str, error: BaseException, table: str | None,
 
 
 class LogNotifier:
-    """Log failures at ERROR level (the default)."""
+    """Log failures at DEBUG level (the default, when no webhook is set).
+
+    The caller reports every failure itself (the command line prints one line; ``pdr``
+    logs each failed request), so the default notifier does not print it a second time.
+    """
 
     def notify(self, step: str, error: BaseException, *, table: str | None = None,
                context: dict[str, Any] | None = None) -> None:
         """Log the failure."""
-        log.error("%s", _message(step, error, table, context))
+        log.debug("%s", _message(step, error, table, context))
 
 
 class WebhookNotifier:
@@ -80,7 +84,7 @@ class WebhookNotifier:
                context: dict[str, Any] | None = None) -> None:
         """Send and log the failure."""
         text = _message(step, error, table, context)
-        log.error("%s", text)
+        log.debug("%s", text)
         body = json.dumps({"text": text}).encode()
         request = urllib.request.Request(self._url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})

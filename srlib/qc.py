@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,9 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
     "max_file_bytes": 10e9,
     "min_throughput_ha_per_min": 50.0,
     "sample_pixels": 2048 * 2048,
+    "max_consistency_bias": 200.0,
+    "max_consistency_mad": 400.0,
+    "consistency_pixels": 1024 * 1024,
 }
 
 
@@ -153,8 +157,9 @@ def check_quality(
     *,
     timings: Mapping[str, float] | None = None,
     thresholds: Mapping[str, Any] | None = None,
+    source: Any | None = None,
 ) -> QCReport:
-    """Run the seven quality checks on a product COG.
+    """Run the eight quality checks on a product COG.
 
     Checks: ``tiling`` (512 x 512 internal tiles), ``overviews`` (at least 4 levels, or as
     many as the size allows), ``values`` (mean and std of the reflectance within range,
@@ -162,7 +167,7 @@ def check_quality(
     ``bands`` (5 bands, int16), ``visual`` (Shannon entropy of the 8-bit RGB above 0),
     ``timing`` (``gpu_s`` under 2 h, ``cpu_s`` under 1 h, ``total_s`` under 3 h) and
     ``deploy`` (file under 10 GB, compressed, valid COG, throughput above 50 ha/min from
-    ``total_s``).
+    ``total_s``) and ``consistency`` (see :func:`consistency`; warns without ``source``).
 
     Parameters
     ----------
@@ -173,14 +178,29 @@ def check_quality(
         the timing check and the throughput part of ``deploy`` warn.
     thresholds : mapping, optional
         Overrides of :data:`DEFAULT_THRESHOLDS`.
+    source : xarray.Dataset or xarray.DataArray, optional
+        The input scene the product was made from, for the ``consistency`` check.
 
     Returns
     -------
     QCReport
+
+    Raises
+    ------
+    InputError
+        The file is missing or not a readable GeoTIFF (truncated, another format).
     """
     path = Path(cog_path)
     if not path.is_file():
         raise InputError(f"{path} does not exist; pass the path of a product COG")
+    try:
+        with rasterio.open(path) as src:
+            src.read(1, window=((0, 1), (0, 1)))
+            src.read(1, window=((src.height - 1, src.height), (src.width - 1, src.width)))
+    except rasterio.errors.RasterioError as err:
+        raise InputError(f"{path} is not a readable GeoTIFF ({' '.join(str(err).split())}); "
+                         "it may be truncated or another format: rewrite it (srlib cog, or "
+                         "rerun the job)") from None
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     unknown = set(th) - set(DEFAULT_THRESHOLDS)
     if unknown:
@@ -269,4 +289,87 @@ def check_quality(
         "deploy", status, value,
         f"< {th['max_file_bytes']:.3g} B, compressed, valid COG, "
         f">= {th['min_throughput_ha_per_min']} ha/min", "; ".join(problems)))
+    checks.append(consistency(path, source, thresholds=th))
     return QCReport(str(path), checks, timings)
+
+
+def _block_mean(data: np.ndarray, valid: np.ndarray, block: int) -> np.ndarray:
+    """Mean of the valid values of each ``block x block`` block (NaN where none)."""
+    h, w = (data.shape[0] // block) * block, (data.shape[1] // block) * block
+    vals = np.where(valid, data, 0.0)[:h, :w].reshape(h // block, block, w // block, block)
+    counts = valid[:h, :w].reshape(h // block, block, w // block, block).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, vals.sum(axis=(1, 3)) / np.maximum(counts, 1), np.nan)
+
+
+def consistency(cog_path: str | os.PathLike, source: Any | None, *,
+                thresholds: Mapping[str, Any] | None = None) -> CheckResult:
+    """Compare the product, averaged back onto the input grid, with the input reflectance.
+
+    A super-resolved product must keep the radiometry of its input: each output band,
+    averaged over the ``scale x scale`` output pixels of an input pixel, should be close
+    to the input band there (Wald's consistency property). Per band, over pixels valid in
+    both: the bias (mean difference) and the mean absolute difference, in reflectance x
+    10000. Thresholds (:data:`DEFAULT_THRESHOLDS`): ``|bias| <= max_consistency_bias``
+    (200, i.e. 0.02 reflectance) and ``mad <= max_consistency_mad`` (400). Bicubic
+    passes with a few units; a model run with wrong normalisation statistics fails with
+    biases in the thousands. Large scenes are compared on a grid coarsened by a power
+    of two (``consistency_pixels`` input pixels at most), read from the product's
+    overviews.
+    """
+    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    limit = f"|bias| <= {th['max_consistency_bias']:g}, mad <= {th['max_consistency_mad']:g}"
+    if source is None:
+        return CheckResult("consistency", "warn", None, limit, "no input given")
+    from .superres import input_reflectance
+
+    with rasterio.open(cog_path) as src:
+        names = [d or "" for d in src.descriptions]
+        bands = [b for b in names if b in ("red", "green", "blue", "nir")]
+        try:
+            inputs = input_reflectance(source, tuple(bands))
+        except InputError as err:
+            return CheckResult("consistency", "warn", None, limit, f"input unusable: {err}")
+        ny, nx = inputs[0].shape
+        scale = max(1, round(abs(source.rio.resolution()[0]) / abs(src.res[0])))
+        s = 1
+        while (ny // s) * (nx // s) > th["consistency_pixels"]:
+            s *= 2
+        factors = [1, *src.overviews(1)]
+        f = max(k for k in factors if k <= 2 * s and (scale * s) % k == 0)
+        block = scale * s // f
+        sy, sx = ny // s, nx // s
+        level = factors.index(f)
+        nodata = src.nodata if src.nodata is not None else OUTPUT_NODATA
+        reader = rasterio.open(cog_path, overview_level=level - 1) if level else None
+        try:
+            handle = reader or src
+            window = ((0, min(handle.height, sy * block)), (0, min(handle.width, sx * block)))
+            out = handle.read([names.index(b) + 1 for b in bands], window=window)
+        finally:
+            if reader is not None:
+                reader.close()
+    import dask.array as da
+
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        coarse = [da.coarsen(np.nanmean, b[: sy * s, : sx * s], {0: s, 1: s}) if s > 1
+                  else b[:sy, :sx] for b in inputs]
+        ref = np.stack(da.compute(*coarse))
+    value: dict[str, Any] = {}
+    bad = []
+    for i, band in enumerate(bands):
+        mean = _block_mean(out[i].astype(np.float64), out[i] != nodata, block)
+        r = ref[i][: mean.shape[0], : mean.shape[1]].astype(np.float64)
+        both = np.isfinite(mean) & np.isfinite(r)
+        if not both.any():
+            continue
+        diff = mean[both] - r[both]
+        bias, mad = float(diff.mean()), float(np.abs(diff).mean())
+        value[band] = {"bias": round(bias, 2), "mad": round(mad, 2)}
+        if abs(bias) > th["max_consistency_bias"] or mad > th["max_consistency_mad"]:
+            bad.append(band)
+    if not value:
+        return CheckResult("consistency", "warn", None, limit, "no pixel valid in both")
+    note = f"off: {bad}" if bad else ""
+    return _result("consistency", not bad, value, limit, note)

@@ -163,6 +163,12 @@ def _bands(ds: xr.Dataset | xr.DataArray, bands: tuple[str, ...]
     return out, scl, template
 
 
+def input_reflectance(ds: xr.Dataset | xr.DataArray, bands: tuple[str, ...]) -> list[da.Array]:
+    """Lazy 2-D float32 reflectance x 10000 of ``bands`` of a scene (NaN at nodata)."""
+    arrays, _scl, _template = _bands(ds, bands)
+    return arrays
+
+
 def _cluster_gpu_resources(device: str | torch.device | None) -> dict[str, float] | None:
     """``{"GPU": 1}`` where the active distributed client's workers advertise GPUs."""
     if device is not None and torch.device(device).type == "cpu":
