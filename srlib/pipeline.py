@@ -18,7 +18,7 @@ from .errors import QCFailed
 from .kernel import resolve_device
 from .qc import QCReport, check_quality
 from .superres import super_resolve
-from .zarr_io import to_zarr
+from .zarr_io import holds_product, to_zarr
 
 __all__ = ["super_resolve_to_cog"]
 
@@ -56,7 +56,9 @@ def super_resolve_to_cog(
     thresholds : mapping, optional
         QC threshold overrides.
     resume : bool
-        Resume an interrupted Zarr store of the same product.
+        Resume an interrupted Zarr store of the same product. A store at ``zarr_path``
+        that holds another product (another input, model, stats...) is never reused: it
+        is written afresh.
     **options
         Further ``super_resolve`` options (``chunks``, ``device``, ``batch_size``, ...).
 
@@ -78,6 +80,10 @@ def super_resolve_to_cog(
     sr = super_resolve(ds, model, **options)
     device = resolve_device(options.get("device"))
     log.info("super-resolving %s px into %s", dict(sr.sizes), zarr_path)
+    if resume and zarr_path.exists() and not holds_product(zarr_path, sr):
+        log.warning("%s holds another product (other input, model, stats or geometry); "
+                    "writing it afresh", zarr_path)
+        resume = False
     with _stage("inference"):
         to_zarr(sr, zarr_path, resume=resume)
     t1 = time.perf_counter()

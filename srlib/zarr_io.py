@@ -36,8 +36,8 @@ from .bands import OUTPUT_BANDS, OUTPUT_NODATA
 from .errors import IncompleteStoreError, InputError
 from .pyramid import halve, levels_needed, quality_for_cog
 
-__all__ = ["ZARR_TILE", "build_overviews", "default_compressor", "missing_chunks", "open_zarr",
-           "to_zarr"]
+__all__ = ["ZARR_TILE", "build_overviews", "default_compressor", "holds_product",
+           "missing_chunks", "open_zarr", "to_zarr"]
 
 #: Zarr chunk side: the COG's internal tile, so that regions and tiles align.
 ZARR_TILE = 512
@@ -347,6 +347,16 @@ def _root_attrs(path: Path) -> dict:
     except (OSError, ValueError):  # a torn or foreign file: not a usable srlib store
         return {}
     return attrs if isinstance(attrs, dict) else {}
+
+
+def holds_product(path: str | os.PathLike, sr: xr.Dataset, *, chunks: int | None = None) -> bool:
+    """Whether the store at ``path`` was written (or is being written) for the product ``sr``.
+
+    The identity covers the product's dask graph (input, model weights and code, stats,
+    patch geometry, precision), shape and grid: see :func:`product_token`.
+    """
+    attrs = _root_attrs(Path(path))
+    return attrs.get("srlib_product") == product_token(_aligned(sr, chunks or ZARR_TILE))
 
 
 def to_zarr(
