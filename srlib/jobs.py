@@ -208,13 +208,15 @@ def _versions() -> dict[str, str]:
 
 
 def _identity(ds: Any, *, day: dt.date, tile: str, aoi: str | None, spec: Any,
-              version: int) -> dict[str, Any]:
+              version: int, publish: str | None) -> dict[str, Any]:
+    """What makes a product distinct (``publish``: its STAC Item's hrefs point there)."""
     from .models import spec_identity
 
     return {"date": f"{day:%Y%m%d}", "mgrs": tile, "aoi": aoi,
             "bounds": [round(float(b), 3) for b in ds.rio.bounds()],
             "crs": str(ds.rio.crs), "items": list(ds.attrs.get("items", [])),
-            "model": spec_identity(spec), "version": version}
+            "model": spec_identity(spec), "version": version,
+            "publish": publish.rstrip("/") if publish else None}
 
 
 def _run_dr(
@@ -254,7 +256,8 @@ def _run_dr(
                         request=request)
     out = Path(out)
     cog = out / name
-    identity = _identity(ds, day=day, tile=tile, aoi=key, spec=model, version=version)
+    identity = _identity(ds, day=day, tile=tile, aoi=key, spec=model, version=version,
+                         publish=publish)
     if force:
         remove_outputs(cog)
     else:
@@ -267,6 +270,9 @@ def _run_dr(
                 return JobResult("skipped", cog, published=uris)
             log.info("%s: %s; making it", name, why)
         manifest, why = verify_local(cog)
+        if manifest is not None and mismatch(manifest, identity) == ["publish"]:
+            log.info("%s was made for another publish target; remaking its files", cog)
+            manifest = None
         if manifest is not None:
             differ = mismatch(manifest, identity)
             if differ:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,12 +64,17 @@ def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
             "--out", str(tmp_path), "--publish", "s3://products/sr", "--db", url]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    name = "S2x10_T29RKH_20200219_v1"
-    assert (tmp_path / f"{name}.tif").exists()
+    (cog,) = tmp_path.glob("S2x10_T29RKH_20200219_*_v1.tif")  # the AOI's key in the name
+    name = cog.stem
     derived = [f"sr/{name}_{d}.tif" for d in ("EVI", "NDVI", "NIR", "RGB")]
     quicklooks = [f"sr/{name}_quicklook_{k}.png" for k in ("ndvi", "rgb")]
     assert _keys(env["client"], "sr/") == sorted([*derived, *quicklooks, f"sr/{name}.qc.json",
-                                                  f"sr/{name}.stac.json", f"sr/{name}.tif"])
+                                                  f"sr/{name}.stac.json", f"sr/{name}.tif",
+                                                  f"sr/{name}.manifest.json"])
+    manifest = json.loads(env["client"].get_object(
+        Bucket="products", Key=f"sr/{name}.manifest.json")["Body"].read())
+    assert len(manifest["files"]) == 9 and manifest["qc"]["passed"] is True
+    assert manifest["identity"]["aoi"] == name.split("_")[3]
     item = json.loads((tmp_path / f"{name}.stac.json").read_text())
     assert item["assets"]["data"]["href"] == f"s3://products/sr/{name}.tif"
     assert item["assets"]["ndvi"]["href"] == f"s3://products/sr/{name}_NDVI.tif"
@@ -102,7 +108,7 @@ def test_dr_all_nodata_scene_fails_qc_notifies_and_publishes_nothing(env, tmp_pa
     assert result.exit_code == 1
     assert "quality checks failed: values" in result.output
     assert _keys(env["client"], "empty/") == []
-    assert not (tmp_path / "S2x10_T29RKH_20200320_v1.tif").exists()
+    assert not list(tmp_path.glob("S2x10_T29RKH_20200320_*.tif"))
     assert len(env["received"]) == 1
     text = env["received"][0]["text"]
     assert "step 'qc' failed" in text and "QC FAILED" in text and "values" in text
@@ -139,5 +145,7 @@ def test_pdr_processes_requests_marks_failures_and_goes_on(env, tmp_path):
     run = db.run(db.request(good)["run_id"])
     assert run["status"] == "done" and "s3://products/pdr/" in run["outputs"]
     assert db.run(db.request(bad)["run_id"])["qc_passed"] is False
-    assert "pdr/S2x10_T29RKH_20200219_v1.tif" in _keys(env["client"], "pdr/")
-    assert "pdr/S2x10_T29RKH_20200219_v1_NDVI.tif" in _keys(env["client"], "pdr/")
+    stem = Path(json.loads(db.request(good)["outputs"])[0]).stem
+    assert f"pdr/{stem}.tif" in _keys(env["client"], "pdr/")
+    assert f"pdr/{stem}_NDVI.tif" in _keys(env["client"], "pdr/")
+    assert f"pdr/{stem}.manifest.json" in _keys(env["client"], "pdr/")

@@ -1,0 +1,257 @@
+"""Done means delivered: jobs on real loopback servers (moto S3, STAC API, PostgreSQL).
+
+Faults are injected into the real path: files lost or truncated on disk, S3 going away
+in the middle of a publish, a worker killed by SIGKILL, concurrent workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import EndpointConnectionError
+from click.testing import CliRunner
+
+import srlib
+from srlib.cli import main
+from srlib.db import MetadataDB
+from srlib.jobs import run_dr
+from srlib.publish import PublishError, verify_published
+
+from .servers import postgres
+from .test_jobs import AOI, _keys, env  # noqa: F401  (env is the servers' fixture)
+
+pytestmark = pytest.mark.integration
+
+SRLIB = [sys.executable, "-m", "srlib.cli"]
+
+
+def _dr(env, out, **kw):
+    return run_dr(date="20200219", aoi=[float(v) for v in AOI], catalog=env["url"], out=out,
+                  **kw)
+
+
+def test_a_product_that_lost_a_file_or_fails_qc_is_redone_never_skipped(env, tmp_path):
+    first = _dr(env, tmp_path)
+    assert first.status == "done" and first.manifest.exists()
+    again = _dr(env, tmp_path)
+    assert again.status == "skipped"
+    ndvi = next(p for p in first.files if p.name.endswith("_NDVI.tif"))
+    ndvi.unlink()  # a lost derivative: the product is not whole
+    redo = _dr(env, tmp_path)
+    assert redo.status == "done" and ndvi.exists()
+    with first.cog.open("r+b") as fh:  # a truncated COG (and a stale manifest)
+        fh.truncate(first.cog.stat().st_size // 2)
+    assert _dr(env, tmp_path).status == "done"
+    assert srlib.check_quality(first.cog).passed
+    manifest = json.loads(first.manifest.read_text())
+    assert {f["name"] for f in manifest["files"]} == {p.name for p in first.files}
+
+
+def test_another_product_at_the_same_name_is_refused_not_skipped(env, tmp_path):
+    _dr(env, tmp_path, name_template="fixed_{aoi}.tif")
+    with pytest.raises(srlib.InputError, match=r"another product.*version"):
+        _dr(env, tmp_path, name_template="fixed_{aoi}.tif", version=2)
+
+
+@pytest.mark.parametrize("phase", ["staging", "moving"])
+def test_s3_going_away_mid_derivatives_leaves_no_manifest_and_the_rerun_completes(
+        env, tmp_path, monkeypatch, phase):
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    prefix = f"outage-{phase}"
+    down = {"on": True}
+    operations = {"staging": ("PutObject", "UploadPart", "CreateMultipartUpload"),
+                  "moving": ("CopyObject", "UploadPartCopy")}[phase]
+
+    def outage(request, **_):  # the endpoint stops answering once NDVI's turn comes
+        if down["on"] and "_NDVI.tif" in request.url:
+            raise EndpointConnectionError(endpoint_url=request.url)
+
+    boto3.setup_default_session()
+    for op in operations:
+        boto3.DEFAULT_SESSION.events.register(f"before-send.s3.{op}", outage)
+    try:
+        with pytest.raises(PublishError, match="rerun"):
+            _dr(env, tmp_path, publish=f"s3://products/{prefix}")
+    finally:
+        down["on"] = False
+        boto3.DEFAULT_SESSION = None
+    keys = _keys(env["client"], f"{prefix}/")
+    assert not any(k.endswith(".manifest.json") for k in keys)
+    assert not any("/.incoming/" in k for k in keys)  # staging cleaned up
+    if phase == "moving":
+        assert any(k.endswith("_v1.tif") for k in keys)  # the COG was already live
+    done = _dr(env, tmp_path, publish=f"s3://products/{prefix}")
+    assert done.status == "done"  # not "skipped" because the COG key existed
+    name = done.cog.name
+    identity = json.loads(done.manifest.read_text())["identity"]
+    manifest, why = verify_published(f"s3://products/{prefix}", name, identity)
+    assert why == "complete" and len(manifest["files"]) == 9
+    assert len(_keys(env["client"], f"{prefix}/")) == 10
+    assert _dr(env, tmp_path, publish=f"s3://products/{prefix}").status == "skipped"
+    # the stored bytes, not metadata the client sent, are what counts
+    key = f"{prefix}/{done.cog.stem}_RGB.tif"
+    env["client"].put_object(Bucket="products", Key=key, Body=b"not the product")
+    assert verify_published(f"s3://products/{prefix}", name, identity)[0] is None
+    assert _dr(env, tmp_path, publish=f"s3://products/{prefix}").status == "done"
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    with tempfile.TemporaryDirectory() as tmp, postgres(Path(tmp)) as url:
+        yield url
+
+
+def _worker_env(env):
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def test_twenty_aoi_requests_on_four_concurrent_workers_give_twenty_products(
+        env, tmp_path, pg_url):
+    db = MetadataDB(pg_url)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE srlib_requests, srlib_runs RESTART IDENTITY")
+    boxes = [[-11.60 + 0.04 * i, 24.50 + 0.04 * j, -11.57 + 0.04 * i, 24.53 + 0.04 * j]
+             for i in range(5) for j in range(4)]
+    ids = [db.add_request("20200219", box) for box in boxes]
+    workers = [subprocess.Popen(
+        [*SRLIB, "pdr", "--db", pg_url, "--once", "--server", f"w{n}", "--catalog", env["url"],
+         "--out", str(tmp_path / "out"), "--publish", "s3://products/many"],
+        env=_worker_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for n in range(4)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), logs
+    rows = [db.request(i) for i in ids]
+    assert [r["status"] for r in rows] == ["done"] * 20
+    products = {json.loads(r["outputs"])[0] for r in rows}
+    assert len(products) == 20  # one product per request, none lost or shared
+    assert len({r["worker"] for r in rows}) > 1  # the work was shared
+    for row in rows:
+        outputs = json.loads(row["outputs"])
+        manifest = next(u for u in outputs if u.endswith(".manifest.json"))
+        body = json.loads(env["client"].get_object(
+            Bucket="products", Key=manifest.removeprefix("s3://products/"))["Body"].read())
+        assert body["qc"]["passed"] and len(body["files"]) == len(outputs) - 1
+        assert db.run(row["run_id"])["status"] == "done"
+    assert len([k for k in _keys(env["client"], "many/") if k.endswith(".manifest.json")]) == 20
+
+
+def test_a_worker_killed_mid_request_is_reclaimed_after_its_lease(env, tmp_path):
+    url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
+    db = MetadataDB(url)
+    rid = db.add_request("20200219", [float(v) for v in AOI])
+    args = ["pdr", "--db", url, "--once", "--lease", "3", "--catalog", env["url"],
+            "--out", str(tmp_path / "out")]
+    victim = subprocess.Popen([*SRLIB, *args, "--server", "victim"], env=_worker_env(env),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while db.request(rid)["run_id"] is None:  # claimed and its run started
+        assert time.time() < deadline and victim.poll() is None
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    dead_run = db.request(rid)["run_id"]
+    assert db.request(rid)["status"] == "claimed"
+    assert db.claim_request("early", lease_s=3) is None  # its lease still holds
+    time.sleep(3.5)
+    late = subprocess.run([*SRLIB, *args, "--server", "rescuer"], env=_worker_env(env),
+                          capture_output=True, text=True, timeout=300)
+    assert late.returncode == 0, late.stderr
+    row = db.request(rid)
+    assert row["status"] == "done" and row["worker"] == "rescuer"
+    assert db.run(dead_run)["status"] == "abandoned"
+    assert db.run(row["run_id"])["status"] == "done"
+
+
+SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASRLIBTESTKEY0001",
+           "AWS_SECRET_ACCESS_KEY": "srlibSecretValue/XYZ123"}
+
+
+def test_no_secret_reaches_the_terminal_at_any_verbosity(env, tmp_path, monkeypatch):
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    catalog = env["url"].replace("http://", "http://operator:hunter2pass@")
+    outputs = []
+    for verbose in ([], ["-v"]):
+        for date in ("20200219", "20200320"):  # a good job, and one that fails QC
+            result = CliRunner().invoke(main, [
+                *verbose, "dr", "--date", date, "--aoi", *AOI, "--catalog", catalog,
+                "--out", str(tmp_path / date), "--publish", "s3://products/secret",
+                "--db", f"sqlite:///{tmp_path / 'm.sqlite'}", "--force"])
+            outputs.append(result.output)
+    text = "\n".join(outputs)
+    assert "published: s3://products/secret/" in text  # the jobs did run
+    assert "srlib dr failed: quality checks failed" in text
+    for secret in [*SECRETS.values(), "hunter2pass"]:
+        assert secret not in text
+
+
+def _one_line(result, command):
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    failure = [ln for ln in lines if ln.startswith(f"srlib {command} failed:")]
+    assert result.exit_code == 1 and len(failure) == 1, result.output
+    assert "Traceback" not in result.output
+    return failure[0]
+
+
+def test_every_cli_failure_is_one_clear_line(env, tmp_path):
+    runner = CliRunner()
+    good = _dr(env, tmp_path / "good")
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(good.cog.read_bytes()[: good.cog.stat().st_size // 3])
+    text = tmp_path / "notes.tif"
+    text.write_text("hello")
+    timings = tmp_path / "t.json"
+    timings.write_text("{not json")
+    incomplete = tmp_path / "incomplete.zarr"
+    scene = srlib.sample_scene().isel(y=slice(0, 60), x=slice(0, 60))
+    store = srlib.to_zarr(srlib.super_resolve(scene), tmp_path / "whole.zarr")
+    import shutil
+
+    shutil.copytree(store, incomplete)
+    attrs = json.loads((incomplete / ".zattrs").read_text())
+    (incomplete / ".zattrs").write_text(json.dumps({**attrs, "srlib_complete": False}))
+    (tmp_path / "empty.zarr").mkdir()
+    corrupt = tmp_path / "corrupt.zarr"
+    shutil.copytree(store, corrupt)
+    (corrupt / ".zattrs").write_text("{torn")
+    dr = ["dr", "--date", "20200219", "--aoi", *AOI, "--catalog", env["url"],
+          "--out", str(tmp_path / "o")]
+    cases = {
+        "dr --model foo": ("dr", [*dr, "--model", "foo"]),
+        "dr swin2sr without checkpoint": ("dr", [*dr, "--model", "swin2sr"]),
+        "dr bad --db": ("dr", [*dr, "--db", "nonsense://x"]),
+        "dr dead --db": ("dr", [*dr, "--db", "postgresql+psycopg://u:pw@127.0.0.1:9/x"]),
+        "dr --device gpu7": ("dr", [*dr, "--device", "gpu7"]),
+        "dr --name {foo}": ("dr", [*dr, "--name", "{foo}"]),
+        "dr --name ../x": ("dr", [*dr, "--name", "../x/{mgrs}_{aoi}.tif"]),
+        "dr bad --publish": ("dr", [*dr, "--publish", "products/x"]),
+        "qc truncated COG": ("qc", ["qc", str(truncated)]),
+        "qc text file": ("qc", ["qc", str(text)]),
+        "qc bad timings": ("qc", ["qc", str(good.cog), "--timings", str(timings)]),
+        "cog incomplete store": ("cog", ["cog", str(incomplete), str(tmp_path / "a.tif")]),
+        "cog empty store": ("cog", ["cog", str(tmp_path / "empty.zarr"), str(tmp_path / "b.tif")]),
+        "cog corrupt store": ("cog", ["cog", str(corrupt), str(tmp_path / "c.tif")]),
+        "pdr bad --db": ("pdr", ["pdr", "--db", "nonsense://x", "--once"]),
+        "pdr dead --db": ("pdr", ["pdr", "--db", "postgresql+psycopg://u:pw@127.0.0.1:9/x",
+                                  "--once"]),
+        "pdr --model foo": ("pdr", ["pdr", "--db", f"sqlite:///{tmp_path / 'q.sqlite'}",
+                                    "--model", "foo", "--once"]),
+    }
+    for name, (command, args) in cases.items():
+        line = _one_line(runner.invoke(main, args), command)
+        assert ":pw@" not in line, name
+    db = MetadataDB(f"sqlite:///{tmp_path / 'q.sqlite'}")
+    rid = db.add_request("20200219", [float(v) for v in AOI])
+    _one_line(runner.invoke(main, ["pdr", "--db", f"sqlite:///{tmp_path / 'q.sqlite'}",
+                                   "--device", "gpu7", "--once"]), "pdr")
+    assert db.request(rid)["status"] == "pending"  # nothing claimed with a bad config
+    assert len(cases) == 17
