@@ -171,10 +171,11 @@ def render_dr(profile: Profile, *, date: str, mgrs: str | None = None,
 def render_finalise(profile: Profile, *, out: str, log_dir: str, runtime: str = "venv",
                     image: str | None = None, venv: str | None = None,
                     account: str | None = None) -> str:
-    """Render a short CPU job that QC-checks every product in ``out``.
+    """Render a short CPU job that checks every product in ``out``.
 
     Chain it after the dr job with ``afterany``: it runs whether dr succeeded or not, and
-    fails (non-zero) when no product is there or any product fails QC.
+    fails (non-zero) when no product is there, a COG has no manifest (an unfinished
+    product) or any product fails QC.
     """
     srlib = _runner(runtime, image, venv, [out, log_dir])
     cpu_only = replace(profile, gres="", cpus_per_task=1)
@@ -185,6 +186,11 @@ def render_finalise(profile: Profile, *, out: str, log_dir: str, runtime: str = 
               f"for cog in {shlex.quote(out)}/S2x10_*_v*.tif; do",
               '    [[ "$cog" == *_*_*_v*_* ]] && continue  # derivatives (NDVI, RGB, ...)',
               "    checked=$((checked + 1))",
+              '    if [ ! -f "${cog%.tif}.manifest.json" ]; then',
+              '        echo "$cog has no manifest: the product is unfinished" >&2',
+              "        failed=$((failed + 1))",
+              "        continue",
+              "    fi",
               f'    {srlib} qc "$cog" || failed=$((failed + 1))',
               "done",
               'if [ "$checked" -eq 0 ]; then',

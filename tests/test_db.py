@@ -92,3 +92,37 @@ def test_bad_url_is_a_clear_error():
 
     with pytest.raises(srlib.InputError, match="postgresql"):
         MetadataDB("notadb://x")
+
+
+def test_an_expired_claim_is_reclaimed_and_its_run_abandoned(url):
+    import time
+
+    from srlib.db import LeaseLost
+
+    db = MetadataDB(url)
+    rid = db.add_request("20200219", (0, 0, 1, 1))
+    assert db.claim_request("w1", lease_s=1.0)["id"] == rid
+    run = db.start_run({"date": "20200219"}, request_id=rid)
+    assert db.request(rid)["run_id"] == run
+    assert db.claim_request("w2", lease_s=1.0) is None
+    with db.lease(rid, "w1", 0.6):  # renewed every 0.2 s while w1 works
+        time.sleep(1.5)
+        assert db.claim_request("w2", lease_s=1.0) is None
+    time.sleep(1.2)  # w1 stopped renewing (it died): the lease expires
+    again = db.claim_request("w2", lease_s=30.0)
+    assert again["id"] == rid and again["worker"] == "w2"
+    assert db.run(run)["status"] == "abandoned"
+    with pytest.raises(LeaseLost, match="no longer claimed by w1"):
+        db.complete_request(rid, run, worker="w1", outputs=["s3://b/p.tif"])
+    db.complete_request(rid, None, worker="w2", outputs=["s3://b/p.tif"])
+    assert db.request(rid)["status"] == "done" and "p.tif" in db.request(rid)["outputs"]
+
+
+def test_a_database_that_cannot_be_reached_is_one_clear_error(tmp_path):
+    from srlib.db import DatabaseError
+
+    with pytest.raises(DatabaseError, match=r"u:\*\*\*@127\.0\.0\.1:9/x\) could not"):
+        MetadataDB("postgresql+psycopg://u:secretpw@127.0.0.1:9/x")
+    with pytest.raises(Exception) as info:
+        MetadataDB("nonsense://x")
+    assert "bad database URL" in str(info.value)

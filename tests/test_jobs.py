@@ -93,7 +93,7 @@ def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
     assert run["status"] == "done" and run["qc_passed"] is True
     assert f"s3://products/sr/{name}.tif" in run["outputs"] and '"srlib"' in run["versions"]
     again = CliRunner().invoke(main, args)
-    assert again.exit_code == 0 and again.output.startswith("skipped")
+    assert again.exit_code == 0 and again.stdout.startswith("skipped")
     assert db.run(2)["status"] == "skipped"
 
 

@@ -34,10 +34,14 @@ def test_unreachable_webhook_never_hides_the_original_error(caplog):
     assert "could not send the failure notification" in caplog.text
 
 
-def test_default_is_the_log(monkeypatch, caplog):
+def test_default_is_the_debug_log_the_caller_reports_the_error_once(monkeypatch, caplog):
     monkeypatch.delenv("SRLIB_WEBHOOK_URL", raising=False)
     assert isinstance(notifier_from_env(), LogNotifier)
-    with caplog.at_level(logging.ERROR, logger="srlib"), pytest.raises(KeyError):
+    with caplog.at_level(logging.INFO, logger="srlib"), pytest.raises(KeyError):
+        with step("database", LogNotifier()):
+            raise KeyError("row")
+    assert caplog.text == ""  # the command line prints the one failure line itself
+    with caplog.at_level(logging.DEBUG, logger="srlib"), pytest.raises(KeyError):
         with step("database", LogNotifier()):
             raise KeyError("row")
     assert "step 'database' failed" in caplog.text

@@ -233,7 +233,7 @@ def test_bad_arguments_raise_clear_errors(scene):
         srlib.super_resolve(scene, "esrgan")
     with pytest.raises(srlib.ModelError, match="random_weights=True"):
         srlib.super_resolve(scene, "swin2sr")
-    with pytest.raises(srlib.InputError, match="device='cpu'"):
+    with pytest.raises(srlib.InputError, match="use 'cpu'"):
         srlib.super_resolve(scene, device="cuda")
     with pytest.raises(srlib.InputError, match="Dataset"):
         srlib.super_resolve(np.zeros((3, 3)))
