@@ -209,7 +209,7 @@ def _versions() -> dict[str, str]:
 
 def _identity(ds: Any, *, day: dt.date, tile: str, aoi: str | None, spec: Any,
               version: int, publish: str | None) -> dict[str, Any]:
-    """What makes a product distinct (``publish``: its STAC Item's hrefs point there)."""
+    """Return what makes a product distinct (``publish``: where its Item's hrefs point)."""
     from .models import spec_identity
 
     return {"date": f"{day:%Y%m%d}", "mgrs": tile, "aoi": aoi,

@@ -27,7 +27,7 @@ from srlib.jobs import run_dr
 from srlib.publish import PublishError, verify_published
 
 from .servers import postgres
-from .test_jobs import AOI, _keys, env  # noqa: F401  (env is the servers' fixture)
+from .test_jobs import AOI, _keys
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +181,7 @@ def test_no_secret_reaches_the_terminal_at_any_verbosity(env, tmp_path, monkeypa
     catalog = env["url"].replace("http://", "http://operator:hunter2pass@")
     outputs = []
     for verbose in ([], ["-v"]):
-        for date in ("20200219", "20200320"):  # a good job, and one that fails QC
+        for date in ("20200219", "20200320", "20200102"):  # good, fails QC, no scene
             result = CliRunner().invoke(main, [
                 *verbose, "dr", "--date", date, "--aoi", *AOI, "--catalog", catalog,
                 "--out", str(tmp_path / date), "--publish", "s3://products/secret",
@@ -190,6 +190,7 @@ def test_no_secret_reaches_the_terminal_at_any_verbosity(env, tmp_path, monkeypa
     text = "\n".join(outputs)
     assert "published: s3://products/secret/" in text  # the jobs did run
     assert "srlib dr failed: quality checks failed" in text
+    assert "srlib dr failed: no sentinel-2-l2a scene" in text
     for secret in [*SECRETS.values(), "hunter2pass"]:
         assert secret not in text
 

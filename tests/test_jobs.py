@@ -12,43 +12,11 @@ from click.testing import CliRunner
 
 from srlib.cli import main
 
-from .servers import (
-    CREDENTIALS,
-    metadata_items,
-    moto_s3,
-    s3_client,
-    stac_api,
-    upload_sample,
-    webhook,
-    write_catalog,
-    zero_item,
-)
+from .servers import CREDENTIALS
 
 pytestmark = pytest.mark.integration
 
 AOI = ["-11.5", "24.5", "-11.45", "24.55"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    for key, value in CREDENTIALS.items():
-        mp.setenv(key, value)
-    with moto_s3() as endpoint, webhook() as (hook_url, received):
-        mp.setenv("AWS_S3_ENDPOINT", endpoint)
-        mp.setenv("AWS_HTTPS", "NO")
-        mp.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
-        mp.setenv("AWS_ENDPOINT_URL_S3", f"http://{endpoint}")
-        mp.setenv("SRLIB_WEBHOOK_URL", hook_url)
-        item = upload_sample(endpoint)
-        zero = zero_item(endpoint, item, day="20200320", workdir=tmp_path_factory.mktemp("z"))
-        client = s3_client(endpoint)
-        client.create_bucket(Bucket="products")
-        catalog = write_catalog(tmp_path_factory.mktemp("stac"),
-                                [item, zero, *metadata_items()])
-        with stac_api(catalog) as url:
-            yield {"url": url, "client": client, "received": received}
-    mp.undo()
 
 
 def _keys(client, prefix):

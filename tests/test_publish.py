@@ -43,7 +43,7 @@ def test_multipart_upload_is_verified_and_lands_at_its_key(s3, tmp_path):
     assert list(stored) == ["s3://products/tiles/29RKH/S2x10_T29RKH_20200219_v1.tif"]
     parts = [hashlib.sha256(data[i:i + (8 << 20)]).digest() for i in range(0, len(data), 8 << 20)]
     composite = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
-    assert list(stored.values())[0].split("-")[0] == composite  # as S3 reports it
+    assert next(iter(stored.values())).split("-")[0] == composite  # as S3 reports it
     body = s3.get_object(Bucket="products", Key="tiles/29RKH/" + path.name)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
     assert _keys(s3, "tiles/29RKH/.incoming") == []

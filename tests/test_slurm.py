@@ -120,11 +120,12 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         print(f"dr job {job}: {dr['JobState']} {dr['ExitCode']} ({dr['RunTime']}); "
               f"finalisation {fin}: {final['JobState']} {final['ExitCode']}, "
               f"started {final['StartTime']} after dr ended {dr['EndTime']}")
-        name = "S2x10_T29RKH_20200219_v1"
+        (manifest,) = out.glob("S2x10_T29RKH_20200219_*_v1.manifest.json")
+        name = manifest.name.removesuffix(".manifest.json")
         assert json.loads((out / f"{name}.qc.json").read_text())["passed"] is True
         keys = [o["Key"] for o in s3_client(endpoint).list_objects_v2(
             Bucket="products", Prefix="slurm/")["Contents"]]
-        assert f"slurm/{name}.tif" in keys
+        assert f"slurm/{name}.tif" in keys and f"slurm/{manifest.name}" in keys
         for j in (job, fin):  # the scripts SLURM stored hold no secret
             script = _scontrol("write", "batch_script", j, "-", env=cluster)
             assert script.startswith("#!/bin/bash") and secret not in script
@@ -140,7 +141,9 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         assert slurm_job(job3, cluster)["JobState"] == "FAILED"
         assert slurm_job(fin3, cluster)["JobState"] == "FAILED"
         assert "no product in" in (logs / f"srlib-finalise-{fin3}.out").read_text()
-        assert "NoSceneFound" in (logs / f"srlib-dr-aoi-20200102-{job3}.out").read_text()
+        dr3_log = (logs / f"srlib-dr-aoi-20200102-{job3}.out").read_text()
+        assert "srlib dr failed: no sentinel-2-l2a scene" in dr3_log  # one line, no traceback
+        assert "Traceback" not in dr3_log
 
 
 def _node_profile(tmp_path: Path, partition: str, **overrides) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -199,10 +200,16 @@ def load_model(
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model must be a name, a torch.nn.Module or a ModelSpec, got "
                          f"{type(model).__name__}")
+    token = module_token(model, scale, bands_in, bands_out, blend, halo)
+    if token.startswith("unidentified-"):
+        logging.getLogger("srlib").warning(
+            "the identity of %s cannot be established (an attribute without a stable value, "
+            "or no source code): its Zarr stores will never be resumed; script it "
+            "(torch.jit.script) to make it resumable", type(model).__name__)
     common = dict(
         name=type(model).__name__, bands_in=bands_in, bands_out=bands_out, scale=scale,
         stats=_stats(stats, bands_in, bands_out), build=functools.partial(_build_given, model),
-        token=f"module-{module_token(model, scale, bands_in, bands_out, blend, halo)}",
+        token=f"module-{token}",
     )
     if blend == "trim":
         if halo is None:
