@@ -247,9 +247,13 @@ def test_every_cli_failure_is_one_clear_line(env, tmp_path):
         "pdr --model foo": ("pdr", ["pdr", "--db", f"sqlite:///{tmp_path / 'q.sqlite'}",
                                     "--model", "foo", "--once"]),
     }
+    env["received"].clear()
     for name, (command, args) in cases.items():
         line = _one_line(runner.invoke(main, args), command)
         assert ":pw@" not in line, name
+    told = [m["text"] for m in env["received"]]
+    assert sum("step 'database' failed" in t for t in told) == 4  # dead/bad DB: notified
+    assert not any(":pw@" in t for t in told)
     db = MetadataDB(f"sqlite:///{tmp_path / 'q.sqlite'}")
     rid = db.add_request("20200219", [float(v) for v in AOI])
     _one_line(runner.invoke(main, ["pdr", "--db", f"sqlite:///{tmp_path / 'q.sqlite'}",

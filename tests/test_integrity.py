@@ -192,6 +192,12 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[type, object]]:
             up = torch.nn.functional.interpolate(x[:, :4], scale_factor=10)
             return up, up
 
+    class ScriptedPair(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            up = torch.nn.functional.interpolate(x[:, :4], scale_factor=10.0)
+            return up, up
+
+    scripted = torch.jit.script(ScriptedPair())
     corrupt = tmp_path / "broken.pt"
     torch.jit.save(torch.jit.script(torch.nn.Identity()), str(corrupt))
     corrupt.write_bytes(corrupt.read_bytes()[:-200])
@@ -212,6 +218,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[type, object]]:
         "string std": (srlib.ModelError, stats([1.0] * 10, "1111111111")),
         "model returning a tuple": (srlib.ModelError, lambda: sr(
             scene, srlib.load_model(Pair(), blend="trim", halo=2)).red.values),
+        "TorchScript returning a tuple": (srlib.ModelError, lambda: sr(
+            scene, srlib.load_model(scripted, blend="trim", halo=2)).red.values),
         "corrupted TorchScript": (srlib.ModelError,
                                   lambda: srlib.load_model("swin2sr", checkpoint=corrupt)),
         "unknown model": (srlib.ModelError, lambda: srlib.load_model("foo")),
@@ -227,4 +235,4 @@ def test_every_bad_input_is_refused_with_a_clear_error(tmp_path):
             call()
         assert len(str(info.value)) > 20, name  # a sentence, not a bare value
         refused.append(name)
-    assert len(refused) == len(cases) == 17
+    assert len(refused) == len(cases) == 18
