@@ -74,15 +74,15 @@ def main() -> None:
     from run import make_input
 
     import srlib
-    from srlib.batching import plan_batch_size
+    from srlib.engine.batching import plan_batch_size
     from srlib.models import SWIN2SR_LIGHT, loaded_module
 
     result: dict = {"device": torch.cuda.get_device_name(0), "config": SWIN2SR_LIGHT}
     spec = srlib.load_model("swin2sr", random_weights=True, **SWIN2SR_LIGHT)
     module = loaded_module(spec, "cuda")
     p = spec.patch_size
-    peak = srlib.batching.peak_elements(spec, p)
-    safe = srlib.batching.max_safe_batch(spec, p)
+    peak = srlib.engine.batching.peak_elements(spec, p)
+    safe = srlib.engine.batching.max_safe_batch(spec, p)
     batch = plan_batch_size(peak, torch.device("cuda"), safe=safe)
     x = torch.randn(batch, len(spec.bands_in), p, p, device="cuda")
     from torch.utils.flop_counter import FlopCounterMode

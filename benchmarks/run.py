@@ -95,7 +95,7 @@ def _warm(model: str):
     Every kind alike: the module is built and loaded, and the batch planner's meta-device
     pass (2-3 s once per process, most of it importing ``torch._dynamo``) has run.
     """
-    from srlib.batching import max_safe_batch
+    from srlib.engine.batching import max_safe_batch
     from srlib.models import loaded_module
 
     spec = model_spec(model)
@@ -130,8 +130,8 @@ def _prepared(size: int, model: str):
     import numpy as np
 
     import srlib
-    from srlib.kernel import KernelConfig
-    from srlib.superres import _bands
+    from srlib.engine.kernel import KernelConfig
+    from srlib.engine.superres import _bands
 
     spec = _warm(model)
     ds = make_input(size)
@@ -139,7 +139,7 @@ def _prepared(size: int, model: str):
     stack = np.stack([b.compute() for b in [*bands, scl]])
     h = spec.halo
     padded = np.pad(stack, ((0, 0), (h, h), (h, h)), mode="symmetric")
-    from srlib.batching import max_safe_batch, peak_elements
+    from srlib.engine.batching import max_safe_batch, peak_elements
 
     cfg = KernelConfig(spec=spec, n_bands=len(bands), has_scl=True, device="cpu",
                        batch_size=None, safe_batch=max_safe_batch(spec, spec.patch_size),
@@ -167,12 +167,12 @@ def run_legacy(size: int, model: str, workdir: Path) -> dict:
     import rasterio
     from rasterio.enums import Resampling
 
-    import srlib.kernel
-    from srlib.kernel import sr_block
+    import srlib.engine.kernel
+    from srlib.engine.kernel import sr_block
 
     # the legacy ran its batches one after another with torch's own (intra-op) threads,
     # not in srlib's parallel lanes: the same kernel otherwise
-    srlib.kernel._lanes = lambda run: 0
+    srlib.engine.kernel._lanes = lambda run: 0
     spec, padded, cfg, _ = _prepared(size, model)
     halo, out = spec.halo, size * SCALE
     t0 = time.perf_counter()
@@ -224,7 +224,7 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
             patches.append((_block(padded, y0, x0, bh, bw, halo)[: len(spec.bands_in)]
                             - mean) / std)
     else:
-        from srlib.kernel import _grid
+        from srlib.engine.kernel import _grid
 
         origins = _grid(0, size, p, p - spec.overlap)
         scene = (padded[: len(spec.bands_in)] - mean) / std  # padded by halo = patch
@@ -232,7 +232,7 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
             for px in origins:
                 patches.append(scene[:, py + halo : py + halo + p, px + halo : px + halo + p])
     # the pipeline's batch size (trim: one block per call, as the pipeline)
-    from srlib.kernel import _forward_all, _Runner
+    from srlib.engine.kernel import _forward_all, _Runner
 
     run = _Runner(cfg)
     step = 1 if spec.blend == "trim" else run.batch_size(p)
@@ -248,7 +248,7 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
             module(torch.from_numpy(make(batch)))
     t_plain = time.perf_counter() - t0
     # lanes: the same forward passes run as srlib's kernel runs them (one single-threaded
-    # pass per core at once, srlib.kernel._forward_all), nothing else
+    # pass per core at once, srlib.engine.kernel._forward_all), nothing else
     t0 = time.perf_counter()
     _forward_all(run, batches, make, lambda batch, result: None)
     t1 = time.perf_counter()

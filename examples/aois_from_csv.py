@@ -13,7 +13,7 @@ import csv
 import sys
 
 import srlib
-from srlib.jobs import run_dr
+from srlib.ops import run_dr
 
 
 def main() -> int:

@@ -3,7 +3,7 @@
 Run: python examples/tiles_on_dask_cluster.py 20250731 24MWV 24MVV [--publish s3://b/p]
      [--slurm-profile poznan --jobs 4]
 
-Each tile is one `srlib.jobs.run_dr` job; the cluster (a LocalCluster, or with
+Each tile is one `srlib.ops.run_dr` job; the cluster (a LocalCluster, or with
 --slurm-profile a dask_jobqueue.SLURMCluster whose jobs each hold one GPU) executes the
 dask graphs of every job. The model is loaded once per worker, and on GPU workers each
 holds the worker resource GPU=1, so no GPU ever runs two model tasks at once. --out must
@@ -17,8 +17,7 @@ import argparse
 import dask
 from distributed import Client, LocalCluster
 
-from srlib.jobs import run_dr
-from srlib.slurm import dask_cluster, load_profile
+from srlib.ops import dask_cluster, load_profile, run_dr
 
 
 def main() -> None:

@@ -52,12 +52,12 @@ STAC = [
            "Written for Earth Search v1 (the default catalogue). CI runs it against the "
            "loopback STAC API and S3 server of the test suite, through `SRLIB_CATALOG`."),
     ("code", "import os\nimport srlib\n"
-             "catalog = os.environ.get('SRLIB_CATALOG', srlib.sources.EARTH_SEARCH)\n"
+             "catalog = os.environ.get('SRLIB_CATALOG', srlib.EARTH_SEARCH)\n"
              "date = os.environ.get('SRLIB_DATE', '20250731')\n"
              "mgrs = os.environ.get('SRLIB_MGRS', '24MWV')\n"
              "aoi = tuple(float(v) for v in os.environ.get('SRLIB_AOI', "
              "'-38.95 -5.2 -38.9 -5.15').split())"),
-    ("code", "items = srlib.sources.search_items(date=date, mgrs=mgrs, catalog=catalog)\n"
+    ("code", "items = srlib.search_items(date=date, mgrs=mgrs, catalog=catalog)\n"
              "[it.id for it in items]"),
     ("code", "tile = srlib.load_s2(date=date, mgrs=mgrs, catalog=catalog)  # whole tile, lazy\n"
              "tile"),

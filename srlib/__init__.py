@@ -11,7 +11,8 @@ Lazy, dask-backed xarray in and out::
 from __future__ import annotations
 
 from .bands import OUTPUT_BANDS, OUTPUT_NODATA, S2_BANDS, Quality
-from .cog import to_cog
+from .engine.kernel import flush_subnormals
+from .engine.superres import super_resolve
 from .errors import (
     BatchSizeError,
     IncompleteStoreError,
@@ -25,18 +26,18 @@ from .errors import (
     StatsMismatchWarning,
     Terminated,
 )
-from .kernel import flush_subnormals
 from .models import ModelSpec, load_model
-from .pipeline import super_resolve_to_cog
-from .qc import CheckResult, QCReport, check_quality
-from .sample import sample_scene
-from .sources import S3Options, load_items, load_s2
-from .superres import super_resolve
-from .zarr_io import open_zarr, to_zarr
+from .product.cog import to_cog
+from .product.pipeline import super_resolve_to_cog
+from .product.qc import CheckResult, QCReport, check_quality
+from .product.zarr_store import open_zarr, to_zarr
+from .scene.sample import sample_scene
+from .scene.sources import EARTH_SEARCH, S3Options, load_items, load_s2, search_items
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EARTH_SEARCH",
     "OUTPUT_BANDS",
     "OUTPUT_NODATA",
     "S2_BANDS",
@@ -64,6 +65,7 @@ __all__ = [
     "load_s2",
     "open_zarr",
     "sample_scene",
+    "search_items",
     "super_resolve",
     "super_resolve_to_cog",
     "to_cog",

@@ -6,7 +6,7 @@ import enum
 
 import numpy as np
 
-__all__ = [
+__all__ = ["TILE",
     "OUTPUT_BANDS",
     "OUTPUT_NODATA",
     "REFLECTANCE_SCALE",
@@ -53,6 +53,10 @@ REFLECTANCE_SCALE: float = 1e-4
 
 #: Nodata of the int16 reflectance bands (never a value a valid pixel can take).
 OUTPUT_NODATA: int = -32768
+
+#: Side of the product's tiles in pixels: COG tiles, Zarr chunks and the unit that engine
+#: chunks are whole multiples of, so that regions, chunks and tiles align.
+TILE: int = 512
 
 
 class Quality(enum.IntEnum):

@@ -27,10 +27,10 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 class _Redact(logging.Filter):
-    """Redact secrets from every record a handler emits (see :func:`srlib.notify.redact`)."""
+    """Redact secrets from every record a handler emits (see :func:`srlib.ops.notify.redact`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from srlib.notify import redact
+        from srlib.ops.notify import redact
 
         message = record.getMessage()
         record.msg, record.args = redact(message), None
@@ -66,7 +66,7 @@ class _Group(click.Group):
                 SystemExit):
             raise
         except BaseException as err:
-            from srlib.notify import redact
+            from srlib.ops.notify import redact
 
             name = ctx.invoked_subcommand or "srlib"
             if ctx.obj and ctx.obj.get("verbose"):
@@ -83,7 +83,7 @@ class _Group(click.Group):
 
 def _fail(command: str, err: BaseException) -> SystemExit:
     """Print one redacted failure line; return the SystemExit to raise."""
-    from srlib.notify import redact
+    from srlib.ops.notify import redact
 
     click.echo(f"srlib {command} failed: {' '.join(redact(str(err)).split())}", err=True)
     return SystemExit(1)
@@ -102,7 +102,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     if click.get_current_context().invoked_subcommand in ("demo", "dr", "pdr"):
         # before any thread starts: see srlib.flush_subnormals
-        from srlib.kernel import flush_subnormals
+        from srlib.engine.kernel import flush_subnormals
 
         flush_subnormals()
 
@@ -118,7 +118,7 @@ def _load_model(model: str, checkpoint: str | None, stats: str | None):
 
 
 def _open_db(db_url: str | None):
-    from srlib.db import MetadataDB
+    from srlib.ops.db import MetadataDB
 
     return MetadataDB(db_url)
 
@@ -140,11 +140,11 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
     from dask.diagnostics import ProgressBar
 
     import srlib
-    from srlib.jobs import remove_outputs
-    from srlib.kernel import resolve_device
-    from srlib.manifest import verify_local, write_manifest
+    from srlib.engine.kernel import resolve_device
     from srlib.models import spec_identity
-    from srlib.pipeline import remove_product
+    from srlib.ops.jobs import remove_outputs
+    from srlib.product.manifest import verify_local, write_manifest
+    from srlib.product.pipeline import remove_product
 
     spec = _load_model(model, checkpoint, stats)
     resolve_device(device)
@@ -206,11 +206,11 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
     from dask.diagnostics import ProgressBar
 
-    from srlib.jobs import run_dr
-    from srlib.kernel import resolve_device
-    from srlib.notify import notifier_from_env, step
-    from srlib.publish import S3Target
-    from srlib.sources import EARTH_SEARCH
+    from srlib.engine.kernel import resolve_device
+    from srlib.ops.jobs import run_dr
+    from srlib.ops.notify import notifier_from_env, step
+    from srlib.ops.publish import S3Target
+    from srlib.scene.sources import EARTH_SEARCH
 
     spec = _load_model(model, checkpoint, stats)
     resolve_device(device)
@@ -257,9 +257,9 @@ def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float
     """Process pending AOI requests from the metadata database."""
     import socket
 
-    from srlib.jobs import run_pdr
-    from srlib.notify import notifier_from_env, step
-    from srlib.sources import EARTH_SEARCH
+    from srlib.ops.jobs import run_pdr
+    from srlib.ops.notify import notifier_from_env, step
+    from srlib.scene.sources import EARTH_SEARCH
 
     if lease_s <= 0:
         raise click.BadParameter("must be positive", param_hint="--lease")
@@ -305,7 +305,7 @@ def _slurm_job_options(func):
 
 
 def _slurm_kwargs(profile: str, aoi: tuple[float, ...] | None, **kwargs):
-    from srlib.slurm import load_profile
+    from srlib.ops.slurm import load_profile
 
     return load_profile(profile), dict(aoi=aoi or None, **kwargs)
 
@@ -314,7 +314,7 @@ def _slurm_kwargs(profile: str, aoi: tuple[float, ...] | None, **kwargs):
 @_slurm_job_options
 def slurm_render(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
     """Print the batch scripts of one srlib dr job and its finalisation."""
-    from srlib.slurm import render_all
+    from srlib.ops.slurm import render_all
 
     prof, kw = _slurm_kwargs(profile, aoi, **kwargs)
     for script in render_all(prof, **kw):
@@ -325,7 +325,7 @@ def slurm_render(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
 @_slurm_job_options
 def slurm_submit(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
     """Submit one srlib dr job and its finalisation (--dependency=afterany) with sbatch."""
-    from srlib.slurm import submit_all
+    from srlib.ops.slurm import submit_all
 
     prof, kw = _slurm_kwargs(profile, aoi, **kwargs)
     job, fin = submit_all(prof, **kw)

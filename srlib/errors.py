@@ -57,7 +57,7 @@ class QCFailed(SrlibError):
     failed : list of str
         Names of the failed checks.
     report : object, optional
-        The :class:`srlib.qc.QCReport` that failed.
+        The :class:`srlib.product.qc.QCReport` that failed.
     """
 
     def __init__(self, failed: list[str], report: object | None = None) -> None:

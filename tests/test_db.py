@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from srlib.db import MetadataDB
+from srlib.ops.db import MetadataDB
 
 from .servers import postgres
 
@@ -97,7 +97,7 @@ def test_bad_url_is_a_clear_error():
 def test_an_expired_claim_is_reclaimed_and_its_run_abandoned(url):
     import time
 
-    from srlib.db import LeaseLost
+    from srlib.ops.db import LeaseLost
 
     db = MetadataDB(url)
     rid = db.add_request("20200219", (0, 0, 1, 1))
@@ -119,7 +119,7 @@ def test_an_expired_claim_is_reclaimed_and_its_run_abandoned(url):
 
 
 def test_a_database_that_cannot_be_reached_is_one_clear_error(tmp_path):
-    from srlib.db import DatabaseError
+    from srlib.ops.db import DatabaseError
 
     with pytest.raises(DatabaseError, match=r"u:\*\*\*@127\.0\.0\.1:9/x\) could not"):
         MetadataDB("postgresql+psycopg://u:secretpw@127.0.0.1:9/x")

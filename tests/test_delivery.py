@@ -22,9 +22,9 @@ from click.testing import CliRunner
 
 import srlib
 from srlib.cli import main
-from srlib.db import MetadataDB
-from srlib.jobs import run_dr
-from srlib.publish import PublishError, verify_published
+from srlib.ops.db import MetadataDB
+from srlib.ops.jobs import run_dr
+from srlib.ops.publish import PublishError, verify_published
 
 from .servers import postgres
 from .test_jobs import AOI, _keys

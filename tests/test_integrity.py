@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import srlib
-from srlib.jobs import aoi_key, product_name
-from srlib.manifest import manifest_path, verify_local, write_manifest
 from srlib.models import spec_identity
 from srlib.models.stats import default_s2_stats, read_stats
+from srlib.ops.jobs import aoi_key, product_name
+from srlib.product.manifest import manifest_path, verify_local, write_manifest
 
 from .conftest import synthetic_scene
 

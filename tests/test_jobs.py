@@ -25,7 +25,7 @@ def _keys(client, prefix):
 
 
 def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
-    from srlib.db import MetadataDB
+    from srlib.ops.db import MetadataDB
 
     url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
     args = ["dr", "--date", "20200219", "--aoi", *AOI, "--catalog", env["url"],
@@ -66,7 +66,7 @@ def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
 
 
 def test_dr_all_nodata_scene_fails_qc_notifies_and_publishes_nothing(env, tmp_path):
-    from srlib.db import MetadataDB
+    from srlib.ops.db import MetadataDB
 
     env["received"].clear()
     url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
@@ -96,7 +96,7 @@ def test_dr_bad_request_exits_non_zero_with_a_clear_message(env, tmp_path):
 
 
 def test_pdr_processes_requests_marks_failures_and_goes_on(env, tmp_path):
-    from srlib.db import MetadataDB
+    from srlib.ops.db import MetadataDB
 
     url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
     db = MetadataDB(url)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import srlib
-from srlib.batching import INDEX_LIMIT, check_batch_size, max_safe_batch, peak_elements
+from srlib.engine.batching import INDEX_LIMIT, check_batch_size, max_safe_batch, peak_elements
 from srlib.models.bicubic import cubic_weights
 from srlib.models.swin2sr import Swin2SR
 

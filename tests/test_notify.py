@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from srlib.notify import LogNotifier, WebhookNotifier, notifier_from_env, redact, step
+from srlib.ops.notify import LogNotifier, WebhookNotifier, notifier_from_env, redact, step
 
 from .servers import webhook
 
@@ -57,8 +57,8 @@ def test_sigterm_becomes_an_error_that_fails_the_run(tmp_path):
 
     import srlib
     from srlib.cli import _terminate
-    from srlib.db import MetadataDB
-    from srlib.jobs import run_dr
+    from srlib.ops.db import MetadataDB
+    from srlib.ops.jobs import run_dr
 
     with pytest.raises(srlib.Terminated, match="SIGTERM"):
         _terminate(signal.SIGTERM, None)

@@ -19,7 +19,7 @@ from rio_cogeo.cogeo import cog_validate
 
 import srlib
 from srlib.bands import OUTPUT_NODATA, Quality
-from srlib.qc import check_quality
+from srlib.product.qc import check_quality
 
 from .conftest import raise_if_dask_computes, synthetic_scene
 
@@ -76,11 +76,11 @@ def test_rewriting_a_store_with_another_codec_in_the_same_process(tmp_path):
 def test_each_model_block_is_computed_once_when_written_as_several_regions(tmp_path,
                                                                           monkeypatch, scene):
     """A model block larger than a write region is never cut across two compute waves."""
-    import srlib.superres
+    import srlib.engine.superres
 
     calls = []
-    kernel = srlib.superres.sr_block
-    monkeypatch.setattr(srlib.superres, "sr_block",
+    kernel = srlib.engine.superres.sr_block
+    monkeypatch.setattr(srlib.engine.superres, "sr_block",
                         lambda *a, **k: calls.append(1) or kernel(*a, **k))
     sr = srlib.super_resolve(scene, chunks=48)  # 2 x 2 model blocks of 480 px
     store = srlib.to_zarr(sr, tmp_path / "p.zarr", chunks=32)  # 160 px regions: 9 a block
@@ -123,8 +123,8 @@ def test_writer_killed_mid_write_resumes_to_identical_bytes(tmp_path, monkeypatc
     assert not (tmp_path / "x.tif").exists()
 
     written = []
-    original = srlib.zarr_io._write_region
-    monkeypatch.setattr(srlib.zarr_io, "_write_region",
+    original = srlib.product.zarr_store._write_region
+    monkeypatch.setattr(srlib.product.zarr_store, "_write_region",
                         lambda *a, **k: written.append(a[1]) or original(*a, **k))
     sr = srlib.super_resolve(synthetic_scene((160, 160)), spec(), chunks=52)
     srlib.to_zarr(sr, store)
@@ -183,7 +183,7 @@ def test_overviews_average_reflectance_and_keep_quality_codes(tmp_path):
 
 
 def test_overview_kernels():
-    from srlib.pyramid import mean2x2, mode2x2
+    from srlib.product.pyramid import mean2x2, mode2x2
 
     nd = OUTPUT_NODATA
     q = np.array([[2, 2, nd, nd, 3], [1, nd, nd, nd, 1]], np.int16)

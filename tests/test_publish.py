@@ -9,9 +9,9 @@ import json
 import pytest
 
 import srlib
-from srlib.manifest import write_manifest
-from srlib.publish import PublishError, S3Target, publish, publish_product
-from srlib.qc import CheckResult, QCReport
+from srlib.ops.publish import PublishError, S3Target, publish, publish_product
+from srlib.product.manifest import write_manifest
+from srlib.product.qc import CheckResult, QCReport
 
 from .servers import CREDENTIALS, moto_s3, s3_client
 

@@ -4,7 +4,7 @@ import numpy as np
 import rasterio
 
 import srlib
-from srlib.quicklook import write_quicklooks
+from srlib.product.quicklook import write_quicklooks
 
 
 def test_quicklooks_show_input_and_output_side_by_side(tmp_path):

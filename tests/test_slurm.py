@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import srlib
-from srlib.slurm import dask_cluster, load_profile, render_dr, render_finalise
+from srlib.ops.slurm import dask_cluster, load_profile, render_dr, render_finalise
 
 from .conftest import synthetic_scene
 from .servers import loopback_sources, s3_client, slurm, slurm_job

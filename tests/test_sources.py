@@ -16,7 +16,7 @@ import pytest
 import rasterio
 
 import srlib
-from srlib.sources import S3Options, boa_offset, load_s2, search_items
+from srlib.scene.sources import S3Options, boa_offset, load_s2, search_items
 
 from .servers import (
     CREDENTIALS,

@@ -10,7 +10,7 @@ import pystac
 import rasterio
 
 import srlib
-from srlib.stac_item import write_product_item
+from srlib.product.stac_item import write_product_item
 
 from .conftest import synthetic_scene
 

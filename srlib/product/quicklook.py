@@ -16,7 +16,7 @@ import rasterio
 import xarray as xr
 from rasterio.enums import Resampling
 
-from .bands import OUTPUT_NODATA
+from ..bands import OUTPUT_NODATA
 
 __all__ = ["ndvi_colors", "plot_side_by_side", "quicklook_arrays", "write_quicklooks"]
 

@@ -13,22 +13,20 @@ import torch
 import xarray as xr
 from dask.base import tokenize
 
-from .bands import OUTPUT_NODATA, REFLECTANCE_SCALE, Quality
+from ..bands import OUTPUT_NODATA, REFLECTANCE_SCALE, TILE, Quality
+from ..errors import InputError
+from ..models import ModelSpec, load_model, spec_identity
+from ..scene.grid import check_grid, zoom_coords, zoom_transform
 from .batching import check_batch_size, peak_elements
-from .errors import InputError
-from .grid import check_grid, zoom_coords, zoom_transform
 from .kernel import KernelConfig, resolve_device, sr_block
-from .models import ModelSpec, load_model, spec_identity
 
 __all__ = ["default_chunk", "super_resolve"]
 
-#: Output tile side of the COG; output chunks are whole multiples of it.
-COG_TILE = 512
 
 
 def default_chunk(scale: int, target: int = 2560) -> int:
     """Input chunk whose output side is a multiple of 512 px near ``target`` px."""
-    base = math.lcm(COG_TILE, scale) // scale
+    base = math.lcm(TILE, scale) // scale
     return base * max(1, round(target / scale / base))
 
 
@@ -225,7 +223,7 @@ def super_resolve(
     resources : dict, optional
         Dask worker resources each model task holds on a ``dask.distributed`` cluster.
         By default ``{"GPU": 1}`` when the active client's workers advertise a ``GPU``
-        resource (``dask worker --resources GPU=1``, as :func:`srlib.slurm.dask_cluster`
+        resource (``dask worker --resources GPU=1``, as :func:`srlib.ops.slurm.dask_cluster`
         starts them) and ``device`` is not ``"cpu"``: one model task per GPU at a time,
         never more. Graph optimisation (low-level fusion) drops the annotation:
         computing the result directly needs

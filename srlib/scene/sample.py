@@ -14,8 +14,8 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from rasterio.enums import Resampling
 
-from .bands import S2_FILE_BANDS
-from .errors import InputError
+from ..bands import S2_FILE_BANDS
+from ..errors import InputError
 
 __all__ = ["SAMPLES", "sample_scene"]
 

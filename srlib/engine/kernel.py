@@ -23,10 +23,10 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .bands import OUTPUT_NODATA, Quality, scl_to_quality
+from ..bands import OUTPUT_NODATA, Quality, scl_to_quality
+from ..errors import InputError, ModelError
+from ..models.spec import ModelSpec, loaded_module
 from .batching import INDEX_LIMIT, plan_batch_size
-from .errors import InputError, ModelError
-from .models.spec import ModelSpec, loaded_module
 
 __all__ = ["KernelConfig", "resolve_device", "sr_block"]
 
@@ -497,7 +497,7 @@ def _release_free_memory() -> None:
     512 px, 1.2-1.3 GB at 2048 px). ``malloc_trim`` returns them; it takes about a
     millisecond, and a block seconds. Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` in its
     workers for the same purpose, at a higher price: every temporary above 128 KB is then
-    a fresh mapping (1.4-1.5x slower; :func:`srlib.slurm.dask_cluster` drops it).
+    a fresh mapping (1.4-1.5x slower; :func:`srlib.ops.slurm.dask_cluster` drops it).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

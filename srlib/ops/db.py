@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .errors import InputError, SrlibError
+from ..errors import InputError, SrlibError
 
 __all__ = ["DatabaseError", "LeaseLost", "MetadataDB", "default_url"]
 

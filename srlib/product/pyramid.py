@@ -13,12 +13,12 @@ import math
 
 import numpy as np
 
-from .bands import OUTPUT_NODATA, Quality
+from ..bands import OUTPUT_NODATA, TILE, Quality
 
-__all__ = ["halve", "levels_needed", "mean2x2", "mode2x2", "quality_for_cog"]
+__all__ = ["levels_needed", "mean2x2", "mode2x2"]
 
 
-def levels_needed(height: int, width: int, *, tile: int = 512) -> int:
+def levels_needed(height: int, width: int, *, tile: int = TILE) -> int:
     """Halvings until the larger side is at most ``tile`` (GDAL's rounding: ceil)."""
     n, size = 0, max(height, width)
     while size > tile:
@@ -79,20 +79,3 @@ def mode2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
         better = count > best_count
         best[better], best_count[better] = code, count[better]
     return best
-
-
-def quality_for_cog(quality: np.ndarray) -> np.ndarray:
-    """Quality codes as the COG stores them: int16, code 0 (nodata) as -32768."""
-    q = quality.astype(np.int16)
-    q[q == Quality.NODATA] = OUTPUT_NODATA
-    return q
-
-
-def halve(block: np.ndarray, name: str, nodata: int = OUTPUT_NODATA) -> np.ndarray:
-    """One pyramid step of variable ``name`` in its COG encoding (its dtype, ``nodata``).
-
-    ``quality`` takes the majority code; every other variable the mean of valid pixels.
-    """
-    if name == "quality":
-        return mode2x2(block)
-    return mean2x2(block, nodata).astype(block.dtype, copy=False)

@@ -1,6 +1,6 @@
 """SLURM batch scripts for ``srlib dr`` from cluster profiles shipped as data.
 
-A profile (``srlib/slurm_profiles/*.json``, or a user's JSON file) gives the partition,
+A profile (``srlib/ops/slurm_profiles/*.json``, or a user's JSON file) gives the partition,
 GPU, cores, node memory, an account (``"from-config"``: taken from ``SRLIB_SLURM_ACCOUNT``
 or ``--account``; never stored in a script by default) and the measured output rate of
 its GPU (``gpu_mpx_per_s``). Time and memory limits are derived from the work (output
@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, SrlibError
+from ..errors import InputError, SrlibError
 
 __all__ = ["Profile", "dask_cluster", "load_profile", "render_all", "render_dr",
            "render_finalise", "submit", "submit_all"]
@@ -54,10 +54,10 @@ def load_profile(name_or_path: str) -> Profile:
     if path.suffix == ".json" and path.is_file():
         data = json.loads(path.read_text())
     else:
-        shipped = resources.files("srlib") / "slurm_profiles" / f"{name_or_path}.json"
+        shipped = resources.files("srlib.ops") / "slurm_profiles" / f"{name_or_path}.json"
         if not shipped.is_file():
             names = sorted(p.name.removesuffix(".json")
-                           for p in (resources.files("srlib") / "slurm_profiles").iterdir())
+                           for p in (resources.files("srlib.ops") / "slurm_profiles").iterdir())
             raise InputError(f"unknown SLURM profile {name_or_path!r}; use one of {names} "
                              "or the path of your own profile JSON")
         data = json.loads(shipped.read_text())

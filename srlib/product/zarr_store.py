@@ -32,17 +32,15 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 
-from .bands import OUTPUT_BANDS, OUTPUT_NODATA
-from .errors import IncompleteStoreError, InputError
-from .pyramid import halve, levels_needed, quality_for_cog
+from ..errors import IncompleteStoreError, InputError
+from .encoding import ENCODINGS, OVERVIEWS, TILE, Encoding, encoding
+from .pyramid import levels_needed
 
 __all__ = ["ZARR_TILE", "build_overviews", "default_compressor", "holds_product",
            "missing_chunks", "open_zarr", "to_zarr"]
 
 #: Zarr chunk side: the COG's internal tile, so that regions and tiles align.
-ZARR_TILE = 512
-#: Group of the overview pyramid inside a store (``overviews/1/red``, ...).
-OVERVIEWS = "overviews"
+ZARR_TILE = TILE
 #: Smallest overview chunk side that regions write directly (smaller levels: to_cog).
 MIN_LOCAL_CHUNK = 64
 
@@ -89,12 +87,15 @@ def _aligned(sr: xr.Dataset, tile: int) -> xr.Dataset:
     return sr.chunk(sizes) if sizes else sr
 
 
-def cog_nodata(var: xr.DataArray) -> int:
-    """Nodata of a variable as the COG stores it (quality: -32768, see to_cog)."""
-    if var.name == "quality":
-        return OUTPUT_NODATA
+def var_encoding(var: xr.DataArray) -> Encoding:
+    """Return the :class:`~srlib.product.encoding.Encoding` of a product's variable."""
     nodata = var.attrs.get("_FillValue", var.attrs.get("nodata", var.encoding.get("_FillValue")))
-    return OUTPUT_NODATA if nodata is None else int(nodata)
+    return encoding(str(var.name), nodata=nodata)
+
+
+def cog_nodata(var: xr.DataArray) -> int:
+    """Nodata of a variable as the COG and the overview levels store it."""
+    return var_encoding(var).cog_nodata
 
 
 @functools.lru_cache(maxsize=256)
@@ -118,15 +119,16 @@ def _chunk_keys(array_dir: str, y: slice, x: slice) -> list[str]:
 
 
 def _write_region(path: str, store_id: str, region: tuple[slice, slice], marker: str,
-                  levels: int, nodata: dict[str, int], **blocks: np.ndarray) -> int:
+                  levels: int, encodings: dict[str, Encoding], **blocks: np.ndarray) -> int:
     written: dict[str, list[str]] = {}
     for name, block in blocks.items():
         _array(os.path.join(path, name), store_id)[region] = block
         written[name] = _chunk_keys(os.path.join(path, name), *region)
         # the first overview levels come from the block in memory: no second read pass
-        level = quality_for_cog(block) if name == "quality" else block
+        enc = encodings[name]
+        level = enc.to_cog(block)
         for k in range(1, levels + 1):
-            level = halve(level, name, nodata[name])
+            level = enc.reduce(level, enc.cog_nodata).astype(enc.cog_dtype, copy=False)
             array = os.path.join(OVERVIEWS, str(k), name)
             ovr = _array(os.path.join(path, array), store_id)
             y0, x0 = region[0].start >> k, region[1].start >> k
@@ -180,20 +182,24 @@ def _create_overview_arrays(path: Path, sr: xr.DataArray | xr.Dataset, levels: i
         shape = (-(-h // (1 << k)), -(-w // (1 << k)))
         chunk = tuple(min(-(-c[0] // (1 << k)), n) for c, n in zip(chunks, shape, strict=True))
         for name, var in sr.data_vars.items():
-            dtype = "int16" if name == "quality" else var.dtype
-            arr = group.create_array(name, shape=shape, chunks=chunk, dtype=dtype,
-                                     fill_value=cog_nodata(var), compressor=compressor,
+            enc = var_encoding(var)
+            arr = group.create_array(name, shape=shape, chunks=chunk, dtype=enc.cog_dtype,
+                                     fill_value=enc.cog_nodata, compressor=compressor,
                                      overwrite=True)
             arr.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
 
 
-def _halve_lazy(arr: xr.DataArray, name: str, first: bool, nodata: int) -> xr.DataArray:
+def _reduce(block: np.ndarray, enc: Encoding) -> np.ndarray:
+    return enc.reduce(block, enc.cog_nodata).astype(enc.cog_dtype, copy=False)
+
+
+def _halve_lazy(arr: xr.DataArray, enc: Encoding, first: bool) -> xr.DataArray:
     data = arr.data.rechunk({0: 2048, 1: 2048})
-    if first and name == "quality":
-        data = data.map_blocks(quality_for_cog, dtype=np.int16)
+    if first:  # the full-resolution arrays are in the store's encoding
+        data = data.map_blocks(enc.to_cog, dtype=np.dtype(enc.cog_dtype))
     chunks = tuple(tuple(-(-c // 2) for c in dim) for dim in data.chunks)
-    out = da.map_blocks(halve, data, name, nodata, dtype=data.dtype, chunks=chunks,
-                        meta=np.empty((0, 0), data.dtype))
+    out = da.map_blocks(_reduce, data, enc, dtype=np.dtype(enc.cog_dtype), chunks=chunks,
+                        meta=np.empty((0, 0), enc.cog_dtype))
     return xr.DataArray(out, dims=("y", "x"),
                         attrs={k: v for k, v in arr.attrs.items() if k == "long_name"})
 
@@ -212,19 +218,19 @@ def build_overviews(path: str | os.PathLike, *, tile: int = ZARR_TILE) -> int:
     :func:`to_zarr` calls this before it marks the store complete: the levels that fit
     inside its regions are written with them; the remaining (small) levels are made
     here, level ``k`` from level ``k - 1`` with dask. Overview quality is int16 with the
-    COG's nodata (-32768) for "no valid pixel" (see :mod:`srlib.pyramid`).
+    COG's nodata (-32768) for "no valid pixel" (see :mod:`srlib.product.pyramid`).
     """
     path = Path(path)
     ds = _open(path)
     levels = levels_needed(ds.sizes["y"], ds.sizes["x"], tile=tile)
     prev = ds[[v for v in ds.data_vars if ds[v].dims == ("y", "x")]]
-    nodata = {v: cog_nodata(ds[v]) for v in prev.data_vars}
+    encs = {v: var_encoding(ds[v]) for v in prev.data_vars}
     for k in range(1, levels + 1):
         group = f"{OVERVIEWS}/{k}"
         if not _group_complete(path, group):
-            level = xr.Dataset({name: _halve_lazy(arr, name, k == 1, nodata[name])
+            level = xr.Dataset({name: _halve_lazy(arr, encs[name], k == 1)
                                 for name, arr in prev.data_vars.items()})
-            encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": nodata[v],
+            encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": encs[v].cog_nodata,
                             "compressors": [default_compressor()]} for v in level.data_vars}
             level.attrs["srlib_complete"] = False
             level.to_zarr(path, group=group, mode="w", zarr_format=2, encoding=encoding,
@@ -461,7 +467,7 @@ def to_zarr(
             source = _source_block(source_ends, region)
             groups.setdefault(source, []).append(dask.delayed(_write_region, pure=False)(
                 str(path), store_id, region, str(marker), levels,
-                {v: cog_nodata(sr[v]) for v in sr.data_vars}, **blocks))
+                {v: var_encoding(sr[v]) for v in sr.data_vars}, **blocks))
     for wave in _waves(list(groups.values()), 2 * _threads()):
         dask.compute(*wave)
     missing = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
@@ -512,7 +518,7 @@ def _reopen_damaged(path: Path, missing: dict[str, list[str]],
 def _open(path: Path) -> xr.Dataset:
     ds = xr.open_zarr(path, mask_and_scale=False, consolidated=True)
     ds = ds[[v for v in ds.data_vars if v != OVERVIEWS]]
-    order = [v for v in (*OUTPUT_BANDS, "quality") if v in ds.data_vars]
+    order = [v for v in ENCODINGS if v in ds.data_vars]
     return ds[order + [v for v in ds.data_vars if v not in order]]
 
 

@@ -45,8 +45,8 @@ from odc.geo.geom import box as geom_box
 from odc.loader._rio import RioDriver, capture_rio_env
 from rasterio.errors import NotGeoreferencedWarning
 
-from .bands import S2_BANDS
-from .errors import InputError, NoSceneFound, SourceError
+from ..bands import S2_BANDS
+from ..errors import InputError, NoSceneFound, SourceError
 
 __all__ = [
     "DEFAULT_BANDS",

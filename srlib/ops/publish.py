@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, QCFailed, SrlibError
-from .manifest import manifest_path, mismatch, read_manifest
+from ..errors import InputError, QCFailed, SrlibError
+from ..product.manifest import manifest_path, mismatch, read_manifest
 
 __all__ = ["PublishError", "S3Target", "publish", "publish_product", "verify_published"]
 
@@ -204,7 +204,7 @@ def publish_product(cog_path: str | os.PathLike, report: Any, uri: str, *,
                     ) -> list[str]:
     """Publish a product (COG, QC JSON, ``extra`` files) and then its manifest, last.
 
-    The local manifest (see :mod:`srlib.manifest`) must exist; the published one adds the
+    The local manifest (see :mod:`srlib.product.manifest`) must exist; the published one adds the
     checksum S3 reports for each object. Any earlier manifest at the prefix is removed
     first, so a failure leaves the product visibly unfinished.
 

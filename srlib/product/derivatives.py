@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .bands import OUTPUT_NODATA
+from ..bands import OUTPUT_NODATA
 from .cog import to_cog
-from .zarr_io import open_zarr, to_zarr
+from .zarr_store import open_zarr, to_zarr
 
 __all__ = ["DERIVATIVES", "derivative_datasets", "write_derivatives"]
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import xarray as xr
 
+from ..engine.kernel import resolve_device
+from ..engine.superres import super_resolve
+from ..errors import QCFailed
 from .cog import to_cog
-from .errors import QCFailed
-from .kernel import resolve_device
 from .qc import QCReport, check_quality
-from .superres import super_resolve
-from .zarr_io import holds_product, to_zarr
+from .zarr_store import holds_product, to_zarr
 
 __all__ = ["super_resolve_to_cog"]
 

@@ -33,22 +33,22 @@ from rasterio.shutil import copy as rio_copy
 from rio_cogeo.cogeo import cog_validate
 from rio_cogeo.profiles import cog_profiles
 
-from .bands import OUTPUT_NODATA, Quality
-from .errors import IncompleteStoreError, SrlibError
+from ..errors import IncompleteStoreError, SrlibError
+from .encoding import OVERVIEWS, TILE
 from .pyramid import levels_needed
-from .zarr_io import OVERVIEWS, ZARR_TILE, build_overviews, cog_nodata, open_zarr
+from .zarr_store import build_overviews, cog_nodata, open_zarr, var_encoding
 
 __all__ = ["COG_TILE", "build_overviews", "to_cog"]
 
-COG_TILE = 512
-_OVR_GROUP = OVERVIEWS
+#: COG tile side (the product's tile, :data:`srlib.bands.TILE`).
+COG_TILE = TILE
 
 
 def _store_levels(store: Path, ds: xr.Dataset) -> int:
     """Overview levels of a complete store; refuse one whose pyramid is not whole."""
     levels = levels_needed(ds.sizes["y"], ds.sizes["x"], tile=COG_TILE)
     for k in range(1, levels + 1):
-        attrs = store / _OVR_GROUP / str(k) / ".zattrs"
+        attrs = store / OVERVIEWS / str(k) / ".zattrs"
         try:
             done = json.loads(attrs.read_text()).get("srlib_complete")
         except (OSError, ValueError):
@@ -76,7 +76,7 @@ def _source(parent: ET.Element, tag: str, store: Path, array: str, shape: tuple[
     if tag != "Overview":
         ET.SubElement(src, "SourceProperties", RasterXSize=str(shape[1]),
                       RasterYSize=str(shape[0]), DataType=dtype,
-                      BlockXSize=str(ZARR_TILE), BlockYSize=str(ZARR_TILE))
+                      BlockXSize=str(TILE), BlockYSize=str(TILE))
         rect = {"xOff": "0", "yOff": "0", "xSize": str(shape[1]), "ySize": str(shape[0])}
         ET.SubElement(src, "SrcRect", **rect)
         ET.SubElement(src, "DstRect", **rect)
@@ -100,21 +100,20 @@ def _vrt(store: Path, ds: xr.Dataset, bands: list[str], levels: int) -> str:
     ET.SubElement(root, "GeoTransform").text = ", ".join(
         repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e))
     for i, band in enumerate(bands, start=1):
-        dtype = "int16" if band == "quality" else str(ds[band].dtype)
-        gdal_type = _GDAL_TYPES[dtype]
+        enc = var_encoding(ds[band])
+        gdal_type = _GDAL_TYPES[enc.cog_dtype]
         vb = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band=str(i),
                            blockXSize=str(COG_TILE), blockYSize=str(COG_TILE))
         ET.SubElement(vb, "Description").text = band
         ET.SubElement(vb, "NoDataValue").text = str(nodata_value)
-        if band == "quality":
-            src = _source(vb, "ComplexSource", store, band, (h, w), "Byte")
-            lut = ",".join([f"0:{OUTPUT_NODATA}"] + [f"{int(q)}:{int(q)}" for q in Quality
-                                                        if q != Quality.NODATA])
-            ET.SubElement(src, "LUT").text = lut
+        if enc.lut is not None:  # stored values differ from the COG's (quality's nodata)
+            src = _source(vb, "ComplexSource", store, band, (h, w),
+                          _GDAL_TYPES[str(ds[band].dtype)])
+            ET.SubElement(src, "LUT").text = ",".join(f"{a}:{b}" for a, b in enc.lut)
         else:
             _source(vb, "SimpleSource", store, band, (h, w), gdal_type)
         for k in range(1, levels + 1):
-            _source(vb, "Overview", store, f"{_OVR_GROUP}/{k}/{band}", (0, 0), gdal_type)
+            _source(vb, "Overview", store, f"{OVERVIEWS}/{k}/{band}", (0, 0), gdal_type)
     return ET.tostring(root, encoding="unicode")
 
 

@@ -12,8 +12,8 @@ import copy
 
 import torch
 
-from .errors import BatchSizeError
-from .models.spec import ModelSpec
+from ..errors import BatchSizeError
+from ..models.spec import ModelSpec
 
 __all__ = ["INDEX_LIMIT", "max_safe_batch", "peak_elements", "plan_batch_size"]
 

@@ -7,7 +7,7 @@ COG and QC against the input through :func:`srlib.super_resolve_to_cog`),
 passed), and ``database`` when a run is recorded.
 
 Done means delivered: a product is one unit proven by its manifest (see
-:mod:`srlib.manifest`), written last. A product is skipped only when its manifest is
+:mod:`srlib.product.manifest`), written last. A product is skipped only when its manifest is
 complete, belongs to the same job (date, tile, AOI, model, version) and every file it
 lists is in place (published: as S3 reports the stored bytes); anything else is redone,
 and a product that fails QC is never reported done.
@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .derivatives import DERIVATIVES, write_derivatives
-from .errors import InputError
-from .manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
+from ..errors import InputError
+from ..product.derivatives import DERIVATIVES, write_derivatives
+from ..product.manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
+from ..product.pipeline import super_resolve_to_cog
+from ..product.qc import check_quality
+from ..product.quicklook import write_quicklooks
+from ..product.stac_item import write_product_item
+from ..scene.sources import EARTH_SEARCH, load_s2, parse_date
 from .notify import Notifier, notifier_from_env, step
-from .pipeline import super_resolve_to_cog
 from .publish import publish_product, verify_published
-from .qc import check_quality
-from .quicklook import write_quicklooks
-from .sources import EARTH_SEARCH, load_s2, parse_date
-from .stac_item import write_product_item
 
 __all__ = ["DEFAULT_AOI_NAME", "DEFAULT_NAME", "JobResult", "aoi_key", "product_name",
            "run_dr", "run_pdr"]
@@ -124,7 +124,7 @@ def remove_outputs(cog: Path) -> None:
 
 
 def _model_spec(model: Any, options: dict[str, Any]) -> Any:
-    from .models import load_model
+    from ..models import load_model
 
     return load_model(model, scale=options.get("scale", 10))
 
@@ -156,7 +156,7 @@ def run_dr(
     ``derivatives`` (default: for AOI requests) writes NDVI, EVI, RGB and NIR COGs beside
     the product and publishes them with it. ``name_template`` defaults to
     :data:`DEFAULT_NAME` for a tile and :data:`DEFAULT_AOI_NAME` for an AOI. With ``db``
-    (a :class:`srlib.db.MetadataDB`) the run is recorded: inputs, model, versions,
+    (a :class:`srlib.ops.db.MetadataDB`) the run is recorded: inputs, model, versions,
     timings, QC, outputs and status; ``request`` is the id of the AOI request it serves.
 
     Raises
@@ -202,7 +202,7 @@ def _versions() -> dict[str, str]:
     import rasterio
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     return {"srlib": __version__, "torch": torch.__version__, "gdal": rasterio.__gdal_version__}
 
@@ -210,7 +210,7 @@ def _versions() -> dict[str, str]:
 def _identity(ds: Any, *, day: dt.date, tile: str, aoi: str | None, spec: Any,
               version: int, publish: str | None) -> dict[str, Any]:
     """Return what makes a product distinct (``publish``: where its Item's hrefs point)."""
-    from .models import spec_identity
+    from ..models import spec_identity
 
     return {"date": f"{day:%Y%m%d}", "mgrs": tile, "aoi": aoi,
             "bounds": [round(float(b), 3) for b in ds.rio.bounds()],
@@ -338,7 +338,7 @@ def check_pdr_config(db: Any, *, model: Any = "bicubic", publish: str | None = N
     The model loads, the device exists, the publish target is reachable and the database
     answers; otherwise the first problem is raised (:class:`srlib.SrlibError`).
     """
-    from .kernel import resolve_device
+    from ..engine.kernel import resolve_device
     from .publish import PublishError, S3Target, s3_client
 
     spec = _model_spec(model, options)

@@ -21,8 +21,8 @@ import numpy as np
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from .bands import OUTPUT_NODATA
-from .errors import InputError, QCFailed
+from ..bands import OUTPUT_NODATA, TILE
+from ..errors import InputError, QCFailed
 
 __all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality"]
 
@@ -30,7 +30,7 @@ Status = Literal["pass", "warn", "fail"]
 
 #: Thresholds of the checks (reflectance in units of 1e-4, times in seconds).
 DEFAULT_THRESHOLDS: dict[str, Any] = {
-    "tile_size": 512,
+    "tile_size": TILE,
     "min_overviews": 4,
     "mean_range": (1.0, 10000.0),
     "std_range": (0.5, 6000.0),
@@ -321,7 +321,7 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     limit = f"|bias| <= {th['max_consistency_bias']:g}, mad <= {th['max_consistency_mad']:g}"
     if source is None:
         return CheckResult("consistency", "warn", None, limit, "no input given")
-    from .superres import input_reflectance
+    from ..engine.superres import input_reflectance
 
     with rasterio.open(cog_path) as src:
         names = [d or "" for d in src.descriptions]

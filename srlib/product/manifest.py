@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["MANIFEST_SUFFIX", "file_record", "manifest_path", "read_manifest",
            "sha256_file", "verify_local", "write_manifest"]
@@ -66,7 +66,7 @@ def write_manifest(
     files : iterable of path
         Every file of the product (the COG included), each beside the COG.
     identity : mapping
-        What makes the product distinct (see :func:`srlib.jobs.product_identity`).
+        What makes the product distinct (see :func:`srlib.ops.jobs.product_identity`).
     qc : mapping
         The QC report as a dict; a failed report is refused: a failed product has no
         manifest.

@@ -6,7 +6,7 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["check_grid", "zoom_coords", "zoom_transform"]
 

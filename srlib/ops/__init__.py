@@ -1,0 +1,15 @@
+"""Operations: the production jobs and the services they talk to.
+
+Owns the ``dr``/``pdr`` jobs (:mod:`.jobs`), publishing to S3 (:mod:`.publish`), the
+metadata database with leased claims (:mod:`.db`), failure notifications (:mod:`.notify`)
+and SLURM batch scripts and clusters (:mod:`.slurm`, profiles in ``slurm_profiles/``).
+It may import every lower layer; only :mod:`srlib.cli` imports it.
+"""
+
+from .db import MetadataDB
+from .jobs import JobResult, run_dr, run_pdr
+from .publish import S3Target, publish, publish_product
+from .slurm import dask_cluster, load_profile
+
+__all__ = ["JobResult", "MetadataDB", "S3Target", "dask_cluster", "load_profile", "publish",
+           "publish_product", "run_dr", "run_pdr"]
