@@ -7,6 +7,7 @@ builtin that fits, so ``except ValueError`` keeps working for bad input.
 from __future__ import annotations
 
 __all__ = [
+    "STEP_NOTE",
     "BatchSizeError",
     "IncompleteStoreError",
     "InputError",
@@ -18,7 +19,26 @@ __all__ = [
     "SrlibWarning",
     "StatsMismatchWarning",
     "Terminated",
+    "add_step",
+    "step_of",
 ]
+
+#: Prefix of the exception note that names the job step an error came from.
+STEP_NOTE = "srlib step: "
+
+
+def add_step(err: BaseException, name: str) -> None:
+    """Record on ``err`` (as a note, shown in tracebacks) the step it came from, once."""
+    if step_of(err) is None:
+        err.add_note(f"{STEP_NOTE}{name}")
+
+
+def step_of(err: BaseException) -> str | None:
+    """Return the step recorded by :func:`add_step` (``"qc"`` for :class:`QCFailed`)."""
+    for note in getattr(err, "__notes__", ()):
+        if isinstance(note, str) and note.startswith(STEP_NOTE):
+            return note.removeprefix(STEP_NOTE)
+    return "qc" if isinstance(err, QCFailed) else None
 
 
 class SrlibError(RuntimeError):

@@ -262,8 +262,11 @@ class MetadataDB:
 
     def fail_request(self, request_id: int, error: str, run_id: int | None = None, *,
                      worker: str | None = None) -> None:
-        """Mark a request failed with its error."""
-        self._set(request_id, worker, status="failed", run_id=run_id, error=error)
+        """Mark a request failed with its error (its run stays linked unless ``run_id``)."""
+        values: dict[str, Any] = {"status": "failed", "error": error}
+        if run_id is not None:
+            values["run_id"] = run_id
+        self._set(request_id, worker, **values)
 
     def request(self, request_id: int) -> dict[str, Any]:
         """One request as a dict."""

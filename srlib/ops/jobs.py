@@ -21,7 +21,7 @@ import logging
 import os
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from ..scene.sources import EARTH_SEARCH, load_s2, parse_date
 from .notify import Notifier, notifier_from_env, step
 from .publish import publish_product, verify_published
 
-__all__ = ["DEFAULT_AOI_NAME", "DEFAULT_NAME", "JobResult", "aoi_key", "product_name",
+__all__ = ["DEFAULT_AOI_NAME", "DEFAULT_NAME", "DrRequest", "JobResult", "aoi_key", "product_name",
            "run_dr", "run_pdr"]
 
 log = logging.getLogger("srlib")
@@ -129,67 +129,118 @@ def _model_spec(model: Any, options: dict[str, Any]) -> Any:
     return load_model(model, scale=options.get("scale", 10))
 
 
-def run_dr(
-    *,
-    date: str | dt.date,
-    mgrs: str | None = None,
-    aoi: Sequence[float] | None = None,
-    s2_id: int = 0,
-    product_id: str | None = None,
-    model: Any = "bicubic",
-    out: str | os.PathLike = "out",
-    publish: str | None = None,
-    force: bool = False,
-    catalog: str = EARTH_SEARCH,
-    name_template: str | None = None,
-    version: int = 1,
-    notifier: Notifier | None = None,
-    load_options: dict[str, Any] | None = None,
-    derivatives: bool | None = None,
-    db: Any | None = None,
-    request: int | None = None,
-    **options: Any,
-) -> JobResult:
+@dataclass(frozen=True)
+class DrRequest:
+    """One ``srlib dr`` job: which scene, which product, where it goes.
+
+    Parameters
+    ----------
+    date : date or str
+        Acquisition date (``YYYYMMDD`` or ISO).
+    mgrs, aoi : optional
+        A whole MGRS tile, or an AOI ``(min_lon, min_lat, max_lon, max_lat)``.
+    s2_id, product_id : optional
+        Which scene of the date (index), or its exact item id.
+    out : path
+        Output directory.
+    publish : str, optional
+        ``s3://bucket/prefix`` to publish to after QC.
+    force : bool
+        Redo the product even when a complete one exists.
+    catalog : str
+        STAC API.
+    name_template : str, optional
+        Product file name (:data:`DEFAULT_NAME` for a tile, :data:`DEFAULT_AOI_NAME` for an
+        AOI).
+    version : int
+        Product version, in the name and the identity.
+    derivatives : bool, optional
+        Write NDVI, EVI, RGB and NIR COGs (default: for AOIs).
+    request : int, optional
+        The id of the database request this job serves.
+    load_options, sr_options : dict
+        Further options of :func:`srlib.load_s2` and of :func:`srlib.super_resolve`.
+    """
+
+    date: str | dt.date
+    mgrs: str | None = None
+    aoi: tuple[float, ...] | None = None
+    s2_id: int = 0
+    product_id: str | None = None
+    out: Path = Path("out")
+    publish: str | None = None
+    force: bool = False
+    catalog: str = EARTH_SEARCH
+    name_template: str | None = None
+    version: int = 1
+    derivatives: bool | None = None
+    request: int | None = None
+    load_options: dict[str, Any] = field(default_factory=dict)
+    sr_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> DrRequest:
+        """Build from keyword options; those that are not fields go to ``sr_options``."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in options.items() if k in names}
+        extra = {k: v for k, v in options.items() if k not in names}
+        if known.get("aoi") is not None:
+            known["aoi"] = tuple(float(v) for v in known["aoi"])
+        if "out" in known:
+            known["out"] = Path(known["out"])
+        known["load_options"] = dict(known.get("load_options") or {})
+        known["sr_options"] = {**dict(known.get("sr_options") or {}), **extra}
+        return cls(**known)
+
+    def inputs(self) -> dict[str, Any]:
+        """Return the job's inputs as a JSON-ready dict (recorded with the run)."""
+        return {"date": str(self.date), "mgrs": self.mgrs,
+                "aoi": list(self.aoi) if self.aoi else None, "s2_id": self.s2_id,
+                "product_id": self.product_id, "publish": self.publish,
+                "request": self.request}
+
+
+def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
+           notifier: Notifier | None = None, db: Any | None = None,
+           **options: Any) -> JobResult:
     """Super-resolve one scene into a checked, optionally published product.
 
-    Parameters mirror ``srlib dr``; ``options`` go to :func:`srlib.super_resolve`.
-    ``derivatives`` (default: for AOI requests) writes NDVI, EVI, RGB and NIR COGs beside
-    the product and publishes them with it. ``name_template`` defaults to
-    :data:`DEFAULT_NAME` for a tile and :data:`DEFAULT_AOI_NAME` for an AOI. With ``db``
-    (a :class:`srlib.ops.db.MetadataDB`) the run is recorded: inputs, model, versions,
-    timings, QC, outputs and status; ``request`` is the id of the AOI request it serves.
+    Parameters
+    ----------
+    job : DrRequest, optional
+        The job; or give its fields as keywords (``date=``, ``aoi=``, ``out=``, ...), as
+        ``srlib dr`` does. Keywords that are not fields go to :func:`srlib.super_resolve`
+        (``device=``, ``chunks=``, ...).
+    model : str, ModelSpec or torch.nn.Module
+        The model (see :func:`srlib.load_model`).
+    notifier : Notifier, optional
+        Told about each failing step (default: from the environment).
+    db : MetadataDB, optional
+        Records the run: inputs, model, versions, timings, QC, outputs and status, linked
+        to ``job.request``.
 
     Raises
     ------
     srlib.SrlibError
-        Any failure; the error's ``run_id`` attribute names the recorded run.
+        Any failure (recorded as a failed run with ``db``).
     """
-    spec = _model_spec(model, options)
-    job = dict(date=date, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
-               model=spec, out=out, publish=publish, force=force, catalog=catalog,
-               name_template=name_template, version=version, notifier=notifier,
-               load_options=load_options, derivatives=derivatives, request=request,
-               **options)
+    job = job if job is not None else DrRequest.from_options(**options)
+    spec = _model_spec(model, job.sr_options)
+    notifier = notifier or notifier_from_env()
     if db is None:
-        return _run_dr(**job)
+        return _run_dr(job, spec, notifier)
     from .notify import redact
 
-    inputs = {"date": str(date), "mgrs": mgrs, "aoi": list(aoi) if aoi else None,
-              "s2_id": s2_id, "product_id": product_id, "publish": publish,
-              "request": request}
-    notifier = notifier or notifier_from_env()
     with step("database", notifier):
-        run_id = db.start_run(inputs, model=f"{spec.name}:{spec.token}",
-                              versions=_versions(), request_id=request)
-    job["notifier"] = notifier
+        run_id = db.start_run(job.inputs(), model=f"{spec.name}:{spec.token}",
+                              versions=_versions(), request_id=job.request)
     try:
-        result = _run_dr(**job)
+        result = _run_dr(job, spec, notifier)
     except Exception as err:
         report = getattr(err, "report", None)
         with step("database", notifier, run=run_id):
             db.finish_run(run_id, "failed", error=redact(f"{type(err).__name__}: {err}"),
                           qc=report.to_dict() if report is not None else None)
-        err.srlib_run_id = run_id  # type: ignore[attr-defined]
         raise
     with step("database", notifier, run=run_id):
         db.finish_run(run_id, result.status, timings=result.timings, qc=result.qc,
@@ -219,37 +270,20 @@ def _identity(ds: Any, *, day: dt.date, tile: str, aoi: str | None, spec: Any,
             "publish": publish.rstrip("/") if publish else None}
 
 
-def _run_dr(
-    *,
-    date: str | dt.date,
-    mgrs: str | None,
-    aoi: Sequence[float] | None,
-    s2_id: int,
-    product_id: str | None,
-    model: Any,
-    out: str | os.PathLike,
-    publish: str | None,
-    force: bool,
-    catalog: str,
-    name_template: str | None,
-    version: int,
-    notifier: Notifier | None,
-    load_options: dict[str, Any] | None,
-    derivatives: bool | None,
-    request: int | None,
-    **options: Any,
-) -> JobResult:
-    notifier = notifier or notifier_from_env()
+def _run_dr(job: DrRequest, model: Any, notifier: Notifier) -> JobResult:
+    date, mgrs, aoi, out, publish = job.date, job.mgrs, job.aoi, job.out, job.publish
+    version, request = job.version, job.request
+    options = job.sr_options
     day = parse_date(date)
-    template = name_template or (DEFAULT_AOI_NAME if aoi is not None else DEFAULT_NAME)
+    template = job.name_template or (DEFAULT_AOI_NAME if aoi is not None else DEFAULT_NAME)
     # refuse a bad template before any network call
     product_name(template, mgrs="00AAA", date=day, version=version,
                  aoi="0" if aoi is not None else None, request=request)
     context = {"date": f"{day:%Y%m%d}", "mgrs": mgrs, "aoi": aoi}
     context = {k: v for k, v in context.items() if v is not None}
     with step("load", notifier, **context):
-        ds = load_s2(date=day, mgrs=mgrs, aoi=aoi, s2_id=s2_id, product_id=product_id,
-                     catalog=catalog, **(load_options or {}))
+        ds = load_s2(date=day, mgrs=mgrs, aoi=aoi, s2_id=job.s2_id, product_id=job.product_id,
+                     catalog=job.catalog, **job.load_options)
     tile = ds.attrs.get("mgrs") or (mgrs or "AOI")
     key = aoi_key(ds.rio.crs, ds.rio.bounds()) if aoi is not None else None
     name = product_name(template, mgrs=tile, date=day, version=version, aoi=key,
@@ -258,7 +292,7 @@ def _run_dr(
     cog = out / name
     identity = _identity(ds, day=day, tile=tile, aoi=key, spec=model, version=version,
                          publish=publish)
-    if force:
+    if job.force:
         remove_outputs(cog)
     else:
         if publish:
@@ -305,7 +339,7 @@ def _run_dr(
     result.timings = report.timings
     result.qc = report.to_dict()
     extra: list[Path] = []
-    if derivatives if derivatives is not None else aoi is not None:
+    if job.derivatives if job.derivatives is not None else aoi is not None:
         with step("derivatives", notifier, product=name):
             extra = write_derivatives(cog.with_suffix(".zarr"), cog)
     with step("quicklook", notifier, product=name):
@@ -415,8 +449,7 @@ def run_pdr(
                 counts["failed"] += 1
                 log.error("request %s failed: %s", request["id"], message)
                 with contextlib.suppress(LeaseLost), step("database", notifier, worker=worker):
-                    db.fail_request(request["id"], message, getattr(err, "srlib_run_id", None),
-                                    worker=worker)
+                    db.fail_request(request["id"], message, worker=worker)
                 continue
             try:
                 with step("database", notifier, worker=worker):

@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from ..errors import step_of
+
 __all__ = ["LogNotifier", "Notifier", "WebhookNotifier", "notifier_from_env", "redact", "step"]
 
 log = logging.getLogger("srlib")
@@ -110,5 +112,5 @@ def step(name: str, notifier: Notifier, **context: Any) -> Iterator[None]:
         report = getattr(err, "report", None)
         table = report.to_table() if report is not None and hasattr(report, "to_table") else None
         # a pipeline stage (inference, writing, qc) tags its errors more precisely
-        notifier.notify(getattr(err, "srlib_step", name), err, table=table, context=context)
+        notifier.notify(step_of(err) or name, err, table=table, context=context)
         raise

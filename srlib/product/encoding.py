@@ -31,6 +31,8 @@ class Encoding:
 
     Parameters
     ----------
+    zarr_dtype : str
+        NumPy dtype in the Zarr store (the engine's).
     zarr_nodata : int
         Nodata in the Zarr store (the engine's value).
     cog_dtype : str
@@ -43,6 +45,7 @@ class Encoding:
         Value mapping from the store to the COG (GDAL's VRT ``LUT``), when they differ.
     """
 
+    zarr_dtype: str
     zarr_nodata: int
     cog_dtype: str = "int16"
     cog_nodata: int = OUTPUT_NODATA
@@ -71,18 +74,21 @@ _QUALITY_LUT = ((int(Quality.NODATA), OUTPUT_NODATA),
 
 #: Encoding of every output variable by name.
 ENCODINGS: dict[str, Encoding] = {
-    **{band: Encoding(zarr_nodata=OUTPUT_NODATA) for band in OUTPUT_BANDS},
-    "quality": Encoding(zarr_nodata=int(Quality.NODATA), reducer="mode", lut=_QUALITY_LUT),
+    **{band: Encoding("int16", OUTPUT_NODATA) for band in OUTPUT_BANDS},
+    "quality": Encoding("uint8", int(Quality.NODATA), reducer="mode", lut=_QUALITY_LUT),
 }
 
 
-def encoding(name: str, *, nodata: int | None = None) -> Encoding:
-    """Return the encoding of variable ``name`` (others are encoded like reflectance).
+def encoding(name: str, *, dtype: object, nodata: int | None = None) -> Encoding:
+    """Return the encoding of variable ``name`` stored as ``dtype`` with ``nodata``.
 
-    ``nodata`` is the variable's own nodata, used for variables outside the table.
+    A variable of the table is encoded by its entry; any other array (a derivative's
+    uint8 RGB, say) keeps its own dtype and nodata, averaged in the overviews.
     """
-    found = ENCODINGS.get(name)
-    if found is not None:
-        return found
     value = OUTPUT_NODATA if nodata is None else int(nodata)
-    return Encoding(zarr_nodata=value, cog_nodata=value)
+    found = ENCODINGS.get(name)
+    if found is not None and np.dtype(dtype) == np.dtype(found.zarr_dtype) \
+            and value == found.zarr_nodata:
+        return found
+    return Encoding(str(np.dtype(dtype)), value, cog_dtype=str(np.dtype(dtype)),
+                    cog_nodata=value)

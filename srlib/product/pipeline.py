@@ -15,7 +15,7 @@ import xarray as xr
 
 from ..engine.kernel import resolve_device
 from ..engine.superres import super_resolve
-from ..errors import QCFailed
+from ..errors import QCFailed, add_step
 from .cog import to_cog
 from .qc import QCReport, check_quality
 from .zarr_store import holds_product, to_zarr
@@ -102,9 +102,7 @@ def super_resolve_to_cog(
         report.to_json(zarr_path.with_suffix(".qc.json"))
         if not report.passed:
             log.error("QC failed, no product written:\n%s", report.to_table())
-            err = QCFailed(report.failed, report)
-            err.srlib_step = "qc"  # type: ignore[attr-defined]
-            raise err
+            raise QCFailed(report.failed, report)
         os.replace(staging, cog_path)
         report.to_json(cog_path.with_suffix(".qc.json"))
         log.info("QC passed: %s", cog_path)
@@ -115,12 +113,11 @@ def super_resolve_to_cog(
 
 @contextlib.contextmanager
 def _stage(name: str) -> Iterator[None]:
-    """Tag an exception with the pipeline stage it came from (for notifications)."""
+    """Record on an exception the pipeline stage it came from (for notifications)."""
     try:
         yield
     except Exception as err:
-        if not hasattr(err, "srlib_step"):
-            err.srlib_step = name  # type: ignore[attr-defined]
+        add_step(err, name)
         raise
 
 

@@ -90,7 +90,7 @@ def _aligned(sr: xr.Dataset, tile: int) -> xr.Dataset:
 def var_encoding(var: xr.DataArray) -> Encoding:
     """Return the :class:`~srlib.product.encoding.Encoding` of a product's variable."""
     nodata = var.attrs.get("_FillValue", var.attrs.get("nodata", var.encoding.get("_FillValue")))
-    return encoding(str(var.name), nodata=nodata)
+    return encoding(str(var.name), dtype=var.dtype, nodata=nodata)
 
 
 def cog_nodata(var: xr.DataArray) -> int:
