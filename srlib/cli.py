@@ -206,6 +206,7 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
     from dask.diagnostics import ProgressBar
 
+    from srlib.config import DEFAULT_DATABASE_URL, Settings
     from srlib.engine.kernel import resolve_device
     from srlib.ops.jobs import run_dr
     from srlib.ops.notify import notifier_from_env, step
@@ -217,7 +218,7 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
     if publish:
         S3Target.parse(publish)
     db = None
-    if db_url or os.environ.get("PG_URL"):
+    if db_url or Settings.from_env().database_url != DEFAULT_DATABASE_URL:
         with step("database", notifier_from_env()):
             db = _open_db(db_url)
     if server:

@@ -19,13 +19,13 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
 
+from ..config import Settings
 from ..errors import InputError, SrlibError
 
 __all__ = ["DatabaseError", "LeaseLost", "MetadataDB", "default_url"]
@@ -81,7 +81,7 @@ def _now() -> dt.datetime:
 
 def default_url() -> str:
     """``PG_URL`` if set, else an SQLite file ``srlib.sqlite`` in the working directory."""
-    return os.environ.get("PG_URL") or "sqlite:///srlib.sqlite"
+    return Settings.from_env().database_url
 
 
 class MetadataDB:

@@ -10,31 +10,26 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import urllib.request
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from ..config import Settings, secret_values
 from ..errors import step_of
 
 __all__ = ["LogNotifier", "Notifier", "WebhookNotifier", "notifier_from_env", "redact", "step"]
 
 log = logging.getLogger("srlib")
 
-#: Environment variables whose values are secrets.
-SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
-               "SRLIB_WEBHOOK_URL", "PG_URL", "PGPASSWORD")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
 
 def redact(text: str) -> str:
     """Remove secrets (values of :data:`SECRET_VARS`, URL passwords) from ``text``."""
     text = _URL_PASSWORD.sub(r"\1***\3", text)
-    for var in SECRET_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, f"<{var}>")
+    for var, value in secret_values().items():
+        text = text.replace(value, f"<{var}>")
     return text
 
 
@@ -99,7 +94,7 @@ class WebhookNotifier:
 
 def notifier_from_env() -> Notifier:
     """``WebhookNotifier`` when ``SRLIB_WEBHOOK_URL`` is set, else ``LogNotifier``."""
-    url = os.environ.get("SRLIB_WEBHOOK_URL")
+    url = Settings.from_env().webhook_url
     return WebhookNotifier(url) if url else LogNotifier()
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import Settings
 from ..errors import InputError, QCFailed, SrlibError
 from ..product.manifest import manifest_path, mismatch, read_manifest
 
@@ -67,14 +68,14 @@ class S3Target:
 
 
 def s3_client(endpoint_url: str | None = None) -> Any:
-    """Return a boto3 S3 client with adaptive retries (endpoint: ``AWS_ENDPOINT_URL_S3``)."""
+    """Return a boto3 S3 client with adaptive retries (see :class:`srlib.config.Settings`)."""
     import boto3
     from botocore.config import Config
 
-    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or None
-    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or 8)
-    return boto3.client("s3", endpoint_url=endpoint_url,
-                        config=Config(retries={"max_attempts": attempts, "mode": "adaptive"}))
+    settings = Settings.from_env()
+    return boto3.client("s3", endpoint_url=endpoint_url or settings.s3_endpoint_url,
+                        config=Config(retries={"max_attempts": settings.s3_max_attempts,
+                                               "mode": "adaptive"}))
 
 
 def s3_checksum(path: str | os.PathLike, part_mb: int = PART_MB) -> str:

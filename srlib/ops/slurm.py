@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import subprocess
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..config import Settings
 from ..errors import InputError, SrlibError
 
 __all__ = ["Profile", "dask_cluster", "load_profile", "render_all", "render_dr",
@@ -113,7 +113,7 @@ def _account(profile: Profile, account: str | None) -> str | None:
     """Return the account to charge: ``account``, else ``$SRLIB_SLURM_ACCOUNT``."""
     if not profile.account:
         return None
-    acct = account or os.environ.get("SRLIB_SLURM_ACCOUNT")
+    acct = account or Settings.from_env().slurm_account
     if not acct or acct == "from-config":
         raise InputError(f"profile {profile.name} needs an account: pass account= or set "
                          "SRLIB_SLURM_ACCOUNT")

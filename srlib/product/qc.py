@@ -21,33 +21,16 @@ import numpy as np
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from ..bands import OUTPUT_NODATA, TILE
+from ..bands import OUTPUT_NODATA
+from ..config import QCThresholds, Settings
 from ..errors import InputError, QCFailed
 
 __all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality"]
 
 Status = Literal["pass", "warn", "fail"]
 
-#: Thresholds of the checks (reflectance in units of 1e-4, times in seconds).
-DEFAULT_THRESHOLDS: dict[str, Any] = {
-    "tile_size": TILE,
-    "min_overviews": 4,
-    "mean_range": (1.0, 10000.0),
-    "std_range": (0.5, 6000.0),
-    "max_nodata_fraction": 0.95,
-    "band_count": 5,
-    "dtype": "int16",
-    "min_entropy": 0.0,
-    "max_gpu_s": 2 * 3600.0,
-    "max_cpu_s": 1 * 3600.0,
-    "max_total_s": 3 * 3600.0,
-    "max_file_bytes": 10e9,
-    "min_throughput_ha_per_min": 50.0,
-    "sample_pixels": 2048 * 2048,
-    "max_consistency_bias": 200.0,
-    "max_consistency_mad": 400.0,
-    "consistency_pixels": 1024 * 1024,
-}
+#: The default thresholds of the checks, by name (see :class:`srlib.config.QCThresholds`).
+DEFAULT_THRESHOLDS: dict[str, Any] = QCThresholds().to_dict()
 
 
 @dataclass(frozen=True)
@@ -68,6 +51,7 @@ class QCReport:
     path: str
     checks: list[CheckResult]
     timings: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -90,6 +74,7 @@ class QCReport:
         """Return a JSON-ready dict."""
         return {"path": self.path, "passed": self.passed, "failed": self.failed,
                 "created": self.created, "timings": self.timings,
+                "thresholds": self.thresholds,
                 "checks": [asdict(c) for c in self.checks]}
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
@@ -156,7 +141,7 @@ def check_quality(
     cog_path: str | os.PathLike,
     *,
     timings: Mapping[str, float] | None = None,
-    thresholds: Mapping[str, Any] | None = None,
+    thresholds: QCThresholds | Mapping[str, Any] | None = None,
     source: Any | None = None,
 ) -> QCReport:
     """Run the eight quality checks on a product COG.
@@ -176,8 +161,9 @@ def check_quality(
     timings : mapping, optional
         Seconds per stage: ``gpu_s`` or ``cpu_s`` (inference), ``total_s``. Without them
         the timing check and the throughput part of ``deploy`` warn.
-    thresholds : mapping, optional
-        Overrides of :data:`DEFAULT_THRESHOLDS`.
+    thresholds : QCThresholds or mapping, optional
+        The thresholds, or overrides of the settings' ones (:func:`resolve_thresholds`);
+        recorded in the report.
     source : xarray.Dataset or xarray.DataArray, optional
         The input scene the product was made from, for the ``consistency`` check.
 
@@ -201,11 +187,7 @@ def check_quality(
         raise InputError(f"{path} is not a readable GeoTIFF ({' '.join(str(err).split())}); "
                          "it may be truncated or another format: rewrite it (srlib cog, or "
                          "rerun the job)") from None
-    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    unknown = set(th) - set(DEFAULT_THRESHOLDS)
-    if unknown:
-        raise InputError(f"unknown QC thresholds {sorted(unknown)}; known: "
-                         f"{sorted(DEFAULT_THRESHOLDS)}")
+    th = resolve_thresholds(thresholds)
     timings = {k: float(v) for k, v in (timings or {}).items()}
     checks: list[CheckResult] = []
     with rasterio.open(path) as src:
@@ -290,7 +272,19 @@ def check_quality(
         f"< {th['max_file_bytes']:.3g} B, compressed, valid COG, "
         f">= {th['min_throughput_ha_per_min']} ha/min", "; ".join(problems)))
     checks.append(consistency(path, source, thresholds=th))
-    return QCReport(str(path), checks, timings)
+    return QCReport(str(path), checks, timings, thresholds=th.to_dict())
+
+
+def resolve_thresholds(thresholds: QCThresholds | Mapping[str, Any] | None) -> QCThresholds:
+    """Return the thresholds to use: given ones, else overrides of the settings' ones.
+
+    The settings' thresholds are the defaults unless ``SRLIB_QC_THRESHOLDS`` names a file
+    of overrides (see :class:`srlib.config.Settings`).
+    """
+    if isinstance(thresholds, QCThresholds):
+        return thresholds
+    base = Settings.from_env().qc_thresholds
+    return QCThresholds.from_mapping(thresholds, base) if thresholds else base
 
 
 def _block_mean(data: np.ndarray, valid: np.ndarray, block: int) -> np.ndarray:
@@ -303,7 +297,7 @@ def _block_mean(data: np.ndarray, valid: np.ndarray, block: int) -> np.ndarray:
 
 
 def consistency(cog_path: str | os.PathLike, source: Any | None, *,
-                thresholds: Mapping[str, Any] | None = None) -> CheckResult:
+                thresholds: QCThresholds | Mapping[str, Any] | None = None) -> CheckResult:
     """Compare the product, averaged back onto the input grid, with the input reflectance.
 
     A super-resolved product must keep the radiometry of its input: each output band,
@@ -317,7 +311,7 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     of two (``consistency_pixels`` input pixels at most), read from the product's
     overviews.
     """
-    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    th = resolve_thresholds(thresholds)
     limit = f"|bias| <= {th['max_consistency_bias']:g}, mad <= {th['max_consistency_mad']:g}"
     if source is None:
         return CheckResult("consistency", "warn", None, limit, "no input given")

@@ -31,7 +31,6 @@ Conventions, decided once here:
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -46,6 +45,7 @@ from odc.loader._rio import RioDriver, capture_rio_env
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..bands import S2_BANDS
+from ..config import Settings
 from ..errors import InputError, NoSceneFound, SourceError
 
 __all__ = [
@@ -96,18 +96,18 @@ class S3Options:
 
     @classmethod
     def from_env(cls) -> S3Options:
-        """Read ``AWS_S3_ENDPOINT``, ``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING``, ``AWS_REGION``.
+        """Take the S3 settings of :meth:`srlib.config.Settings.from_env`.
 
-        ``AWS_REQUEST_PAYER=requester`` turns on requester pays.
+        The endpoint (``AWS_ENDPOINT_URL_S3``), path-style addressing, requester pays and
+        the region.
         """
-        env = os.environ
+        settings = Settings.from_env()
         return cls(
-            endpoint=env.get("AWS_S3_ENDPOINT") or None,
-            https=env.get("AWS_HTTPS", "YES").upper() not in ("NO", "FALSE", "0"),
-            virtual_hosting=env.get("AWS_VIRTUAL_HOSTING", "TRUE").upper()
-            not in ("NO", "FALSE", "0"),
-            requester_pays=env.get("AWS_REQUEST_PAYER", "") == "requester",
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            endpoint=settings.s3_host,
+            https=settings.s3_https,
+            virtual_hosting=settings.s3_virtual_hosting,
+            requester_pays=settings.s3_requester_pays,
+            region=settings.s3_region,
         )
 
     def gdal_env(self) -> dict[str, str]:
@@ -125,7 +125,7 @@ class S3Options:
         """Arguments of rasterio's ``AWSSession``: no keys, found in ``AWS_*`` at read time."""
         anonymous = self.anonymous
         if anonymous is None:
-            anonymous = not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"))
+            anonymous = not Settings.from_env().s3_signed
         out: dict[str, object] = {"aws_unsigned": anonymous,
                                   "requester_pays": self.requester_pays}
         if self.endpoint:
