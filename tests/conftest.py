@@ -75,8 +75,6 @@ def env(tmp_path_factory):
     for key, value in CREDENTIALS.items():
         mp.setenv(key, value)
     with moto_s3() as endpoint, webhook() as (hook_url, received):
-        mp.setenv("AWS_S3_ENDPOINT", endpoint)
-        mp.setenv("AWS_HTTPS", "NO")
         mp.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
         mp.setenv("AWS_ENDPOINT_URL_S3", f"http://{endpoint}")
         mp.setenv("SRLIB_WEBHOOK_URL", hook_url)

@@ -33,7 +33,6 @@ def test_stac_notebook_runs_against_loopback_servers(tmp_path, monkeypatch):
         monkeypatch.setenv("SRLIB_DATE", "20200219")
         monkeypatch.setenv("SRLIB_MGRS", "29RKH")
         monkeypatch.setenv("SRLIB_AOI", "-11.5 24.5 -11.45 24.55")
-        monkeypatch.setenv("AWS_S3_ENDPOINT", endpoint)
-        monkeypatch.setenv("AWS_HTTPS", "NO")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{endpoint}")
         monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
         _run(NOTEBOOKS / "02_tile_or_aoi_from_stac.ipynb", tmp_path)

@@ -92,8 +92,7 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         profile = _node_profile(tmp_path, cluster["partition"])
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(SLURM_CONF=cluster["SLURM_CONF"], SRLIB_CREDENTIALS=str(creds),
-                   AWS_S3_ENDPOINT=endpoint, AWS_HTTPS="NO", AWS_VIRTUAL_HOSTING="FALSE",
-                   AWS_ENDPOINT_URL_S3=f"http://{endpoint}")
+                   AWS_VIRTUAL_HOSTING="FALSE", AWS_ENDPOINT_URL_S3=f"http://{endpoint}")
         out, logs = tmp_path / "out", tmp_path / "logs"
         args = [str(Path(sys.prefix) / "bin" / "srlib"), "slurm", "submit",
                 "--profile", str(profile), "--date", "20200219", "--aoi", *AOI,

@@ -115,9 +115,8 @@ def plan_batch_size(peak: int, device: torch.device, *, safe: int) -> int:
 
     ``peak`` is the largest activation of one sample in elements. On CUDA about half of
     the free memory is budgeted at ~8 float32 copies of it per sample. On the CPU the
-    batch is at most 2: measured on 2 cores with 64 px Swin2SR patches, batch 2 ran
-    1.26x (lightweight config) to 1.38x (small config) faster than batch 1, and batch 8
-    slower than batch 2 (cache effects); a 512 MiB budget per task bounds it further.
+    batch is at most 2: beyond it, larger batches run slower on the CPU (cache effects;
+    the figures are in benchmarks/README.md); a 512 MiB budget per task bounds it further.
     """
     per_sample = peak * 4 * 8
     if device.type == "cuda":

@@ -98,8 +98,8 @@ def flush_subnormals() -> bool:
     """Make CPU model threads flush subnormal floats to zero; call once, before computing.
 
     Subnormal activations (e.g. from zero-filled nodata pixels) run many times slower than
-    normal floats on x86 CPUs: the lightweight Swin2SR at 512 px took 38.5 s with them and
-    27.9 s without (benchmarks/README.md). Values below 1.2e-38 cannot change an int16
+    normal floats on x86 CPUs (benchmarks/README.md has the figures). Values below
+    1.2e-38 cannot change an int16
     output. The setting belongs to the calling thread and to the threads it starts later
     (dask's and torch's pools), which is why it must come first; the ``srlib`` command
     does this at start-up. It changes float behaviour for other code in the process too,
@@ -255,8 +255,8 @@ def _forward_all(run: _Runner, batches: Sequence[_T], make: Callable[[_T], np.nd
     The forward passes run in parallel lanes (see :class:`_Lanes`) while the calling
     thread consumes their results strictly in batch order, so float sums (feather
     blending) are the same whatever the number of lanes and the block is bit-for-bit
-    reproducible. The lanes stop taking batches while ``lanes`` results wait (a bicubic
-    batch is ~100 MB: twice as many waiting raised its 2048 px peak by 120 MB).
+    reproducible. The lanes stop taking batches while ``lanes`` results wait, which bounds
+    the memory that finished batches hold.
     """
     n = min(_lanes(run), len(batches))
     if n == 0:
@@ -313,8 +313,8 @@ class _Output:
 
     A region of model output (normalised float32) is final once no other patch adds to
     it; it is then de-normalised, quantised and written here at once, so a block
-    never holds a float32 copy of its whole output (4 bands x 5120 px: 420 MB) and its
-    peak memory is the int16 output plus one row of patches.
+    never holds a float32 copy of its whole output and its peak memory is the int16 output
+    plus one row of patches.
     """
 
     def __init__(self, spec: ModelSpec, quality: np.ndarray) -> None:
@@ -493,11 +493,10 @@ def _release_free_memory() -> None:
 
     A block frees hundreds of MB of temporaries of every size (patches, model outputs,
     strips), which glibc keeps in its heaps, fragmented, for the next block: the peak RSS
-    of a run then grows with the number of blocks (bicubic, 2 threads: 0.99 GB at
-    512 px, 1.2-1.3 GB at 2048 px). ``malloc_trim`` returns them; it takes about a
-    millisecond, and a block seconds. Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` in its
-    workers for the same purpose, at a higher price: every temporary above 128 KB is then
-    a fresh mapping (1.4-1.5x slower; :func:`srlib.ops.slurm.dask_cluster` drops it).
+    of a run then grows with the number of blocks. ``malloc_trim`` returns them, for a
+    millisecond against a block's seconds. Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` in
+    its workers for the same purpose, at a higher price: every temporary above 128 KB is
+    then a fresh mapping (:func:`srlib.ops.slurm.dask_cluster` drops it).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

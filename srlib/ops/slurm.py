@@ -81,10 +81,10 @@ def _limits(profile: Profile, input_px: int, scale: int) -> tuple[str, int]:
 
     Time: output pixels over the profile's measured GPU rate, twice, plus 15 min of
     start-up, capped at the partition's limit. Memory: the Zarr writer streams regions in
-    waves, so peak RSS does not grow with the scene beyond the blocks in flight
-    (benchmarks/README.md, run D, 2048 px on 2 threads: 1.0 GB bicubic, 1.4 GB Swin2SR
-    small); each busy thread is budgeted 2 GB, there are no more busy
-    threads than blocks in the work, and 8 GB more cover the model, CUDA and GDAL's cache.
+    waves, so peak RSS does not grow with the scene beyond the blocks in flight (the
+    measured peaks are in benchmarks/README.md); each busy thread is budgeted 2 GB, there
+    are no more busy threads than blocks in the work, and 8 GB more cover the model, CUDA
+    and GDAL's cache.
     """
     output_mpx = input_px * scale * scale / 1e6
     seconds = output_mpx / profile.gpu_mpx_per_s * 2.0 + 900  # 2x margin + start-up
@@ -237,7 +237,7 @@ def submit_all(profile: Profile, **kwargs: Any) -> tuple[str, str]:
 #: Job-script line: the nanny leaves malloc's dynamic thresholds alone in its workers.
 #: By default it sets ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins malloc's mmap
 #: threshold at 128 KB so that every larger temporary is a fresh zero-filled mapping:
-#: srlib's CPU path ran 1.4-1.5x slower (benchmarks/README.md). The kernel trims the
+#: srlib's CPU path runs markedly slower (benchmarks/README.md). The kernel trims the
 #: heaps after each block instead. A ``None`` value removes a key (distributed's rule).
 #: ``unset``: a ``LocalCluster`` started earlier in the submitting process has exported it
 #: there (its nanny sets it in its own process), and jobs inherit that environment.

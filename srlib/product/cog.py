@@ -10,8 +10,8 @@ and GDAL's COG driver writes the file with its own threads (compression of tiles
 parallel, ``NUM_THREADS``) and bounded memory. The COG profile (LZW, 512 px tiles) and
 the validation come from rio-cogeo. ``rio_cogeo.cog_translate`` is not used for the copy:
 it applies one overview resampling to every band (the quality band would be averaged)
-and copies 512 px blocks from a single Python loop (measured ~1.8x slower than the
-legacy writer on a 10240 x 10240 x 5 output).
+and copies 512 px blocks from a single Python loop, which is slower than GDAL's own
+threaded copy (benchmarks/README.md).
 
 The file is written under a temporary name beside the target, validated, and moved into
 place with an atomic rename only when complete and valid; the temporary files a killed

@@ -53,9 +53,9 @@ def _progress_dir(path: Path) -> Path:
 def default_compressor() -> numcodecs.abc.Codec:
     """Blosc LZ4 level 5 with bit-shuffle, readable by GDAL.
 
-    On int16 SR output (one core, 512 px chunks): ~1.1 GB/s encoding and ratio 2.0 on
-    Swin2SR output, 2.45 on bicubic; zstd level 3 gave 2.04 and 2.90 at a third of the
-    speed (0.63 s against 0.23 s for 262 MB), and the store is only an intermediate.
+    The store is an intermediate, so encoding speed matters more than size: on int16
+    output LZ4 with bit-shuffle compresses about as well as zstd on Swin2SR output at a
+    fraction of the time (figures in benchmarks/README.md).
     """
     return numcodecs.Blosc("lz4", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
 
@@ -328,7 +328,7 @@ def _waves(groups: list[list], regions: int) -> list[list]:
 
     A model block (e.g. Swin2SR's 5120 px output) is written as several regions; they all
     go in the same wave, because a wave is one ``dask.compute`` and a block cut across
-    two waves would be computed twice (measured: 8 kernel calls for 4 blocks). Two blocks
+    two waves would be computed twice (tested by counting kernel calls). Two blocks
     per wave let one block's writing overlap the next block's model. The scheduler holds
     at most a wave of finished blocks, so memory does not grow with the scene.
     """
