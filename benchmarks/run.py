@@ -130,13 +130,13 @@ def _prepared(size: int, model: str):
     import numpy as np
 
     import srlib
-    from srlib.engine.kernel import KernelConfig
-    from srlib.engine.superres import _bands
+    from srlib.engine import KernelConfig, input_reflectance
 
     spec = _warm(model)
     ds = make_input(size)
-    bands, scl, _ = _bands(ds, spec.bands_in)
-    stack = np.stack([b.compute() for b in [*bands, scl]])
+    bands = input_reflectance(ds, spec.bands_in)
+    scl = ds["scl"].data.astype(np.float32)
+    stack = np.stack([np.asarray(b) for b in [*bands, scl]])
     h = spec.halo
     padded = np.pad(stack, ((0, 0), (h, h), (h, h)), mode="symmetric")
     from srlib.engine.batching import max_safe_batch, peak_elements
@@ -163,24 +163,23 @@ def _gtiff_profile(out: int, **options) -> dict:
 
 
 def run_legacy(size: int, model: str, workdir: Path) -> dict:
+    from dataclasses import replace
+
     import numpy as np
     import rasterio
     from rasterio.enums import Resampling
 
-    import srlib.engine.kernel
-    from srlib.engine.kernel import sr_block
+    from srlib.engine import sr_block
 
+    spec, padded, cfg, _ = _prepared(size, model)
     # the legacy ran its batches one after another with torch's own (intra-op) threads,
     # not in srlib's parallel lanes: the same kernel otherwise
-    srlib.engine.kernel._lanes = lambda run: 0
-    spec, padded, cfg, _ = _prepared(size, model)
+    cfg = replace(cfg, lanes=0)
     halo, out = spec.halo, size * SCALE
     t0 = time.perf_counter()
     mm = np.memmap(workdir / "legacy.dat", dtype=np.int16, mode="w+", shape=(5, out, out))
     for y0, x0, bh, bw in _blocks(size, halo):  # the legacy's 256 px tiles
         info = {None: {"chunk-location": (0, 0, 0)}}
-        from dataclasses import replace
-
         block_cfg = replace(cfg, y_starts=(y0,), x_starts=(x0,))
         res = sr_block(_block(padded, y0, x0, bh, bw, halo), info, cfg=block_cfg)
         mm[:, y0 * SCALE : (y0 + bh) * SCALE, x0 * SCALE : (x0 + bw) * SCALE] = res
@@ -224,17 +223,17 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
             patches.append((_block(padded, y0, x0, bh, bw, halo)[: len(spec.bands_in)]
                             - mean) / std)
     else:
-        from srlib.engine.kernel import _grid
+        from srlib.engine import patch_grid
 
-        origins = _grid(0, size, p, p - spec.overlap)
+        origins = patch_grid(0, size, p, p - spec.overlap)
         scene = (padded[: len(spec.bands_in)] - mean) / std  # padded by halo = patch
         for py in origins:
             for px in origins:
                 patches.append(scene[:, py + halo : py + halo + p, px + halo : px + halo + p])
     # the pipeline's batch size (trim: one block per call, as the pipeline)
-    from srlib.engine.kernel import _forward_all, _Runner
+    from srlib.engine import Runner, forward_all
 
-    run = _Runner(cfg)
+    run = Runner(cfg)
     step = 1 if spec.blend == "trim" else run.batch_size(p)
     batches = [patches[i : i + step] for i in range(0, len(patches), step)]
 
@@ -248,9 +247,9 @@ def run_floors(size: int, model: str, workdir: Path) -> dict:
             module(torch.from_numpy(make(batch)))
     t_plain = time.perf_counter() - t0
     # lanes: the same forward passes run as srlib's kernel runs them (one single-threaded
-    # pass per core at once, srlib.engine.kernel._forward_all), nothing else
+    # pass per core at once, srlib.engine.forward_all), nothing else
     t0 = time.perf_counter()
-    _forward_all(run, batches, make, lambda batch, result: None)
+    forward_all(run, batches, make, lambda batch, result: None)
     t1 = time.perf_counter()
     out = size * SCALE
     data = _output_in_memory(workdir.parent / "srlib" / "p.zarr", out)

@@ -32,7 +32,7 @@ def test_local_cluster_output_is_identical_to_the_single_process_run(client, tmp
     for var in local.data_vars:  # bicubic: bit-identical
         np.testing.assert_array_equal(remote[var].values, local[var].values)
     # Swin2SR too: workers run torch with 1 thread, this process with 2, but the kernel's
-    # forward passes are single-threaded lanes everywhere (srlib.engine.kernel._lanes)
+    # forward passes are single-threaded lanes everywhere (srlib.engine.lanes.forward_all)
     sr = srlib.super_resolve(ds, tiny_swin, chunks=32)
     local = sr.compute(scheduler="threads")
     remote = client.compute(sr).result()

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import srlib
+import srlib.engine.lanes
 from srlib.bands import OUTPUT_NODATA, Quality
 
 from .conftest import raise_if_dask_computes, synthetic_scene
@@ -259,10 +260,10 @@ def test_cpu_output_is_identical_whatever_the_number_of_lanes(scene, tiny_swin, 
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)  # read when the process's lanes start
-            monkeypatch.setattr(srlib.engine.kernel, "_LANES", None)
+            monkeypatch.setattr(srlib.engine.lanes, "_LANES", None)
             results.append(srlib.super_resolve(scene, tiny_swin, chunks=48)
                            .compute(scheduler="sync"))
-            lanes = srlib.engine.kernel._LANES
+            lanes = srlib.engine.lanes._LANES
             assert lanes.lanes == min(n, len(os.sched_getaffinity(0)))
             assert lanes.free == lanes.lanes  # every lane came back
             assert torch.get_num_threads() == n  # the lanes never change the caller's
@@ -279,7 +280,7 @@ def test_lanes_leave_the_thread_count_of_new_threads_alone(scene, tiny_swin, mon
     Unrestored, dask's second thread started its blocks with one lane (measured: half
     the blocks of a Swin2SR scene ran on one core of two).
     """
-    monkeypatch.setattr(srlib.engine.kernel, "_LANES", None)
+    monkeypatch.setattr(srlib.engine.lanes, "_LANES", None)
     expected = torch.get_num_threads()
     srlib.super_resolve(scene, tiny_swin, chunks=48).compute(scheduler="sync")
     seen = []
@@ -292,7 +293,7 @@ def test_lanes_leave_the_thread_count_of_new_threads_alone(scene, tiny_swin, mon
         x = torch.ones(1 << 20)
         return torch.get_num_threads() if bool((x + x).sum() > 0) else -1
 
-    counts = [srlib.engine.kernel._LANES.pool.submit(lane_threads).result() for _ in range(4)]
+    counts = [srlib.engine.lanes._LANES.pool.submit(lane_threads).result() for _ in range(4)]
     assert counts == [1] * 4
 
 
@@ -372,11 +373,11 @@ def test_cpu_forward_passes_never_outnumber_the_cores(scene):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_blocks_give_free_heap_memory_back_on_glibc(monkeypatch):
-    import srlib.engine.kernel
+    import srlib.engine.memory
 
-    assert srlib.engine.kernel._MALLOC_TRIM is not None  # found, so the call below is real
+    assert srlib.engine.memory._MALLOC_TRIM is not None  # found, so the call below is real
     calls = []
-    monkeypatch.setattr(srlib.engine.kernel, "_MALLOC_TRIM", lambda pad: calls.append(pad) or 1)
+    monkeypatch.setattr(srlib.engine.memory, "_MALLOC_TRIM", lambda pad: calls.append(pad) or 1)
     ds = synthetic_scene((40, 40), with_scl=False)
     srlib.super_resolve(ds, chunks=20).compute(scheduler="threads")
     assert calls == [0] * 4  # once per block (2 x 2 chunks)
