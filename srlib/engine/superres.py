@@ -11,6 +11,7 @@ import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
+from affine import Affine
 from dask.base import tokenize
 
 from ..bands import OUTPUT_NODATA, REFLECTANCE_SCALE, TILE, Quality
@@ -121,6 +122,9 @@ def _reflectance(arr: xr.DataArray, attrs: Mapping) -> da.Array:
 def _bands(ds: xr.Dataset | xr.DataArray, bands: tuple[str, ...]
            ) -> tuple[list[da.Array], da.Array | None, xr.DataArray]:
     """Per-band reflectance arrays, the SCL array (or None) and a template DataArray."""
+    if not isinstance(ds, xr.Dataset | xr.DataArray):
+        raise InputError(f"super_resolve takes an xarray Dataset or DataArray, got "
+                         f"{type(ds).__name__}")
     ydim, xdim = _spatial_dims(ds)
     if isinstance(ds, xr.DataArray):
         if "band" not in ds.dims:
@@ -129,12 +133,9 @@ def _bands(ds: xr.Dataset | xr.DataArray, bands: tuple[str, ...]
         names = [str(b) for b in ds["band"].values]
         available = {b: ds.sel(band=b) for b in names}
         attrs_of = {b: ds.attrs for b in names}
-    elif isinstance(ds, xr.Dataset):
+    else:
         available = {str(k): v for k, v in ds.data_vars.items()}
         attrs_of = {b: v.attrs for b, v in available.items()}
-    else:
-        raise InputError(f"super_resolve takes an xarray Dataset or DataArray, got "
-                         f"{type(ds).__name__}")
     missing = [b for b in bands if b not in available]
     if missing:
         raise InputError(
@@ -244,41 +245,13 @@ def super_resolve(
     ModelError, BatchSizeError
         An unusable model or batch size.
     """
-    spec = load_model(model, scale=scale)
-    if spec.scale != scale:
-        raise InputError(f"scale={scale} but model {spec.name} upsamples by {spec.scale}; "
-                         f"pass scale={spec.scale}")
-    if precision not in ("bf16", "fp16", "fp32"):
-        raise InputError(f"precision must be 'bf16', 'fp16' or 'fp32', got {precision!r}")
-    if device is not None:
-        dev = resolve_device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device={device!r} but this machine has no CUDA device; use "
-                             "device='cpu' or leave device=None to choose automatically")
-    if not isinstance(ds, xr.Dataset | xr.DataArray):
-        raise InputError(f"super_resolve takes an xarray Dataset or DataArray, got "
-                         f"{type(ds).__name__}")
-    ydim, xdim = _spatial_dims(ds)
-    if ds.sizes[ydim] == 0 or ds.sizes[xdim] == 0:
-        raise InputError(f"the input is empty (sizes {dict(ds.sizes)}); check the crop or AOI")
+    spec = _checked_model(model, scale=scale, precision=precision, device=device)
+    bands, scl, template = _bands(ds, spec.bands_in)  # also refuses non-xarray, empty input
     transform, crs = check_grid(ds)
-    bands, scl, template = _bands(ds, spec.bands_in)
-    ny, nx = template.shape
-    halo = spec.halo
+    shape = template.shape
     safe = check_batch_size(spec, spec.patch_size, batch_size)
-
-    stack = da.stack([*bands, scl] if scl is not None else bands, axis=0)
-    # Inputs smaller than the halo are mirrored up to it (reflect padding needs it);
-    # the padded part is cropped from the output.
-    py, px = max(ny, halo), max(nx, halo)
-    while stack.shape[1:] != (py, px):  # mirror in steps: a pad may not exceed the size
-        grow_y = min(py - stack.shape[1], stack.shape[1])
-        grow_x = min(px - stack.shape[2], stack.shape[2])
-        stack = da.pad(stack, ((0, 0), (0, grow_y), (0, grow_x)), mode="symmetric")
-    cy, cx = _chunk_sizes(chunks, spec)
-    ychunks, xchunks = _plan(py, max(cy, halo), halo), _plan(px, max(cx, halo), halo)
-    stack = stack.rechunk(((stack.shape[0],), ychunks, xchunks))
-
+    stack, ychunks, xchunks = _input_stack([*bands, scl] if scl is not None else bands,
+                                           shape, spec, chunks)
     cfg = KernelConfig(
         spec=spec, n_bands=len(bands), has_scl=scl is not None,
         device=None if device is None else str(device), batch_size=batch_size,
@@ -287,7 +260,6 @@ def super_resolve(
         y_starts=tuple(np.cumsum((0, *ychunks[:-1])).tolist()),
         x_starts=tuple(np.cumsum((0, *xchunks[:-1])).tolist()),
     )
-    n_out = len(spec.bands_out) + 1
     if resources is None:
         resources = _cluster_gpu_resources(device)
     annotate = dask.annotate(resources=dict(resources)) if resources \
@@ -295,19 +267,58 @@ def super_resolve(
     with annotate:  # the model tasks (and their halo reads) hold the resources
         out = da.map_overlap(
             sr_block, stack,
-            depth={0: 0, 1: halo, 2: halo}, boundary="reflect", trim=False,
+            depth={0: 0, 1: spec.halo, 2: spec.halo}, boundary="reflect", trim=False,
             allow_rechunk=False, align_arrays=False,
-            chunks=((n_out,), tuple(c * scale for c in ychunks),
+            chunks=((len(spec.bands_out) + 1,), tuple(c * scale for c in ychunks),
                     tuple(c * scale for c in xchunks)),
             dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
             name=f"srlib-{spec.name}-"
             f"{tokenize(stack.name, spec_identity(spec), cfg.device, precision, batch_size)}",
             cfg=cfg,
         )
-    if (py, px) != (ny, nx):
-        out = out[:, : ny * scale, : nx * scale]
+    if stack.shape[1:] != shape:  # drop the mirrored padding
+        out = out[:, : shape[0] * scale, : shape[1] * scale]
+    return _output_dataset(out, ds, spec, transform, crs, shape)
 
-    coords = zoom_coords(transform, (ny, nx), scale)
+
+def _checked_model(model: str | ModelSpec | torch.nn.Module, *, scale: int, precision: str,
+                   device: str | torch.device | None) -> ModelSpec:
+    """Return the model's spec once scale, precision and device are known to fit it."""
+    spec = load_model(model, scale=scale)
+    if spec.scale != scale:
+        raise InputError(f"scale={scale} but model {spec.name} upsamples by {spec.scale}; "
+                         f"pass scale={spec.scale}")
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise InputError(f"precision must be 'bf16', 'fp16' or 'fp32', got {precision!r}")
+    if device is not None:
+        resolve_device(device)
+    return spec
+
+
+def _input_stack(arrays: list[da.Array], shape: tuple[int, int], spec: ModelSpec,
+                 chunks: int | Mapping[str, int] | tuple[int, int] | None
+                 ) -> tuple[da.Array, tuple[int, ...], tuple[int, ...]]:
+    """Stack the bands, mirror an input smaller than the halo up to it, chunk it.
+
+    Returns the stack and its y and x chunks (each at least the halo).
+    """
+    halo = spec.halo
+    stack = da.stack(arrays, axis=0)
+    # reflect padding needs the halo: mirrored here, cropped from the output
+    py, px = max(shape[0], halo), max(shape[1], halo)
+    while stack.shape[1:] != (py, px):  # mirror in steps: a pad may not exceed the size
+        grow_y = min(py - stack.shape[1], stack.shape[1])
+        grow_x = min(px - stack.shape[2], stack.shape[2])
+        stack = da.pad(stack, ((0, 0), (0, grow_y), (0, grow_x)), mode="symmetric")
+    cy, cx = _chunk_sizes(chunks, spec)
+    ychunks, xchunks = _plan(py, max(cy, halo), halo), _plan(px, max(cx, halo), halo)
+    return stack.rechunk(((stack.shape[0],), ychunks, xchunks)), ychunks, xchunks
+
+
+def _output_dataset(out: da.Array, ds: xr.Dataset | xr.DataArray, spec: ModelSpec,
+                    transform: Affine, crs: object, shape: tuple[int, int]) -> xr.Dataset:
+    """Wrap the lazy output as a Dataset of bands and quality on the zoomed grid."""
+    scale = spec.scale
     variables: dict[str, xr.DataArray] = {}
     for i, band in enumerate(spec.bands_out):
         variables[band] = xr.DataArray(
@@ -322,7 +333,7 @@ def super_resolve(
                "flag_meanings": " ".join(q.name.lower() for q in Quality),
                "nodata": int(Quality.NODATA)},
     )
-    result = xr.Dataset(variables, coords=coords)
+    result = xr.Dataset(variables, coords=zoom_coords(transform, shape, scale))
     result = result.rio.write_crs(crs).rio.write_transform(zoom_transform(transform, scale))
     for band in spec.bands_out:
         result[band] = result[band].rio.write_nodata(OUTPUT_NODATA, encoded=False)

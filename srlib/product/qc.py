@@ -189,68 +189,91 @@ def check_quality(
                          "rerun the job)") from None
     th = resolve_thresholds(thresholds)
     timings = {k: float(v) for k, v in (timings or {}).items()}
-    checks: list[CheckResult] = []
     with rasterio.open(path) as src:
-        blocks = set(src.block_shapes)
-        tile = th["tile_size"]
-        checks.append(_result("tiling", blocks == {(tile, tile)} and src.profile.get("tiled"),
-                              sorted(blocks), f"{tile}x{tile}"))
-        n_ovr = len(src.overviews(1))
-        needed, size = 0, max(src.height, src.width)
-        while size > tile and needed < th["min_overviews"]:
-            size, needed = math.ceil(size / 2), needed + 1
-        checks.append(_result("overviews", n_ovr >= needed, n_ovr, f">= {needed}",
-                              "" if needed == th["min_overviews"] else "small image"))
-
-        shape = _sample_level(src, th["sample_pixels"])
-        count = src.count
-        refl = src.read(list(range(1, min(count, 4) + 1)), out_shape=(min(count, 4), *shape),
-                        resampling=rasterio.enums.Resampling.nearest)
-        nodata = src.nodata if src.nodata is not None else OUTPUT_NODATA
-        valid = (refl != nodata).all(axis=0)
-        frac_nodata = 1.0 - float(valid.mean())
-        vals = refl[:, valid].astype(np.float64)
-        mean = float(vals.mean()) if vals.size else float("nan")
-        std = float(vals.std()) if vals.size else float("nan")
-        all_zero = not vals.size or not np.any(vals)
-        lo, hi = th["mean_range"]
-        slo, shi = th["std_range"]
-        ok = (vals.size > 0 and lo <= mean <= hi and slo <= std <= shi
-              and frac_nodata < th["max_nodata_fraction"] and not all_zero)
-        checks.append(_result(
-            "values", ok, {"mean": mean, "std": std, "nodata": frac_nodata},
-            f"mean in [{lo}, {hi}], std in [{slo}, {shi}], nodata < {th['max_nodata_fraction']}",
-            "all zero" if all_zero and vals.size else ""))
-
-        dtypes = set(src.dtypes)
-        checks.append(_result("bands", count == th["band_count"] and dtypes == {th["dtype"]},
-                              f"{count} x {'/'.join(sorted(dtypes))}",
-                              f"{th['band_count']} x {th['dtype']}"))
-
-        rgb = refl[:3][:, valid] if count >= 3 else refl[:, valid]
-        rgb8 = np.clip(rgb / 3000.0 * 255.0, 0, 255).astype(np.uint8)
-        entropy = _entropy(rgb8) if rgb8.size else 0.0
-        checks.append(_result("visual", entropy > th["min_entropy"], entropy,
-                              f"> {th['min_entropy']} bits"))
-
+        checks = _layout_checks(src, th)
+        refl, valid = _sample(src, th)
+        checks += [_values_check(refl, valid, th), _bands_check(src, th),
+                   _visual_check(refl, valid, th)]
         area_ha = src.width * src.height * abs(src.res[0] * src.res[1]) / 1e4
         compression = src.compression.name if src.compression else None
+    checks += [_timing_check(timings, th),
+               _deploy_check(path, compression, area_ha, timings, th),
+               consistency(path, source, thresholds=th)]
+    return QCReport(str(path), checks, timings, thresholds=th.to_dict())
 
-    limits = {"gpu_s": th["max_gpu_s"], "cpu_s": th["max_cpu_s"], "total_s": th["max_total_s"]}
+
+def _layout_checks(src: rasterio.DatasetReader, th: QCThresholds) -> list[CheckResult]:
+    """``tiling`` (square internal tiles of the product's size) and ``overviews``."""
+    blocks = set(src.block_shapes)
+    tile = th.tile_size
+    tiling = _result("tiling", blocks == {(tile, tile)} and bool(src.profile.get("tiled")),
+                     sorted(blocks), f"{tile}x{tile}")
+    n_ovr = len(src.overviews(1))
+    needed, size = 0, max(src.height, src.width)
+    while size > tile and needed < th.min_overviews:
+        size, needed = math.ceil(size / 2), needed + 1
+    overviews = _result("overviews", n_ovr >= needed, n_ovr, f">= {needed}",
+                        "" if needed == th.min_overviews else "small image")
+    return [tiling, overviews]
+
+
+def _sample(src: rasterio.DatasetReader, th: QCThresholds) -> tuple[np.ndarray, np.ndarray]:
+    """Read the reflectance bands at the sampled level; return them and where all are valid."""
+    shape = _sample_level(src, th.sample_pixels)
+    n = min(src.count, 4)
+    refl = src.read(list(range(1, n + 1)), out_shape=(n, *shape),
+                    resampling=rasterio.enums.Resampling.nearest)
+    nodata = src.nodata if src.nodata is not None else OUTPUT_NODATA
+    return refl, (refl != nodata).all(axis=0)
+
+
+def _values_check(refl: np.ndarray, valid: np.ndarray, th: QCThresholds) -> CheckResult:
+    """Mean and std of the valid reflectance in range, nodata below its limit, not all 0."""
+    frac_nodata = 1.0 - float(valid.mean())
+    vals = refl[:, valid].astype(np.float64)
+    mean = float(vals.mean()) if vals.size else float("nan")
+    std = float(vals.std()) if vals.size else float("nan")
+    all_zero = not vals.size or not np.any(vals)
+    (lo, hi), (slo, shi) = th.mean_range, th.std_range
+    ok = (vals.size > 0 and lo <= mean <= hi and slo <= std <= shi
+          and frac_nodata < th.max_nodata_fraction and not all_zero)
+    return _result("values", ok, {"mean": mean, "std": std, "nodata": frac_nodata},
+                   f"mean in [{lo}, {hi}], std in [{slo}, {shi}], "
+                   f"nodata < {th.max_nodata_fraction}", "all zero" if all_zero and vals.size
+                   else "")
+
+
+def _bands_check(src: rasterio.DatasetReader, th: QCThresholds) -> CheckResult:
+    dtypes = set(src.dtypes)
+    return _result("bands", src.count == th.band_count and dtypes == {th.dtype},
+                   f"{src.count} x {'/'.join(sorted(dtypes))}", f"{th.band_count} x {th.dtype}")
+
+
+def _visual_check(refl: np.ndarray, valid: np.ndarray, th: QCThresholds) -> CheckResult:
+    """Shannon entropy of the 8-bit RGB (0-0.3 reflectance stretched) above the minimum."""
+    rgb = refl[:3][:, valid]
+    rgb8 = np.clip(rgb / 3000.0 * 255.0, 0, 255).astype(np.uint8)
+    entropy = _entropy(rgb8) if rgb8.size else 0.0
+    return _result("visual", entropy > th.min_entropy, entropy, f"> {th.min_entropy} bits")
+
+
+def _timing_check(timings: Mapping[str, float], th: QCThresholds) -> CheckResult:
+    limits = {"gpu_s": th.max_gpu_s, "cpu_s": th.max_cpu_s, "total_s": th.max_total_s}
+    text = ", ".join(f"{k} <= {v:g}" for k, v in limits.items())
     measured = {k: v for k, v in timings.items() if k in limits}
-    if measured:
-        over = [k for k, v in measured.items() if v > limits[k]]
-        checks.append(_result("timing", not over, measured,
-                              ", ".join(f"{k} <= {v:g}" for k, v in limits.items()),
-                              f"over: {over}" if over else ""))
-    else:
-        checks.append(CheckResult("timing", "warn", None, "gpu_s <= 7200, cpu_s <= 3600, "
-                                  "total_s <= 10800", "no timings given"))
+    if not measured:
+        return CheckResult("timing", "warn", None, text, "no timings given")
+    over = [k for k, v in measured.items() if v > limits[k]]
+    return _result("timing", not over, measured, text, f"over: {over}" if over else "")
 
+
+def _deploy_check(path: Path, compression: str | None, area_ha: float,
+                  timings: Mapping[str, float], th: QCThresholds) -> CheckResult:
+    """Size under the limit, compressed, a valid COG, made fast enough."""
     size = path.stat().st_size
     valid_cog, errors, _ = cog_validate(str(path), quiet=True)
     problems = []
-    if size >= th["max_file_bytes"]:
+    if size >= th.max_file_bytes:
         problems.append("too large")
     if not compression or compression.upper() == "NONE":
         problems.append("uncompressed")
@@ -258,21 +281,18 @@ def check_quality(
         problems.append(f"invalid COG: {errors}")
     value: dict[str, Any] = {"bytes": size, "compression": compression, "valid_cog": valid_cog}
     status: Status = "fail" if problems else "pass"
-    if "total_s" in timings and timings["total_s"] > 0:
+    if timings.get("total_s", 0) > 0:
         rate = area_ha / (timings["total_s"] / 60.0)
         value["ha_per_min"] = rate
-        if rate < th["min_throughput_ha_per_min"]:
+        if rate < th.min_throughput_ha_per_min:
             problems.append("throughput too low")
             status = "fail"
     elif not problems:
         status = "warn"
         problems.append("throughput not measured (no total_s)")
-    checks.append(CheckResult(
-        "deploy", status, value,
-        f"< {th['max_file_bytes']:.3g} B, compressed, valid COG, "
-        f">= {th['min_throughput_ha_per_min']} ha/min", "; ".join(problems)))
-    checks.append(consistency(path, source, thresholds=th))
-    return QCReport(str(path), checks, timings, thresholds=th.to_dict())
+    return CheckResult("deploy", status, value,
+                       f"< {th.max_file_bytes:.3g} B, compressed, valid COG, "
+                       f">= {th.min_throughput_ha_per_min} ha/min", "; ".join(problems))
 
 
 def resolve_thresholds(thresholds: QCThresholds | Mapping[str, Any] | None) -> QCThresholds:
