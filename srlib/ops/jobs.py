@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..models import ModelSpec
 from ..product.derivatives import DERIVATIVES, write_derivatives
 from ..product.manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
 from ..product.pipeline import super_resolve_to_cog
@@ -270,76 +271,92 @@ def _identity(ds: Any, *, day: dt.date, tile: str, aoi: str | None, spec: Any,
             "publish": publish.rstrip("/") if publish else None}
 
 
-def _run_dr(job: DrRequest, model: Any, notifier: Notifier) -> JobResult:
-    date, mgrs, aoi, out, publish = job.date, job.mgrs, job.aoi, job.out, job.publish
-    version, request = job.version, job.request
-    options = job.sr_options
-    day = parse_date(date)
-    template = job.name_template or (DEFAULT_AOI_NAME if aoi is not None else DEFAULT_NAME)
+def _run_dr(job: DrRequest, model: ModelSpec, notifier: Notifier) -> JobResult:
+    day = parse_date(job.date)
+    template = job.name_template or (DEFAULT_AOI_NAME if job.aoi is not None else DEFAULT_NAME)
     # refuse a bad template before any network call
-    product_name(template, mgrs="00AAA", date=day, version=version,
-                 aoi="0" if aoi is not None else None, request=request)
-    context = {"date": f"{day:%Y%m%d}", "mgrs": mgrs, "aoi": aoi}
-    context = {k: v for k, v in context.items() if v is not None}
+    product_name(template, mgrs="00AAA", date=day, version=job.version,
+                 aoi="0" if job.aoi is not None else None, request=job.request)
+    context = {k: v for k, v in {"date": f"{day:%Y%m%d}", "mgrs": job.mgrs,
+                                 "aoi": job.aoi}.items() if v is not None}
     with step("load", notifier, **context):
-        ds = load_s2(date=day, mgrs=mgrs, aoi=aoi, s2_id=job.s2_id, product_id=job.product_id,
-                     catalog=job.catalog, **job.load_options)
-    tile = ds.attrs.get("mgrs") or (mgrs or "AOI")
-    key = aoi_key(ds.rio.crs, ds.rio.bounds()) if aoi is not None else None
-    name = product_name(template, mgrs=tile, date=day, version=version, aoi=key,
-                        request=request)
-    out = Path(out)
-    cog = out / name
-    identity = _identity(ds, day=day, tile=tile, aoi=key, spec=model, version=version,
-                         publish=publish)
+        ds = load_s2(date=day, mgrs=job.mgrs, aoi=job.aoi, s2_id=job.s2_id,
+                     product_id=job.product_id, catalog=job.catalog, **job.load_options)
+    tile = ds.attrs.get("mgrs") or (job.mgrs or "AOI")
+    key = aoi_key(ds.rio.crs, ds.rio.bounds()) if job.aoi is not None else None
+    cog = Path(job.out) / product_name(template, mgrs=tile, date=day, version=job.version,
+                                       aoi=key, request=job.request)
+    identity = _identity(ds, day=day, tile=tile, aoi=key, spec=model, version=job.version,
+                         publish=job.publish)
     if job.force:
         remove_outputs(cog)
     else:
-        if publish:
-            manifest, why = verify_published(publish, name, identity)
-            if manifest is not None:
-                log.info("%s is published and complete under %s; skipping (--force redoes "
-                         "it)", name, publish)
-                uris = [f"{publish.rstrip('/')}/{r['name']}" for r in manifest["files"]]
-                return JobResult("skipped", cog, published=uris)
-            log.info("%s: %s; making it", name, why)
-        manifest, why = verify_local(cog)
-        if manifest is not None and mismatch(manifest, identity) == ["publish"]:
-            log.info("%s was made for another publish target; remaking its files", cog)
-            manifest = None
+        existing = _existing_product(job, cog, identity, notifier)
+        if existing is not None:
+            return existing
+    return _make_product(job, ds, cog, identity, model, notifier, context)
+
+
+def _existing_product(job: DrRequest, cog: Path, identity: dict[str, Any],
+                      notifier: Notifier) -> JobResult | None:
+    """Return the result of a complete product of this job already there, if any.
+
+    None when there is none: then whatever is there of an unfinished one is removed.
+    A complete local product that is not yet published is published here.
+    """
+    publish = job.publish
+    if publish:
+        manifest, why = verify_published(publish, cog.name, identity)
         if manifest is not None:
-            differ = mismatch(manifest, identity)
-            if differ:
-                raise InputError(
-                    f"{cog} is another product (its manifest differs in {differ}); use a name "
-                    "template that tells them apart ({aoi}, {date}, {version}), another "
-                    "--out, or --force to replace it")
-            report = check_quality(cog)
-            if report.passed:
-                files = [cog.with_name(r["name"]) for r in manifest["files"]]
-                result = JobResult("skipped", cog, files=files, qc=report.to_dict(),
-                                   manifest=cog.with_name(cog.stem + MANIFEST_SUFFIX))
-                if not publish:
-                    log.info("%s exists and is complete; skipping (--force redoes it)", cog)
-                    return result
-                with step("publish", notifier, product=name, destination=publish):
-                    result.published = publish_product(cog, report, publish,
-                                                       extra=files[2:])
-                result.status = "done"
-                return result
-            log.warning("%s no longer passes QC (%s); making it again", cog,
-                        ", ".join(report.failed))
-        elif why != f"no manifest {cog.with_name(cog.stem + MANIFEST_SUFFIX).name}" \
-                or cog.exists():
+            log.info("%s is published and complete under %s; skipping (--force redoes "
+                     "it)", cog.name, publish)
+            uris = [f"{publish.rstrip('/')}/{r['name']}" for r in manifest["files"]]
+            return JobResult("skipped", cog, published=uris)
+        log.info("%s: %s; making it", cog.name, why)
+    manifest, why = verify_local(cog)
+    if manifest is not None and mismatch(manifest, identity) == ["publish"]:
+        log.info("%s was made for another publish target; remaking its files", cog)
+        manifest = None
+    if manifest is None:
+        if cog.exists() or not why.startswith("no manifest"):
             log.info("%s is unfinished (%s); making it again", cog, why)
         remove_outputs(cog)
+        return None
+    differ = mismatch(manifest, identity)
+    if differ:
+        raise InputError(
+            f"{cog} is another product (its manifest differs in {differ}); use a name "
+            "template that tells them apart ({aoi}, {date}, {version}), another "
+            "--out, or --force to replace it")
+    report = check_quality(cog)
+    if not report.passed:
+        log.warning("%s no longer passes QC (%s); making it again", cog,
+                    ", ".join(report.failed))
+        remove_outputs(cog)
+        return None
+    files = [cog.with_name(r["name"]) for r in manifest["files"]]
+    result = JobResult("skipped", cog, files=files, qc=report.to_dict(),
+                       manifest=cog.with_name(cog.stem + MANIFEST_SUFFIX))
+    if not publish:
+        log.info("%s exists and is complete; skipping (--force redoes it)", cog)
+        return result
+    with step("publish", notifier, product=cog.name, destination=publish):
+        result.published = publish_product(cog, report, publish, extra=files[2:])
+    result.status = "done"
+    return result
+
+
+def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
+                  model: ModelSpec, notifier: Notifier, context: dict[str, Any]) -> JobResult:
+    """Make every file of the product, its manifest last; publish it when asked."""
+    name, publish = cog.name, job.publish
     result = JobResult("done", cog)
     with step("inference", notifier, product=name, **context):
-        report = super_resolve_to_cog(ds, cog, model=model, **options)
+        report = super_resolve_to_cog(ds, cog, model=model, **job.sr_options)
     result.timings = report.timings
     result.qc = report.to_dict()
     extra: list[Path] = []
-    if job.derivatives if job.derivatives is not None else aoi is not None:
+    if job.derivatives if job.derivatives is not None else job.aoi is not None:
         with step("derivatives", notifier, product=name):
             extra = write_derivatives(cog.with_suffix(".zarr"), cog)
     with step("quicklook", notifier, product=name):
