@@ -425,24 +425,7 @@ def to_zarr(
                 return path
             _reopen_damaged(path, missing, first_chunks=sr[next(iter(sr.data_vars))].chunks)
     else:
-        compressor = compressor or default_compressor()
-        encoding = {v: {"chunks": (tile, tile), "compressors": [compressor]}
-                    for v in sr.data_vars}
-        template = sr.rio.write_crs(sr.rio.crs) if sr.rio.crs else sr.copy()
-        crs_wkt = sr.rio.crs.to_wkt() if sr.rio.crs else None
-        for v in template.data_vars:
-            if crs_wkt:  # CF grid mapping for xarray/rioxarray, _CRS for GDAL's Zarr driver
-                template[v].attrs.update(grid_mapping="spatial_ref", _CRS={"wkt": crs_wkt})
-        first = sr[next(iter(sr.data_vars))]
-        regions = {d: np.cumsum((0, *c[:-1])).tolist() for d, c in zip(("y", "x"), first.chunks,
-                                                                         strict=True)}
-        template.attrs.update(srlib_product=token, srlib_complete=False,
-                              srlib_chunk=tile, srlib_store_id=uuid.uuid4().hex,
-                              srlib_regions=regions)
-        template.to_zarr(path, mode="w", compute=False, zarr_format=2, encoding=encoding,
-                         consolidated=True)
-        shutil.rmtree(progress, ignore_errors=True)
-        progress.mkdir()
+        _create_store(path, sr, token, tile, compressor or default_compressor())
 
     store_id = str(_root_attrs(path).get("srlib_store_id", ""))
     first = sr[next(iter(sr.data_vars))]
@@ -451,11 +434,50 @@ def to_zarr(
     if not (path / OVERVIEWS).exists():
         _create_overview_arrays(path, sr, levels, first.chunks,
                                 compressor or default_compressor())
+    groups = _region_tasks(path, sr, store_id, levels, source_ends)
+    for wave in _waves(list(groups.values()), 2 * _threads()):
+        dask.compute(*wave)
+    missing = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
+               if not (progress / f"{iy}-{ix}").exists()]
+    if missing:
+        raise IncompleteStoreError(f"{path}: regions {missing[:5]} were not written; rerun "
+                                   "srlib.to_zarr to resume")
+    _complete(path, sr, levels, tile)
+    return path
+
+
+def _create_store(path: Path, sr: xr.Dataset, token: str, tile: int,
+                  compressor: numcodecs.abc.Codec) -> None:
+    """Write a new store's metadata (no chunks yet) and an empty progress folder."""
+    encoding = {v: {"chunks": (tile, tile), "compressors": [compressor]} for v in sr.data_vars}
+    template = sr.rio.write_crs(sr.rio.crs) if sr.rio.crs else sr.copy()
+    crs_wkt = sr.rio.crs.to_wkt() if sr.rio.crs else None
+    for v in template.data_vars:
+        if crs_wkt:  # CF grid mapping for xarray/rioxarray, _CRS for GDAL's Zarr driver
+            template[v].attrs.update(grid_mapping="spatial_ref", _CRS={"wkt": crs_wkt})
+    first = sr[next(iter(sr.data_vars))]
+    regions = {d: np.cumsum((0, *c[:-1])).tolist()
+               for d, c in zip(("y", "x"), first.chunks, strict=True)}
+    template.attrs.update(srlib_product=token, srlib_complete=False, srlib_chunk=tile,
+                          srlib_store_id=uuid.uuid4().hex, srlib_regions=regions)
+    template.to_zarr(path, mode="w", compute=False, zarr_format=2, encoding=encoding,
+                     consolidated=True)
+    progress = _progress_dir(path)
+    shutil.rmtree(progress, ignore_errors=True)
+    progress.mkdir()
+
+
+def _region_tasks(path: Path, sr: xr.Dataset, store_id: str, levels: int,
+                  source_ends: list[np.ndarray] | None) -> dict[tuple[int, int], list]:
+    """Delayed writes of the regions without a valid marker, by the model block they cut."""
+    ychunks, xchunks = sr[next(iter(sr.data_vars))].chunks
     ystarts, xstarts = np.cumsum((0, *ychunks)), np.cumsum((0, *xchunks))
+    progress = _progress_dir(path)
+    encodings = {v: var_encoding(sr[v]) for v in sr.data_vars}
     # Unoptimised blocks: per-variable fusion would run the shared model block once per
     # variable, and would drop task annotations (super_resolve's GPU resources)
     parts = {v: sr[v].data.to_delayed(optimize_graph=False) for v in sr.data_vars}
-    groups: dict[tuple[int, int], list] = {}  # region tasks by the model block they cut
+    groups: dict[tuple[int, int], list] = {}
     for iy in range(len(ychunks)):
         for ix in range(len(xchunks)):
             marker = progress / f"{iy}-{ix}"
@@ -464,17 +486,15 @@ def to_zarr(
             region = (slice(int(ystarts[iy]), int(ystarts[iy + 1])),
                       slice(int(xstarts[ix]), int(xstarts[ix + 1])))
             blocks = {v: parts[v][iy, ix] for v in sr.data_vars}
-            source = _source_block(source_ends, region)
-            groups.setdefault(source, []).append(dask.delayed(_write_region, pure=False)(
-                str(path), store_id, region, str(marker), levels,
-                {v: var_encoding(sr[v]) for v in sr.data_vars}, **blocks))
-    for wave in _waves(list(groups.values()), 2 * _threads()):
-        dask.compute(*wave)
-    missing = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
-               if not (progress / f"{iy}-{ix}").exists()]
-    if missing:
-        raise IncompleteStoreError(f"{path}: regions {missing[:5]} were not written; rerun "
-                                   "srlib.to_zarr to resume")
+            groups.setdefault(_source_block(source_ends, region), []).append(
+                dask.delayed(_write_region, pure=False)(str(path), store_id, region,
+                                                        str(marker), levels, encodings,
+                                                        **blocks))
+    return groups
+
+
+def _complete(path: Path, sr: xr.Dataset, levels: int, tile: int) -> None:
+    """Build the remaining overview levels, check every chunk, mark the store complete."""
     group = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
     for k in range(1, levels + 1):
         group[f"{OVERVIEWS}/{k}"].attrs["srlib_complete"] = True
@@ -485,8 +505,7 @@ def to_zarr(
     if "spatial_ref" in sr.coords:  # CF: a plain xr.open_zarr then keeps it a coordinate
         group.attrs["coordinates"] = "spatial_ref"
     zarr.consolidate_metadata(str(path))
-    shutil.rmtree(progress, ignore_errors=True)
-    return path
+    shutil.rmtree(_progress_dir(path), ignore_errors=True)
 
 
 def _reopen_damaged(path: Path, missing: dict[str, list[str]],
