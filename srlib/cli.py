@@ -186,7 +186,8 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out"), show_default=True)
-@click.option("--publish", default=None, help="s3://bucket/prefix to publish to after QC.")
+@click.option("--publish", default=None,
+              help="s3://bucket/prefix, or a directory, to publish to after QC.")
 @click.option("--force", is_flag=True, help="Redo even if the product exists.")
 @click.option("--catalog", default=None, help="STAC API (default: Earth Search v1).")
 @click.option("--name", "name_template", default=None,
@@ -210,13 +211,13 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
     from srlib.engine.kernel import resolve_device
     from srlib.ops.jobs import run_dr
     from srlib.ops.notify import notifier_from_env, step
-    from srlib.ops.publish import S3Target
+    from srlib.ops.publish import object_store
     from srlib.scene.sources import EARTH_SEARCH
 
     spec = _load_model(model, checkpoint, stats)
     resolve_device(device)
     if publish:
-        S3Target.parse(publish)
+        object_store(publish)
     db = None
     if db_url or Settings.from_env().database_url != DEFAULT_DATABASE_URL:
         with step("database", notifier_from_env()):
@@ -246,7 +247,8 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
                    "reclaimed after it.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out"), show_default=True)
-@click.option("--publish", default=None, help="s3://bucket/prefix to publish to after QC.")
+@click.option("--publish", default=None,
+              help="s3://bucket/prefix, or a directory, to publish to after QC.")
 @click.option("--catalog", default=None, help="STAC API (default: Earth Search v1).")
 @click.option("--model", default="bicubic", show_default=True)
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)

@@ -260,3 +260,19 @@ def test_every_cli_failure_is_one_clear_line(env, tmp_path):
                                    "--device", "gpu7", "--once"]), "pdr")
     assert db.request(rid)["status"] == "pending"  # nothing claimed with a bad config
     assert len(cases) == 17
+
+
+def test_publishing_to_a_directory_is_staged_verified_and_skipped_only_when_whole(
+        env, tmp_path):
+    shared = tmp_path / "shared" / "sr"
+    done = _dr(env, tmp_path / "work", publish=str(shared))
+    assert done.status == "done"
+    names = sorted(p.name for p in shared.iterdir())
+    assert names == sorted([*(p.name for p in done.files), done.manifest.name])
+    assert _dr(env, tmp_path / "work", publish=str(shared)).status == "skipped"
+    rgb = next(shared.glob("*_RGB.tif"))
+    rgb.write_bytes(rgb.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
+    assert _dr(env, tmp_path / "work", publish=str(shared)).status == "done"  # republished
+    assert _dr(env, tmp_path / "work", publish=str(shared)).status == "skipped"
+    with pytest.raises(srlib.InputError, match="neither s3://bucket/prefix nor an absolute"):
+        _dr(env, tmp_path / "work", publish="relative/dir")

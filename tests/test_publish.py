@@ -87,7 +87,7 @@ def test_only_products_that_passed_qc_are_published(s3, tmp_path):
     manifest = json.loads(s3.get_object(Bucket="products", Key="qc/p.manifest.json")["Body"]
                           .read())
     assert [f["name"] for f in manifest["files"]] == ["p.tif", "p.qc.json"]
-    assert all(f["s3_checksum_sha256"] for f in manifest["files"])
+    assert all(f["stored_checksum"] for f in manifest["files"])
 
 
 @pytest.mark.parametrize("uri", ["products/x", "s3://", "https://bucket/x"])

@@ -21,14 +21,15 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from ..config import Settings
 from ..errors import InputError, SrlibError
 
-__all__ = ["DatabaseError", "LeaseLost", "MetadataDB", "default_url"]
+__all__ = ["DatabaseError", "LeaseLost", "MetadataDB", "RequestQueue", "RunRecorder",
+           "default_url"]
 
 log = logging.getLogger("srlib")
 
@@ -73,6 +74,41 @@ requests = sa.Table(
     sa.Column("lease_until", sa.DateTime(timezone=True)),
     sa.Column("outputs", sa.Text),  # JSON list of the product's URIs
 )
+
+
+class RunRecorder(Protocol):
+    """Where jobs record their runs (:class:`MetadataDB`, or anything alike)."""
+
+    def start_run(self, inputs: dict[str, Any], *, model: str = "",
+                  versions: dict[str, str] | None = None, request_id: int | None = None) -> int:
+        """Record a run as running; return its id."""
+
+    def finish_run(self, run_id: int, status: str, *, timings: dict | None = None,
+                   qc: dict | None = None, outputs: list[str] | None = None,
+                   error: str | None = None) -> None:
+        """Record the end of a run."""
+
+
+class RequestQueue(RunRecorder, Protocol):
+    """Where ``pdr`` workers claim AOI requests, under leases."""
+
+    def ping(self) -> None:
+        """Raise :class:`DatabaseError` unless the queue answers."""
+
+    def claim_request(self, worker: str, *, lease_s: float = 600.0) -> dict[str, Any] | None:
+        """Claim the oldest claimable request, or None."""
+
+    def lease(self, request_id: int, worker: str,
+              lease_s: float) -> contextlib.AbstractContextManager[_Lease]:
+        """Renew the claim while the block runs."""
+
+    def complete_request(self, request_id: int, run_id: int | None, *,
+                         outputs: list[str] | None = None, worker: str | None = None) -> None:
+        """Mark a request done with its product's URIs."""
+
+    def fail_request(self, request_id: int, error: str, run_id: int | None = None, *,
+                     worker: str | None = None) -> None:
+        """Mark a request failed with its error."""
 
 
 def _now() -> dt.datetime:

@@ -34,6 +34,7 @@ from ..product.qc import check_quality
 from ..product.quicklook import write_quicklooks
 from ..product.stac_item import write_product_item
 from ..scene.sources import EARTH_SEARCH, load_s2, parse_date
+from .db import RequestQueue, RunRecorder
 from .notify import Notifier, notifier_from_env, step
 from .publish import publish_product, verify_published
 
@@ -124,7 +125,7 @@ def remove_outputs(cog: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _model_spec(model: Any, options: dict[str, Any]) -> Any:
+def _model_spec(model: Any, options: dict[str, Any]) -> ModelSpec:
     from ..models import load_model
 
     return load_model(model, scale=options.get("scale", 10))
@@ -202,7 +203,7 @@ class DrRequest:
 
 
 def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
-           notifier: Notifier | None = None, db: Any | None = None,
+           notifier: Notifier | None = None, db: RunRecorder | None = None,
            **options: Any) -> JobResult:
     """Super-resolve one scene into a checked, optionally published product.
 
@@ -382,15 +383,15 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
     return result
 
 
-def check_pdr_config(db: Any, *, model: Any = "bicubic", publish: str | None = None,
-                     device: str | None = None, **options: Any) -> Any:
+def check_pdr_config(db: RequestQueue, *, model: Any = "bicubic", publish: str | None = None,
+                     device: str | None = None, **options: Any) -> ModelSpec:
     """Check ``pdr``'s whole configuration before anything is claimed; return the model spec.
 
     The model loads, the device exists, the publish target is reachable and the database
     answers; otherwise the first problem is raised (:class:`srlib.SrlibError`).
     """
     from ..engine.kernel import resolve_device
-    from .publish import PublishError, S3Target, s3_client
+    from .publish import PublishError, S3Store, object_store
 
     spec = _model_spec(model, options)
     try:
@@ -399,18 +400,19 @@ def check_pdr_config(db: Any, *, model: Any = "bicubic", publish: str | None = N
         raise InputError(f"device {device!r} is not usable here: {err}; use cpu, cuda or "
                          "cuda:N") from err
     if publish:
-        target = S3Target.parse(publish)
-        try:
-            s3_client().head_bucket(Bucket=target.bucket)
-        except Exception as err:
-            raise PublishError(f"cannot reach the publish target {publish}: "
-                               f"{type(err).__name__}: {err}") from err
+        store = object_store(publish)
+        if isinstance(store, S3Store):
+            try:
+                store.client.head_bucket(Bucket=store.target.bucket)
+            except Exception as err:
+                raise PublishError(f"cannot reach the publish target {publish}: "
+                                   f"{type(err).__name__}: {err}") from err
     db.ping()
     return spec
 
 
 def run_pdr(
-    db: Any,
+    db: RequestQueue,
     *,
     worker: str,
     once: bool = True,

@@ -15,26 +15,33 @@ Credentials come from the usual boto3 chain and are never logged.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import Settings
 from ..errors import InputError, QCFailed, SrlibError
-from ..product.manifest import manifest_path, mismatch, read_manifest
+from ..product.manifest import manifest_path, mismatch, read_manifest, sha256_file
+from ..product.qc import QCReport
 
-__all__ = ["PublishError", "S3Target", "publish", "publish_product", "verify_published"]
+__all__ = ["LocalStore", "ObjectStore", "PublishError", "S3Store", "S3Target", "object_store",
+           "publish", "publish_product", "verify_published"]
 
 log = logging.getLogger("srlib")
 
 #: Multipart part size (and threshold) in MiB.
 PART_MB = 64
+
+#: A boto3 S3 client (``botocore.client.S3``; boto3 ships no static type for it).
+S3Client = Any
 
 
 class PublishError(SrlibError, OSError):
@@ -67,7 +74,7 @@ class S3Target:
         return f"s3://{self.bucket}/{self.key(name)}"
 
 
-def s3_client(endpoint_url: str | None = None) -> Any:
+def s3_client(endpoint_url: str | None = None) -> S3Client:
     """Return a boto3 S3 client with adaptive retries (see :class:`srlib.config.Settings`)."""
     import boto3
     from botocore.config import Config
@@ -104,12 +111,12 @@ def _same_checksum(reported: str | None, expected: str) -> bool:
     return got == base and (not got_parts or got_parts == parts)
 
 
-def _stored(client: Any, bucket: str, key: str) -> tuple[int, str | None]:
+def _stored(client: S3Client, bucket: str, key: str) -> tuple[int, str | None]:
     head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     return int(head["ContentLength"]), head.get("ChecksumSHA256")
 
 
-def _verify(client: Any, bucket: str, key: str, size: int, checksum: str, file: Path) -> str:
+def _verify(client: S3Client, bucket: str, key: str, size: int, checksum: str, file: Path) -> str:
     stored_size, stored_sum = _stored(client, bucket, key)
     if stored_size != size or not _same_checksum(stored_sum, checksum):
         raise PublishError(
@@ -123,7 +130,7 @@ def publish(
     files: Sequence[str | os.PathLike],
     uri: str,
     *,
-    client: Any | None = None,
+    client: S3Client | None = None,
     multipart_mb: int = PART_MB,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, str]:
@@ -193,28 +200,205 @@ def publish(
     return published
 
 
-def _delete(client: Any, bucket: str, key: str) -> None:
+def _delete(client: S3Client, bucket: str, key: str) -> None:
     try:
         client.delete_object(Bucket=bucket, Key=key)
     except Exception:  # best effort: a staging key is never a product's key
         log.warning("could not delete staging object s3://%s/%s", bucket, key)
 
 
-def publish_product(cog_path: str | os.PathLike, report: Any, uri: str, *,
-                    extra: Sequence[str | os.PathLike] = (), client: Any | None = None
+class ObjectStore(Protocol):
+    """Where products are published: S3 (:class:`S3Store`) or a directory (:class:`LocalStore`).
+
+    ``put`` stages every file, verifies each against what the store holds, then moves them
+    to their final names; ``stat`` reports what the store holds (size and checksum).
+    """
+
+    def uri(self, name: str) -> str:
+        """URI of ``name`` in the store."""
+
+    def put(self, files: Sequence[Path]) -> dict[str, str]:
+        """Publish files, verified; return each URI's stored checksum."""
+
+    def put_bytes(self, name: str, data: bytes) -> str:
+        """Publish a small object, verified; return its URI."""
+
+    def get_bytes(self, name: str) -> bytes | None:
+        """Read a small object (None when absent)."""
+
+    def stat(self, name: str) -> tuple[int, str | None] | None:
+        """Size and checksum of an object as the store holds it (None when absent)."""
+
+    def remove(self, name: str) -> None:
+        """Delete an object if present."""
+
+
+@dataclass
+class S3Store:
+    """An S3 prefix; checksums are the SHA-256 that S3 reports for the stored bytes."""
+
+    target: S3Target
+    client: S3Client
+
+    def uri(self, name: str) -> str:
+        """Return the ``s3://`` URI of ``name``."""
+        return self.target.uri(name)
+
+    def put(self, files: Sequence[Path]) -> dict[str, str]:
+        """Stage, verify and move (see :func:`publish`)."""
+        return publish(files, self.target.uri(""), client=self.client)
+
+    def put_bytes(self, name: str, data: bytes) -> str:
+        """Upload ``data`` with its SHA-256, which S3 checks and reports back."""
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        key = self.target.key(name)
+        try:
+            self.client.put_object(Bucket=self.target.bucket, Key=key, Body=data,
+                                   ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+            _verify(self.client, self.target.bucket, key, len(data), checksum, Path(name))
+        except PublishError:
+            raise
+        except Exception as err:
+            raise PublishError(f"publishing {self.uri(name)} failed: {type(err).__name__}: "
+                               f"{err}; rerun to complete it") from err
+        return self.uri(name)
+
+    def get_bytes(self, name: str) -> bytes | None:
+        """Read an object; None when there is none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.target.bucket,
+                                          Key=self.target.key(name))["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise PublishError(f"cannot read {self.uri(name)}: {err}") from err
+
+    def stat(self, name: str) -> tuple[int, str | None] | None:
+        """Size and S3-reported SHA-256 of an object; None when there is none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return _stored(self.client, self.target.bucket, self.target.key(name))
+        except ClientError:
+            return None
+
+    def remove(self, name: str) -> None:
+        """Delete an object (raises PublishError when S3 cannot be reached)."""
+        try:
+            self.client.delete_object(Bucket=self.target.bucket, Key=self.target.key(name))
+        except Exception as err:
+            raise PublishError(f"cannot reach {self.uri(name)} to delete it: "
+                               f"{type(err).__name__}: {err}") from err
+
+
+@dataclass
+class LocalStore:
+    """A directory (shared storage on a cluster); checksums are SHA-256 hex digests.
+
+    Files are copied to ``.incoming/<id>/`` inside the directory, verified by re-reading
+    them, and renamed into place (atomic within one file system).
+    """
+
+    root: Path
+
+    def uri(self, name: str) -> str:
+        """Return the path of ``name`` as a string."""
+        return str(self.root / name)
+
+    def put(self, files: Sequence[Path]) -> dict[str, str]:
+        """Stage, verify and move every file; nothing is moved unless all verify."""
+        staging = self.root / ".incoming" / uuid.uuid4().hex
+        try:
+            staging.mkdir(parents=True)
+            staged = []
+            for file in files:
+                copy = staging / file.name
+                shutil.copyfile(file, copy)
+                expected = sha256_file(file)
+                if copy.stat().st_size != file.stat().st_size or sha256_file(copy) != expected:
+                    raise PublishError(f"{copy} does not hold the bytes of {file}; the "
+                                       "product was not published, rerun to complete it")
+                staged.append((copy, expected))
+            out = {}
+            for copy, checksum in staged:
+                os.replace(copy, self.root / copy.name)
+                out[self.uri(copy.name)] = checksum
+            return out
+        except OSError as err:
+            raise PublishError(f"publishing to {self.root} failed: {err}; the product was "
+                               "not published (no manifest), rerun to complete it") from err
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # other publishers may be staging there
+                staging.parent.rmdir()
+
+    def put_bytes(self, name: str, data: bytes) -> str:
+        """Write ``data`` atomically under ``name``."""
+        tmp = self.root / f".{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.root / name)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise PublishError(f"publishing {self.uri(name)} failed: {err}") from err
+        return self.uri(name)
+
+    def get_bytes(self, name: str) -> bytes | None:
+        """Read a file; None when there is none."""
+        path = self.root / name
+        return path.read_bytes() if path.is_file() else None
+
+    def stat(self, name: str) -> tuple[int, str | None] | None:
+        """Size and SHA-256 of a file (read whole); None when there is none."""
+        path = self.root / name
+        return (path.stat().st_size, sha256_file(path)) if path.is_file() else None
+
+    def remove(self, name: str) -> None:
+        """Delete a file if present."""
+        (self.root / name).unlink(missing_ok=True)
+
+
+def object_store(uri: str, *, client: S3Client | None = None) -> ObjectStore:
+    """Return the store of a publish target: ``s3://bucket/prefix`` or a directory.
+
+    Raises
+    ------
+    InputError
+        Neither an S3 URI nor an absolute path (``file://`` accepted).
+    """
+    if isinstance(uri, str) and uri.startswith("s3://"):
+        return S3Store(S3Target.parse(uri), client or s3_client())
+    path = uri.removeprefix("file://") if isinstance(uri, str) else None
+    if not path or not os.path.isabs(path):
+        raise InputError(f"publish target {uri!r} is neither s3://bucket/prefix nor an "
+                         "absolute directory path")
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    return LocalStore(root)
+
+
+def publish_product(cog_path: str | os.PathLike, report: QCReport, uri: str, *,
+                    extra: Sequence[str | os.PathLike] = (), client: S3Client | None = None
                     ) -> list[str]:
     """Publish a product (COG, QC JSON, ``extra`` files) and then its manifest, last.
 
-    The local manifest (see :mod:`srlib.product.manifest`) must exist; the published one adds the
-    checksum S3 reports for each object. Any earlier manifest at the prefix is removed
-    first, so a failure leaves the product visibly unfinished.
+    The local manifest (see :mod:`srlib.product.manifest`) must exist; the published one
+    adds the checksum the store reports for each object. Any earlier manifest at the
+    target is removed first, so a failure leaves the product visibly unfinished.
+
+    Parameters
+    ----------
+    uri : str
+        ``s3://bucket/prefix`` or a directory (see :func:`object_store`).
 
     Raises
     ------
     QCFailed
-        The report has failed checks: nothing is uploaded.
+        The report has failed checks: nothing is published.
     PublishError
-        An upload failed or did not verify: no manifest at the final prefix.
+        A copy failed or did not verify: no manifest at the target.
     """
     if not report.passed:
         raise QCFailed(report.failed, report)
@@ -227,71 +411,46 @@ def publish_product(cog_path: str | os.PathLike, report: Any, uri: str, *,
     qc_json = cog_path.with_suffix(".qc.json")
     if not qc_json.exists():
         report.to_json(qc_json)
-    target = S3Target.parse(uri)
-    client = client or s3_client()
-    try:
-        client.delete_object(Bucket=target.bucket, Key=target.key(local.name))
-    except Exception as err:
-        raise PublishError(f"cannot reach {uri} to unpublish the old manifest: "
-                           f"{type(err).__name__}: {err}") from err
     files = list(dict.fromkeys(Path(f) for f in [cog_path, qc_json, *extra]))
     listed = {r["name"] for r in body["files"]}
     unlisted = [f.name for f in files if f.name not in listed]
     if unlisted:
         raise InputError(f"{unlisted} are not in {local.name}; rerun the job to rewrite it")
-    stored = publish(files, uri, client=client)
+    store = object_store(uri, client=client)
+    store.remove(local.name)
+    stored = store.put(files)
     for record in body["files"]:
-        record["s3_checksum_sha256"] = stored[target.uri(record["name"])]
-    body["published"] = target.uri("")
-    text = json.dumps(body, indent=2).encode()
-    checksum = base64.b64encode(hashlib.sha256(text).digest()).decode()
-    key = target.key(local.name)
-    try:
-        client.put_object(Bucket=target.bucket, Key=key, Body=text,
-                          ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
-                          ContentType="application/json")
-        _verify(client, target.bucket, key, len(text), checksum, local)
-    except PublishError:
-        raise
-    except Exception as err:
-        raise PublishError(f"publishing the manifest to {target.uri(local.name)} failed: "
-                           f"{type(err).__name__}: {err}; rerun to complete it") from err
-    return [*stored, target.uri(local.name)]
+        record["stored_checksum"] = stored[store.uri(record["name"])]
+    body["published"] = store.uri("")
+    return [*stored, store.put_bytes(local.name, json.dumps(body, indent=2).encode())]
 
 
 def verify_published(uri: str, cog_name: str, identity: Mapping[str, Any], *,
-                     client: Any | None = None) -> tuple[dict[str, Any] | None, str]:
-    """Check a published product: its manifest, identity and every object S3 stores.
+                     client: S3Client | None = None) -> tuple[dict[str, Any] | None, str]:
+    """Check a published product: its manifest, identity and every object stored.
 
     Returns
     -------
     (manifest or None, reason)
         The manifest when it is complete, matches ``identity`` and every file it lists is
-        stored with its recorded size and S3-reported SHA-256; else None and why not.
+        stored with its recorded size and stored checksum (for S3, the SHA-256 that S3
+        reports); else None and why not.
     """
-    from botocore.exceptions import ClientError
-
-    target = S3Target.parse(uri)
-    client = client or s3_client()
+    store = object_store(uri, client=client)
     name = manifest_path(Path(cog_name)).name
-    try:
-        raw = client.get_object(Bucket=target.bucket, Key=target.key(name))["Body"].read()
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None, f"no manifest {target.uri(name)}"
-        raise PublishError(f"cannot read {target.uri(name)}: {err}") from err
+    raw = store.get_bytes(name)
+    if raw is None:
+        return None, f"no manifest {store.uri(name)}"
     body = read_manifest(raw)
     if body is None:
-        return None, f"{target.uri(name)} is not a complete manifest"
+        return None, f"{store.uri(name)} is not a complete manifest"
     differ = mismatch(body, identity)
     if differ:
-        return None, f"{target.uri(name)} is another product's (differs in {differ})"
+        return None, f"{store.uri(name)} is another product's (differs in {differ})"
     for record in body["files"]:
-        key = target.key(str(record.get("name")))
-        try:
-            size, checksum = _stored(client, target.bucket, key)
-        except ClientError:
-            return None, f"{target.uri(str(record.get('name')))} is missing"
-        if size != record.get("size") or checksum != record.get("s3_checksum_sha256"):
-            return None, f"{target.uri(str(record.get('name')))} does not match the manifest"
+        held = store.stat(str(record.get("name")))
+        if held is None:
+            return None, f"{store.uri(str(record.get('name')))} is missing"
+        if held != (record.get("size"), record.get("stored_checksum")):
+            return None, f"{store.uri(str(record.get('name')))} does not match the manifest"
     return body, "complete"
