@@ -152,54 +152,76 @@ def load_model(
     """
     if isinstance(model, ModelSpec):
         return model
-    bands_in, bands_out = tuple(bands_in), tuple(bands_out)
+    bands = (tuple(bands_in), tuple(bands_out))
+    geometry = {"patch_size": patch_size, "overlap": overlap, "halo": halo}
     if isinstance(model, str) and model == "bicubic":
-        missing = [b for b in bands_out if b not in bands_in]
-        if missing:
-            raise ModelError(f"bicubic copies bands from the input; {missing} are not inputs")
-        channels = tuple(bands_in.index(b) for b in bands_out)
-        model_stats = _stats(stats, bands_in, bands_out)
-        return ModelSpec(
-            name="bicubic", bands_in=bands_in, bands_out=bands_out, scale=scale,
-            stats=model_stats, build=functools.partial(_build_bicubic, scale, channels),
-            token=f"bicubic-{scale}-{channels}-{_digest(model_stats)}",
-            blend="trim", patch_size=patch_size or 256, halo=halo or 2,
-            peak_channels=len(bands_out) * 2,
-        )
+        return _bicubic_spec(bands, scale, _stats(stats, *bands), geometry)
     if isinstance(model, str) and model == "swin2sr":
-        cfg = {**SWIN2SR_SMALL, **arch}
-        cfg.update(in_chans=len(bands_in), out_chans=len(bands_out), upscale=scale)
         if checkpoint is None and not random_weights:
             raise ModelError(
                 "swin2sr needs weights: pass checkpoint='model.pth' and stats='stats.json', "
                 "or random_weights=True for an untrained network (tests and benchmarks only)"
             )
-        Swin2SR(**{**cfg, "depths": (), "num_heads": ()})  # validate options cheaply
-        ckpt = str(Path(checkpoint).resolve()) if checkpoint is not None else None
-        if ckpt is not None:
-            # Fail on the client, before any graph is built, if the file does not fit.
-            _build_swin2sr(cfg, ckpt, seed)
-        token = _file_token(Path(ckpt)) if ckpt else f"random{seed}"
-        p = patch_size or int(cfg["img_size"])
-        if p % int(cfg["window_size"]):
-            raise ModelError(f"patch_size {p} must be a multiple of window_size "
-                             f"{cfg['window_size']}")
-        up = cfg["upsampler"]
-        peak = 64 if up in ("pixelshuffle", "pixelshuffle_hf", "nearest+conv") else len(bands_out)
-        return ModelSpec(
-            name="swin2sr", bands_in=bands_in, bands_out=bands_out, scale=scale,
-            stats=_stats(stats, bands_in, bands_out),
-            build=functools.partial(_build_swin2sr, cfg, ckpt, seed),
-            token=f"swin2sr-{token}-{_digest(sorted(cfg.items()))}",
-            blend="feather", patch_size=p, overlap=p // 4 if overlap is None else overlap,
-            halo=max(halo or p, p), peak_channels=peak,
-        )
+        return _swin2sr_spec(bands, scale, _stats(stats, *bands), geometry, arch,
+                             checkpoint, seed)
     if isinstance(model, str):
         raise ModelError(f"unknown model {model!r}; use 'bicubic', 'swin2sr', a torch.nn.Module "
                          "or srlib.load_model(...)")
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model must be a name, a torch.nn.Module or a ModelSpec, got "
                          f"{type(model).__name__}")
+    return _module_spec(model, bands, scale, _stats(stats, *bands), geometry, blend)
+
+
+Bands = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def _bicubic_spec(bands: Bands, scale: int, stats: Stats, geometry: dict) -> ModelSpec:
+    bands_in, bands_out = bands
+    missing = [b for b in bands_out if b not in bands_in]
+    if missing:
+        raise ModelError(f"bicubic copies bands from the input; {missing} are not inputs")
+    channels = tuple(bands_in.index(b) for b in bands_out)
+    return ModelSpec(
+        name="bicubic", bands_in=bands_in, bands_out=bands_out, scale=scale,
+        stats=stats, build=functools.partial(_build_bicubic, scale, channels),
+        token=f"bicubic-{scale}-{channels}-{_digest(stats)}",
+        blend="trim", patch_size=geometry["patch_size"] or 256, halo=geometry["halo"] or 2,
+        peak_channels=len(bands_out) * 2,
+    )
+
+
+def _swin2sr_spec(bands: Bands, scale: int, stats: Stats, geometry: dict,
+                  arch: dict[str, Any], checkpoint: str | Path | None, seed: int) -> ModelSpec:
+    bands_in, bands_out = bands
+    cfg = {**SWIN2SR_SMALL, **arch}
+    cfg.update(in_chans=len(bands_in), out_chans=len(bands_out), upscale=scale)
+    Swin2SR(**{**cfg, "depths": (), "num_heads": ()})  # validate options cheaply
+    ckpt = str(Path(checkpoint).resolve()) if checkpoint is not None else None
+    if ckpt is not None:
+        # Fail on the client, before any graph is built, if the file does not fit.
+        _build_swin2sr(cfg, ckpt, seed)
+    token = _file_token(Path(ckpt)) if ckpt else f"random{seed}"
+    p = geometry["patch_size"] or int(cfg["img_size"])
+    if p % int(cfg["window_size"]):
+        raise ModelError(f"patch_size {p} must be a multiple of window_size "
+                         f"{cfg['window_size']}")
+    up = cfg["upsampler"]
+    peak = 64 if up in ("pixelshuffle", "pixelshuffle_hf", "nearest+conv") else len(bands_out)
+    overlap = geometry["overlap"]
+    return ModelSpec(
+        name="swin2sr", bands_in=bands_in, bands_out=bands_out, scale=scale, stats=stats,
+        build=functools.partial(_build_swin2sr, cfg, ckpt, seed),
+        token=f"swin2sr-{token}-{_digest(sorted(cfg.items()))}",
+        blend="feather", patch_size=p, overlap=p // 4 if overlap is None else overlap,
+        halo=max(geometry["halo"] or p, p), peak_channels=peak,
+    )
+
+
+def _module_spec(model: torch.nn.Module, bands: Bands, scale: int, stats: Stats,
+                 geometry: dict, blend: str | None) -> ModelSpec:
+    bands_in, bands_out = bands
+    halo, overlap = geometry["halo"], geometry["overlap"]
     token = module_token(model, scale, bands_in, bands_out, blend, halo)
     if token.startswith("unidentified-"):
         logging.getLogger("srlib").warning(
@@ -208,17 +230,17 @@ def load_model(
             "(torch.jit.script) to make it resumable", type(model).__name__)
     common = dict(
         name=type(model).__name__, bands_in=bands_in, bands_out=bands_out, scale=scale,
-        stats=_stats(stats, bands_in, bands_out), build=functools.partial(_build_given, model),
-        token=f"module-{token}",
+        stats=stats, build=functools.partial(_build_given, model), token=f"module-{token}",
     )
     if blend == "trim":
         if halo is None:
             raise ModelError("blend='trim' needs halo= (the model's receptive radius in input "
                              "pixels)")
-        return ModelSpec(**common, blend="trim", patch_size=patch_size or 256, halo=halo)
+        return ModelSpec(**common, blend="trim", patch_size=geometry["patch_size"] or 256,
+                         halo=halo)
     if blend not in (None, "feather"):
         raise ModelError(f"blend must be 'feather' or 'trim', got {blend!r}")
-    p = patch_size or 64
+    p = geometry["patch_size"] or 64
     return ModelSpec(**common, blend="feather", patch_size=p,
                      overlap=p // 4 if overlap is None else overlap, halo=max(halo or p, p))
 
