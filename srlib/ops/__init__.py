@@ -7,9 +7,9 @@ It may import every lower layer; only :mod:`srlib.cli` imports it.
 """
 
 from .db import MetadataDB
-from .jobs import JobResult, run_dr, run_pdr
-from .publish import S3Target, publish, publish_product
+from .jobs import DrRequest, JobResult, run_dr, run_pdr
+from .publish import ObjectStore, S3Target, object_store, publish, publish_product
 from .slurm import dask_cluster, load_profile
 
-__all__ = ["JobResult", "MetadataDB", "S3Target", "dask_cluster", "load_profile", "publish",
-           "publish_product", "run_dr", "run_pdr"]
+__all__ = ["DrRequest", "JobResult", "MetadataDB", "ObjectStore", "S3Target", "dask_cluster",
+           "load_profile", "object_store", "publish", "publish_product", "run_dr", "run_pdr"]
