@@ -13,33 +13,14 @@ quantise, and write nodata wherever the input pixel was nodata. The parts live i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..bands import Quality, scl_to_quality
-from ..models.spec import ModelSpec
 from . import memory
-from .runner import Runner, flush_subnormals, resolve_device
+from .runner import KernelConfig, Runner, flush_subnormals, resolve_device
 from .stitching import Output, run_feather, run_trim
 
 __all__ = ["KernelConfig", "flush_subnormals", "resolve_device", "sr_block"]
-
-@dataclass(frozen=True)
-class KernelConfig:
-    """What every block task needs; small and picklable (the model loads per worker)."""
-
-    spec: ModelSpec
-    n_bands: int
-    has_scl: bool
-    device: str | None
-    batch_size: int | None
-    safe_batch: int
-    peak_per_pixel: float
-    precision: str
-    y_starts: tuple[int, ...]
-    x_starts: tuple[int, ...]
-    lanes: int | None = None  #: CPU passes at once (None: one per core; 0: sequential)
 
 
 def sr_block(block: np.ndarray, block_info: dict | None = None, *,

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import InputError, ModelError
-from ..models.spec import loaded_module
+from ..models.spec import ModelSpec, loaded_module
 from .batching import INDEX_LIMIT, plan_batch_size
 
-if TYPE_CHECKING:
-    from .kernel import KernelConfig
-
-__all__ = ["AUTOCAST", "Runner", "flush_subnormals", "resolve_device"]
+__all__ = ["AUTOCAST", "KernelConfig", "Runner", "flush_subnormals", "resolve_device"]
 
 #: Autocast dtypes of the CUDA precisions (the CPU always runs float32).
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """What every block task needs; small and picklable (the model loads per worker)."""
+
+    spec: ModelSpec
+    n_bands: int
+    has_scl: bool
+    device: str | None
+    batch_size: int | None
+    safe_batch: int
+    peak_per_pixel: float
+    precision: str
+    y_starts: tuple[int, ...]
+    x_starts: tuple[int, ...]
+    lanes: int | None = None  #: CPU passes at once (None: one per core; 0: sequential)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
