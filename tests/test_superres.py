@@ -260,10 +260,10 @@ def test_cpu_output_is_identical_whatever_the_number_of_lanes(scene, tiny_swin, 
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)  # read when the process's lanes start
-            monkeypatch.setattr(srlib.engine.lanes, "_LANES", None)
+            srlib.engine.lanes.reset_process_lanes()
             results.append(srlib.super_resolve(scene, tiny_swin, chunks=48)
                            .compute(scheduler="sync"))
-            lanes = srlib.engine.lanes._LANES
+            lanes = srlib.engine.lanes.current_lanes()
             assert lanes.lanes == min(n, len(os.sched_getaffinity(0)))
             assert lanes.free == lanes.lanes  # every lane came back
             assert torch.get_num_threads() == n  # the lanes never change the caller's
@@ -280,7 +280,7 @@ def test_lanes_leave_the_thread_count_of_new_threads_alone(scene, tiny_swin, mon
     Unrestored, dask's second thread started its blocks with one lane (measured: half
     the blocks of a Swin2SR scene ran on one core of two).
     """
-    monkeypatch.setattr(srlib.engine.lanes, "_LANES", None)
+    srlib.engine.lanes.reset_process_lanes()
     expected = torch.get_num_threads()
     srlib.super_resolve(scene, tiny_swin, chunks=48).compute(scheduler="sync")
     seen = []
@@ -293,7 +293,8 @@ def test_lanes_leave_the_thread_count_of_new_threads_alone(scene, tiny_swin, mon
         x = torch.ones(1 << 20)
         return torch.get_num_threads() if bool((x + x).sum() > 0) else -1
 
-    counts = [srlib.engine.lanes._LANES.pool.submit(lane_threads).result() for _ in range(4)]
+    lanes = srlib.engine.lanes.current_lanes()
+    counts = [lanes.pool.submit(lane_threads).result() for _ in range(4)]
     assert counts == [1] * 4
 
 

@@ -19,7 +19,8 @@ import torch
 
 from .runner import Runner
 
-__all__ = ["Lanes", "forward_all", "lane_count", "process_lanes"]
+__all__ = ["Lanes", "current_lanes", "forward_all", "lane_count", "process_lanes",
+           "reset_process_lanes"]
 
 _T = TypeVar("_T")
 
@@ -110,13 +111,25 @@ def process_lanes() -> Lanes:
         return _LANES
 
 
-def _forget_lanes() -> None:  # a forked child has none of its parent's threads
+def reset_process_lanes() -> None:
+    """Forget the process's lanes: the next block starts new ones, sized afresh.
+
+    Called in a forked child (which has none of its parent's threads); tests call it to
+    start lanes for another thread count. Lanes already started keep running until the
+    blocks holding them finish.
+    """
     global _LANES
-    _LANES = None
+    with _LANES_LOCK:
+        _LANES = None
+
+
+def current_lanes() -> Lanes | None:
+    """Return the process's lanes if started, else None."""
+    return _LANES
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_lanes)
+    os.register_at_fork(after_in_child=reset_process_lanes)
 
 
 def forward_all(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndarray],
