@@ -6,11 +6,19 @@ the output path, and for checking that the pipeline does not depend on the chunk
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Bicubic", "cubic_weights"]
+from ..errors import ModelError
+from .registry import BuildRequest, register_architecture
+from .spec import ModelSpec
+
+__all__ = ["Bicubic", "BicubicConfig", "cubic_weights"]
 
 
 def cubic_weights(scale: int, a: float = -0.5) -> np.ndarray:
@@ -88,3 +96,30 @@ class Bicubic(nn.Module):
         """Upsample ``(N, C, H, W)`` to ``(N, len(channels), H * scale, W * scale)``."""
         x = x.index_select(1, self.channels)
         return self._along(self._along(x, 2), 3)
+
+
+@dataclass(frozen=True)
+class BicubicConfig:
+    """Bicubic takes no options."""
+
+
+def _build(scale: int, channels: tuple[int, ...]) -> nn.Module:
+    return Bicubic(scale, list(channels))
+
+
+def _spec(config: BicubicConfig, req: BuildRequest) -> ModelSpec:
+    missing = [b for b in req.bands_out if b not in req.bands_in]
+    if missing:
+        raise ModelError(f"bicubic copies bands from the input; {missing} are not inputs")
+    channels = tuple(req.bands_in.index(b) for b in req.bands_out)
+    digest = hashlib.sha256(repr(req.stats).encode()).hexdigest()[:12]
+    return ModelSpec(
+        name=req.name or "bicubic", bands_in=req.bands_in, bands_out=req.bands_out,
+        scale=req.scale, stats=req.stats, build=functools.partial(_build, req.scale, channels),
+        token=f"bicubic-{req.scale}-{channels}-{digest}",
+        blend="trim", patch_size=req.patch_size or 256, halo=req.halo or 2,
+        peak_channels=len(req.bands_out) * 2, architecture="bicubic", version=req.version,
+    )
+
+
+register_architecture("bicubic", BicubicConfig, _spec)

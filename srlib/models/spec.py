@@ -13,7 +13,7 @@ import torch
 from ..errors import ModelError
 from .stats import Stats
 
-__all__ = ["ModelSpec", "loaded_module", "module_token", "spec_identity"]
+__all__ = ["ModelSpec", "loaded_module", "module_token", "provenance", "spec_identity"]
 
 Blend = Literal["trim", "feather"]
 
@@ -56,6 +56,16 @@ class ModelSpec:
         Channels of the model's largest activation at the output resolution, per sample
         (used by the batch planner with PyTorch's 2**31 element limit). ``0`` lets the
         planner measure it with a meta-device forward pass.
+    architecture : str
+        The registered architecture (``""`` for a module given as an object).
+    config : tuple of (str, object)
+        The architecture's options, as sorted items.
+    version : str
+        The model's version (from its model card).
+    checkpoint : str, optional
+        Absolute path of the weights file.
+    checkpoint_sha256 : str
+        SHA-256 of the weights file (verified before loading when a card gives it).
     """
 
     name: str
@@ -70,6 +80,11 @@ class ModelSpec:
     overlap: int = 0
     halo: int = 2
     peak_channels: int = 0
+    architecture: str = ""
+    config: tuple[tuple[str, object], ...] = ()
+    version: str = ""
+    checkpoint: str | None = None
+    checkpoint_sha256: str = ""
 
     def __post_init__(self) -> None:
         if len(self.stats.input.bands) != len(self.bands_in):
@@ -171,6 +186,12 @@ def _attribute_bytes(value: object) -> bytes:
     raise TypeError(f"no stable identity for a {type(value).__name__} attribute")
 
 
+def provenance(spec: ModelSpec) -> dict[str, str]:
+    """Return the model's name, version and checkpoint SHA-256 (for products, records)."""
+    return {"name": spec.name, "version": spec.version,
+            "checkpoint_sha256": spec.checkpoint_sha256, "identity": spec_identity(spec)}
+
+
 def spec_identity(spec: ModelSpec) -> str:
     """Identity of everything in a spec that changes the output.
 
@@ -180,4 +201,6 @@ def spec_identity(spec: ModelSpec) -> str:
     """
     parts = (spec.token, spec.name, spec.bands_in, spec.bands_out, spec.scale,
              repr(spec.stats), spec.blend, spec.patch_size, spec.overlap, spec.halo)
+    if spec.version or spec.checkpoint_sha256:  # (older identities stay as they were)
+        parts = (*parts, spec.version, spec.checkpoint_sha256)
     return f"{spec.name}-{hashlib.sha256(repr(parts).encode()).hexdigest()[:16]}"

@@ -15,16 +15,25 @@ Written for srlib with the state-dict layout of the public reference implementat
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .checkpoint import file_sha256, load_state_dict, read_checkpoint
+from .registry import BuildRequest, register_architecture
+from .spec import ModelSpec
 
-__all__ = ["UPSAMPLERS", "Swin2SR", "prime_factors"]
+__all__ = ["UPSAMPLERS", "Swin2SR", "Swin2SRConfig", "prime_factors"]
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "pixelshuffle_hf", "nearest+conv", "")
 
@@ -306,8 +315,8 @@ class Swin2SR(nn.Module):
                  depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
                  window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  ape: bool = False, patch_norm: bool = True, upscale: int = 2,
-                 img_range: float = 1.0, upsampler: str = "", resi_connection: str = "1conv",
-                 **_ignored: object) -> None:
+                 img_range: float = 1.0, upsampler: str = "",
+                 resi_connection: str = "1conv") -> None:
         super().__init__()
         if upsampler not in UPSAMPLERS:
             raise ModelError(f"upsampler {upsampler!r} is not supported; use one of {UPSAMPLERS}")
@@ -428,3 +437,93 @@ class Swin2SR(nn.Module):
                 x = self.conv_last(self.lrelu(self.conv_hr(x)))
         x = x / self.img_range + self.mean_out.type_as(x)
         return x[:, :, : h * self.upscale, : w * self.upscale]
+
+
+@dataclass(frozen=True)
+class Swin2SRConfig:
+    """The options of a Swin2SR network (defaults: :data:`srlib.models.SWIN2SR_SMALL`).
+
+    ``in_chans``, ``out_chans`` and ``upscale`` come from the model's bands and scale.
+    """
+
+    img_size: int = 64
+    window_size: int = 8
+    embed_dim: int = 24
+    depths: tuple[int, ...] = (2, 2)
+    num_heads: tuple[int, ...] = (2, 2)
+    mlp_ratio: float = 2.0
+    upsampler: str = "pixelshuffledirect"
+    resi_connection: str = "1conv"
+    qkv_bias: bool = True
+    ape: bool = False
+    patch_norm: bool = True
+    img_range: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        if self.upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler {self.upsampler!r} is not one of {UPSAMPLERS}")
+        if self.resi_connection not in ("1conv", "3conv"):
+            raise ValueError(f"resi_connection {self.resi_connection!r} is not 1conv or 3conv")
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError("depths and num_heads must have the same length")
+        for name in ("img_size", "window_size", "embed_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer")
+
+    def network(self, in_chans: int, out_chans: int, upscale: int) -> dict[str, Any]:
+        """Keyword arguments of :class:`Swin2SR`."""
+        return {**dataclasses.asdict(self), "in_chans": in_chans, "out_chans": out_chans,
+                "upscale": upscale}
+
+
+def _build(arch: dict[str, Any], checkpoint: str | None, seed: int) -> nn.Module:
+    if checkpoint is None:
+        torch.manual_seed(seed)
+        return Swin2SR(**arch)
+    module = Swin2SR(**arch)
+    state = read_checkpoint(checkpoint)
+    if not isinstance(state, dict):
+        raise ModelError(f"{checkpoint} is a TorchScript module; use architecture "
+                         "'torchscript' (or srlib.load_model(torch.jit.load(path), ...))")
+    load_state_dict(module, state, f"checkpoint {checkpoint}")
+    return module
+
+
+def _spec(config: Swin2SRConfig, req: BuildRequest) -> ModelSpec:
+    if req.checkpoint is None and not req.random_weights:
+        raise ModelError(
+            "swin2sr needs weights: give a model card (srlib.load_model('card.json')), or "
+            "checkpoint='model.pth' and stats='stats.json', or random_weights=True for an "
+            "untrained network (tests and benchmarks only)")
+    arch = config.network(len(req.bands_in), len(req.bands_out), req.scale)
+    Swin2SR(**{**arch, "depths": (), "num_heads": ()})  # check the options cheaply
+    ckpt = str(Path(req.checkpoint).resolve()) if req.checkpoint is not None else None
+    if ckpt is not None:
+        if config.upsampler == "nearest+conv" and req.scale != 4:
+            raise ModelError(
+                f"a nearest+conv checkpoint cannot show its scale (its layers are the same "
+                f"at x4 and x{req.scale}), and the reference trains it only at x4: use it "
+                "with scale=4, or retrain with pixelshuffle or pixelshuffledirect")
+        _build(arch, ckpt, req.seed)  # fail on the client, before any graph, if it misfits
+    sha = req.checkpoint_sha256 or (file_sha256(ckpt) if ckpt else "")
+    p = req.patch_size or config.img_size
+    if p % config.window_size:
+        raise ModelError(f"patch_size {p} must be a multiple of window_size "
+                         f"{config.window_size}")
+    wide = config.upsampler in ("pixelshuffle", "pixelshuffle_hf", "nearest+conv")
+    return ModelSpec(
+        name=req.name or "swin2sr", bands_in=req.bands_in, bands_out=req.bands_out,
+        scale=req.scale, stats=req.stats, build=functools.partial(_build, arch, ckpt, req.seed),
+        token=f"swin2sr-{sha[:16] if sha else f'random{req.seed}'}-"
+              f"{hashlib.sha256(repr(sorted(arch.items())).encode()).hexdigest()[:12]}",
+        blend="feather", patch_size=p,
+        overlap=p // 4 if req.overlap is None else req.overlap,
+        halo=max(req.halo or p, p), peak_channels=64 if wide else len(req.bands_out),
+        architecture="swin2sr", config=tuple(sorted(dataclasses.asdict(config).items())),
+        version=req.version, checkpoint=ckpt, checkpoint_sha256=sha,
+    )
+
+
+register_architecture("swin2sr", Swin2SRConfig, _spec)
