@@ -111,9 +111,10 @@ def _load_model(model: str, checkpoint: str | None, stats: str | None):
     """Return the model spec of ``--model/--checkpoint/--stats`` (errors name the fix)."""
     import srlib
 
-    if model == "bicubic" and (checkpoint or stats):
-        raise srlib.ModelError("--checkpoint and --stats are for --model swin2sr; bicubic has "
-                               "no weights")
+    if (checkpoint or stats) and model != "swin2sr":
+        raise srlib.ModelError("--checkpoint and --stats are a shortcut for --model swin2sr "
+                               "in its default configuration; for anything else give a "
+                               "model card (.json) as --model")
     return srlib.load_model(model, checkpoint=checkpoint, stats=stats)
 
 
@@ -129,7 +130,7 @@ def _open_db(db_url: str | None):
 @click.option("--sample", default="29RKH", show_default=True,
               type=click.Choice(["29RKH", "bigearthnet"]), help="Bundled sample scene.")
 @click.option("--model", default="bicubic", show_default=True,
-              help="'bicubic', or 'swin2sr' with --checkpoint and --stats.")
+              help="A model card (.json), 'bicubic', or 'swin2sr' with --checkpoint/--stats.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
@@ -181,7 +182,8 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
               metavar="MIN_LON MIN_LAT MAX_LON MAX_LAT", help="Area of interest (degrees).")
 @click.option("--s2-id", default=0, show_default=True, help="Which scene of the date.")
 @click.option("--product-id", default=None, help="Exact item id, e.g. S2B_19JCL_20250402_0_L2A.")
-@click.option("--model", default="bicubic", show_default=True, help="bicubic or swin2sr.")
+@click.option("--model", default="bicubic", show_default=True,
+              help="A model card (.json), 'bicubic', or 'swin2sr' with --checkpoint/--stats.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -250,7 +252,8 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
 @click.option("--publish", default=None,
               help="s3://bucket/prefix, or a directory, to publish to after QC.")
 @click.option("--catalog", default=None, help="STAC API (default: Earth Search v1).")
-@click.option("--model", default="bicubic", show_default=True)
+@click.option("--model", default="bicubic", show_default=True,
+              help="A model card (.json), 'bicubic', or 'swin2sr' with --checkpoint/--stats.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--device", default=None)
@@ -294,6 +297,8 @@ def _slurm_job_options(func):
         click.option("--out", required=True, help="Output directory (on shared storage)."),
         click.option("--logs", "log_dir", required=True, help="Log directory (created)."),
         click.option("--publish", default=None, help="s3://bucket/prefix."),
+        click.option("--model", default=None,
+                     help="bicubic (default) or a model card JSON; the job gets the card."),
         click.option("--runtime", type=click.Choice(["venv", "apptainer"]), default="venv",
                      show_default=True),
         click.option("--image", default=None, help="Apptainer image (.sif)."),

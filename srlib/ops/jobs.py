@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..models import ModelSpec
+from ..models import ModelSpec, provenance
 from ..product.derivatives import DERIVATIVES, write_derivatives
 from ..product.manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
 from ..product.pipeline import super_resolve_to_cog
@@ -234,7 +234,7 @@ def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
     from .notify import redact
 
     with step("database", notifier):
-        run_id = db.start_run(job.inputs(), model=f"{spec.name}:{spec.token}",
+        run_id = db.start_run(job.inputs(), model=_model_record(spec),
                               versions=_versions(), request_id=job.request)
     try:
         result = _run_dr(job, spec, notifier)
@@ -249,6 +249,12 @@ def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
                       outputs=result.published or [str(p) for p in result.files])
     result.run_id = run_id
     return result
+
+
+def _model_record(spec: ModelSpec) -> str:
+    """Return the model as the database records it (``name@version sha256:<hex>``)."""
+    text = f"{spec.name}@{spec.version}" if spec.version else spec.name
+    return f"{text} sha256:{spec.checkpoint_sha256}" if spec.checkpoint_sha256 else text
 
 
 def _versions() -> dict[str, str]:
@@ -368,7 +374,7 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
         item = write_product_item(
             cog, datetime=ds.attrs.get("datetime") or None, href=href(cog),
             properties={"srlib:source_items": ds.attrs.get("items", []),
-                        "srlib:model": model.name, "srlib:model_token": model.token},
+                        "srlib:model": provenance(model)},
             extra_assets={"qc": href(cog.with_suffix(".qc.json")),
                           **{p.stem.rsplit("_", 1)[-1].lower(): href(p) for p in extra
                              if p.suffix == ".tif"}})
@@ -376,7 +382,7 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
     result.files = [cog, cog.with_suffix(".qc.json"), *extra]
     with step("manifest", notifier, product=name):
         result.manifest = write_manifest(cog, result.files, identity=identity, qc=result.qc,
-                                         model={"name": model.name, "token": model.token})
+                                         model=provenance(model))
     if publish:
         with step("publish", notifier, product=name, destination=publish):
             result.published = publish_product(cog, report, publish, extra=extra)

@@ -146,21 +146,38 @@ def render_dr(profile: Profile, *, date: str, mgrs: str | None = None,
               log_dir: str, publish: str | None = None, runtime: str = "venv",
               image: str | None = None, venv: str | None = None,
               account: str | None = None, input_px: int | None = None, scale: int = 10,
-              extra_args: tuple[str, ...] = ()) -> str:
+              model: str | None = None, extra_args: tuple[str, ...] = ()) -> str:
     """Render a batch script running ``srlib dr`` for a whole tile or an AOI.
 
     The time limit follows the work: a whole tile, or the AOI's size at 10 m (or
-    ``input_px``). ``srlib dr`` itself skips a product that exists and passes QC, so a
-    resubmitted job is idempotent. ``extra_args`` are appended to ``srlib dr``.
+    ``input_px``), at the profile's GPU rate, or at the model card's measured rate
+    (``rate_mpx_per_s``) when it has one. ``model`` is ``bicubic`` or a model card; the
+    job gets the card's absolute path (its checkpoint is found beside it). ``srlib dr``
+    itself skips a complete product, so a resubmitted job is idempotent. ``extra_args``
+    are appended to ``srlib dr``.
     """
     if (mgrs is None) == (aoi is None):
         raise InputError("pass exactly one of mgrs= or aoi=")
+    model_args: list[str] = []
+    if model and model != "bicubic":
+        from ..models.card import is_card, load_card, read_card
+
+        if not is_card(model):
+            raise InputError(f"--model {model!r}: a SLURM job takes bicubic or a model card "
+                             "(.json), which names the weights the job will use")
+        card_path = str(Path(model).resolve())
+        card = read_card(card_path)
+        load_card(card_path)  # the weights are there and match the card, before submitting
+        scale = int(card["scale"])
+        if card.get("rate_mpx_per_s"):
+            profile = replace(profile, gpu_mpx_per_s=float(card["rate_mpx_per_s"]))
+        model_args = ["--model", card_path]
     px = input_px or (TILE_PX * TILE_PX if mgrs else aoi_pixels(aoi))  # type: ignore[arg-type]
     time, memory = _limits(profile, px, scale)
     job = f"srlib-dr-{mgrs or 'aoi'}-{date}"
     where = ["--mgrs", mgrs] if mgrs else ["--aoi", *map(str, aoi or ())]
-    args = ["dr", "--date", date, *where, "--out", out, *(["--publish", publish]
-                                                          if publish else []), *extra_args]
+    args = ["dr", "--date", date, *where, "--out", out, *model_args,
+            *(["--publish", publish] if publish else []), *extra_args]
     srlib = _runner(runtime, image, venv, [out, log_dir])
     lines = _header(profile, job, log_dir, time, memory, account)
     lines += ['echo "srlib dr on $(hostname), job $SLURM_JOB_ID"',

@@ -16,6 +16,7 @@ import xarray as xr
 from ..engine.kernel import resolve_device
 from ..engine.superres import super_resolve
 from ..errors import QCFailed, add_step
+from ..models import load_model, provenance
 from .cog import to_cog
 from .qc import QCReport, check_quality
 from .zarr_store import holds_product, to_zarr
@@ -98,6 +99,7 @@ def super_resolve_to_cog(
         with _stage("qc"):
             report = check_quality(staging, timings=timings, thresholds=thresholds, source=ds)
         report.path = str(cog_path)
+        report.model = provenance(load_model(model, scale=options.get("scale", 10)))
         report.timings["qc_s"] = time.perf_counter() - t2
         report.to_json(zarr_path.with_suffix(".qc.json"))
         if not report.passed:

@@ -52,6 +52,7 @@ class QCReport:
     checks: list[CheckResult]
     timings: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -74,7 +75,7 @@ class QCReport:
         """Return a JSON-ready dict."""
         return {"path": self.path, "passed": self.passed, "failed": self.failed,
                 "created": self.created, "timings": self.timings,
-                "thresholds": self.thresholds,
+                "thresholds": self.thresholds, "model": self.model,
                 "checks": [asdict(c) for c in self.checks]}
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
