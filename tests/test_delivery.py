@@ -276,3 +276,26 @@ def test_publishing_to_a_directory_is_staged_verified_and_skipped_only_when_whol
     assert _dr(env, tmp_path / "work", publish=str(shared)).status == "skipped"
     with pytest.raises(srlib.InputError, match="neither s3://bucket/prefix nor an absolute"):
         _dr(env, tmp_path / "work", publish="relative/dir")
+
+
+def test_a_card_names_the_model_in_the_product_its_item_qc_and_database(env, tmp_path):
+    from srlib.models.card import shipped_cards
+
+    card = json.loads(shipped_cards()["s2-swin2sr-demo"].read_text())
+    url = f"sqlite:///{tmp_path / 'm.sqlite'}"
+    db = MetadataDB(url)
+    rid = db.add_request("20200219", [float(v) for v in AOI])
+    result = CliRunner().invoke(main, [
+        "pdr", "--db", url, "--once", "--catalog", env["url"], "--out", str(tmp_path),
+        "--model", "s2-swin2sr-demo", "--publish", "s3://products/card"])
+    assert result.exit_code == 0, result.output
+    run = db.run(db.request(rid)["run_id"])
+    assert run["model"] == f"s2-swin2sr-demo@1 sha256:{card['sha256']}"
+    (cog,) = tmp_path.glob("S2x10_*_v1.tif")
+    item = json.loads(cog.with_name(cog.stem + ".stac.json").read_text())
+    qc = json.loads(cog.with_suffix(".qc.json").read_text())
+    manifest = json.loads(cog.with_name(cog.stem + ".manifest.json").read_text())
+    for model in (item["properties"]["srlib:model"], qc["model"], manifest["model"]):
+        assert (model["name"], model["version"], model["checkpoint_sha256"]) == \
+            ("s2-swin2sr-demo", "1", card["sha256"])
+    assert qc["passed"] and qc["checks"][-1]["name"] == "consistency"

@@ -40,7 +40,8 @@ from .registry import BuildRequest, get_architecture
 from .spec import ModelSpec
 from .stats import Stats, read_stats
 
-__all__ = ["CARD_FIELDS", "is_card", "load_card", "read_card", "write_model_card"]
+__all__ = ["CARD_FIELDS", "is_card", "load_card", "read_card", "shipped_cards",
+           "write_model_card"]
 
 _REQUIRED = ("name", "version", "architecture", "scale", "bands_in", "bands_out", "stats")
 _OPTIONAL = ("config", "checkpoint", "sha256", "patch_size", "overlap", "halo", "blend",
@@ -50,8 +51,18 @@ CARD_FIELDS = (*_REQUIRED, *_OPTIONAL)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def shipped_cards() -> dict[str, Path]:
+    """Return the model cards that ship with srlib (``data/models/<name>/card.json``)."""
+    from importlib import resources
+
+    root = Path(str(resources.files("srlib") / "data" / "models"))
+    return {p.parent.name: p for p in sorted(root.glob("*/card.json"))}
+
+
 def is_card(model: object) -> bool:
-    """Whether ``model`` names a model card (a ``.json`` path)."""
+    """Whether ``model`` names a model card: a ``.json`` path or a shipped card's name."""
+    if isinstance(model, str) and model in shipped_cards():
+        return True
     return isinstance(model, str | os.PathLike) and str(model).lower().endswith(".json")
 
 
@@ -102,7 +113,7 @@ def load_card(path: str | os.PathLike) -> ModelSpec:
         A bad card, weights missing or not matching ``sha256``, options the architecture
         does not take, or weights that do not fit it.
     """
-    path = Path(path).resolve()
+    path = shipped_cards().get(str(path), Path(path)).resolve()
     card = read_card(path)
     arch = get_architecture(str(card["architecture"]))
     config = arch.make_config(card.get("config") or {})

@@ -97,8 +97,11 @@ def get_architecture(name: str) -> Architecture:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ModelError(f"unknown model {name!r}; use one of {architectures()}, a model "
-                         "card (.json), a torch.nn.Module or srlib.load_model(...)") from None
+        from .card import shipped_cards
+
+        raise ModelError(f"unknown model {name!r}; use a model card (.json, or a shipped one: "
+                         f"{sorted(shipped_cards())}), an architecture ({architectures()}), a "
+                         "torch.nn.Module or srlib.load_model(...)") from None
 
 
 def architectures() -> list[str]:
