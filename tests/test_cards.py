@@ -37,6 +37,9 @@ def test_registry_lists_architectures_and_refuses_misspelt_options():
         srlib.load_model("bicubic", embed_dim=4)
     with pytest.raises(TypeError):  # the network itself no longer swallows options
         Swin2SR(windowsize=4)
+    for model in ("bicubic", torch.nn.Identity()):  # a checkpoint is never ignored
+        with pytest.raises(srlib.ModelError, match="would be ignored"):
+            srlib.load_model(model, checkpoint="weights.pth")
 
 
 def test_a_nearest_conv_checkpoint_is_refused_at_another_scale_than_4(tmp_path):

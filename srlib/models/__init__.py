@@ -152,6 +152,9 @@ def load_model(
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model must be a name, a model card, a torch.nn.Module or a "
                          f"ModelSpec, got {type(model).__name__}")
+    if checkpoint is not None:
+        raise ModelError("a module given as an object carries its own weights: a checkpoint "
+                         "would be ignored; load it into the module first, or use a card")
     geometry = {"patch_size": patch_size, "overlap": overlap, "halo": halo}
     return _module_spec(model, bands, scale, _stats(stats, *bands), geometry, blend)
 

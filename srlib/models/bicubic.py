@@ -108,6 +108,9 @@ def _build(scale: int, channels: tuple[int, ...]) -> nn.Module:
 
 
 def _spec(config: BicubicConfig, req: BuildRequest) -> ModelSpec:
+    if req.checkpoint is not None:
+        raise ModelError("bicubic has no weights: a checkpoint would be ignored; drop it, or "
+                         "name the architecture the checkpoint belongs to")
     missing = [b for b in req.bands_out if b not in req.bands_in]
     if missing:
         raise ModelError(f"bicubic copies bands from the input; {missing} are not inputs")
