@@ -59,6 +59,15 @@ _FALSE = ("NO", "FALSE", "0", "OFF")
 class QCThresholds:
     """Thresholds of the quality checks (reflectance x 10000, times in seconds).
 
+    Limits scale with the product. Time: each stage may take the output megapixels over
+    its minimum rate (``min_gpu_mpx_per_s``, ``min_cpu_mpx_per_s`` for inference,
+    ``min_total_mpx_per_s`` for the whole run) plus ``timing_overhead_s``; the legacy's
+    absolute limits (GPU 2 h, CPU 1 h, total 3 h) can be set as ``max_gpu_s``,
+    ``max_cpu_s``, ``max_total_s``. Size: the file must be compressed below
+    ``max_size_ratio`` times the raw size of its pixels; a deployment may add an absolute
+    cap, ``max_file_bytes`` (the legacy's was 10e9). A full tile (109800 x 109800 x 5
+    int16, about 60 GB compressed) passes the defaults.
+
     Typed and validated; the report records the ones it used. Build overrides with
     :meth:`from_mapping` (unknown names and unusable values are refused).
     """
@@ -71,10 +80,15 @@ class QCThresholds:
     band_count: int = 5
     dtype: str = "int16"
     min_entropy: float = 0.0
-    max_gpu_s: float = 2 * 3600.0
-    max_cpu_s: float = 1 * 3600.0
-    max_total_s: float = 3 * 3600.0
-    max_file_bytes: float = 10e9
+    min_gpu_mpx_per_s: float = 0.5
+    min_cpu_mpx_per_s: float = 0.1
+    min_total_mpx_per_s: float = 0.05
+    timing_overhead_s: float = 600.0
+    max_gpu_s: float | None = None
+    max_cpu_s: float | None = None
+    max_total_s: float | None = None
+    max_size_ratio: float = 1.0
+    max_file_bytes: float | None = None
     min_throughput_ha_per_min: float = 50.0
     sample_pixels: int = 2048 * 2048
     max_consistency_bias: float = 200.0
@@ -100,8 +114,12 @@ class QCThresholds:
         out: dict[str, object] = {}
         for name, value in values.items():
             default = getattr(base, name)
+            field_type = str(known[name].type)
             try:
-                if isinstance(default, tuple):
+                if value is None or (default is None and "None" in field_type):
+                    ok = value is None or (not isinstance(value, bool) and float(value) >= 0)
+                    value = None if value is None else float(value)
+                elif isinstance(default, tuple):
                     lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
                     ok = lo <= hi
                     value = (lo, hi)

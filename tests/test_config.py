@@ -59,3 +59,23 @@ def test_srlib_qc_honours_the_settings_thresholds_and_records_them(tmp_path, mon
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["failed"] == ["deploy"] and report["thresholds"]["max_file_bytes"] == 1000
+
+
+def test_qc_limits_scale_with_the_product_and_a_full_tile_passes():
+    from srlib.product.qc import deploy_limit_bytes, timing_limits
+
+    th = QCThresholds()
+    # measured (FIELD-NOTES): a quarter tile, 54900^2 x 5 int16, compressed to 15.6 GB;
+    # a full tile is about four times that
+    for side, size in ((54900, 15.6e9), (109800, 62.4e9)):
+        assert size < deploy_limit_bytes(side, side, 5, 2, th, overviews=7)  # defaults pass
+    legacy = QCThresholds.from_mapping({"max_file_bytes": 10e9})  # a deployment's cap
+    assert deploy_limit_bytes(54900, 54900, 5, 2, legacy) == 10e9
+    assert deploy_limit_bytes(1024, 1024, 5, 2, th) == 1024 * 1024 * 10  # raw size
+    full = timing_limits(109800 * 109800, th)
+    assert full["gpu_s"] > 2 * 3600  # a full tile's 1-2 h of GPU inference passes
+    small = timing_limits(1024 * 1024, th)
+    assert small["gpu_s"] < 3600 and small["total_s"] < full["total_s"]
+    capped = timing_limits(109800 * 109800,
+                           QCThresholds.from_mapping({"max_gpu_s": 7200, "max_cpu_s": None}))
+    assert capped["gpu_s"] == 7200  # the legacy's absolute limit, as an option

@@ -25,7 +25,8 @@ from ..bands import OUTPUT_NODATA
 from ..config import QCThresholds, Settings
 from ..errors import InputError, QCFailed
 
-__all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality"]
+__all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality", "deploy_limit_bytes",
+           "timing_limits"]
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -151,9 +152,11 @@ def check_quality(
     many as the size allows), ``values`` (mean and std of the reflectance within range,
     nodata under 95%, not all zero; measured on the overview closest above 2048 x 2048 px),
     ``bands`` (5 bands, int16), ``visual`` (Shannon entropy of the 8-bit RGB above 0),
-    ``timing`` (``gpu_s`` under 2 h, ``cpu_s`` under 1 h, ``total_s`` under 3 h) and
-    ``deploy`` (file under 10 GB, compressed, valid COG, throughput above 50 ha/min from
-    ``total_s``) and ``consistency`` (see :func:`consistency`; warns without ``source``).
+    ``timing`` (each stage within the time its output pixels allow, see
+    :func:`timing_limits`), ``deploy`` (compressed below the raw size of the pixels and
+    under any absolute cap, see :func:`deploy_limit_bytes`; a valid COG; throughput above
+    50 ha/min from ``total_s``) and ``consistency`` (see :func:`consistency`; warns
+    without ``source``). The limits scale with the product (:class:`QCThresholds`).
 
     Parameters
     ----------
@@ -197,8 +200,12 @@ def check_quality(
                    _visual_check(refl, valid, th)]
         area_ha = src.width * src.height * abs(src.res[0] * src.res[1]) / 1e4
         compression = src.compression.name if src.compression else None
-    checks += [_timing_check(timings, th),
-               _deploy_check(path, compression, area_ha, timings, th),
+        limit = deploy_limit_bytes(src.width, src.height, src.count,
+                                   max(np.dtype(d).itemsize for d in src.dtypes), th,
+                                   overviews=len(src.overviews(1)))
+        pixels = src.width * src.height
+    checks += [_timing_check(timings, th, pixels),
+               _deploy_check(path, compression, area_ha, timings, th, limit),
                consistency(path, source, thresholds=th)]
     return QCReport(str(path), checks, timings, thresholds=th.to_dict())
 
@@ -258,9 +265,20 @@ def _visual_check(refl: np.ndarray, valid: np.ndarray, th: QCThresholds) -> Chec
     return _result("visual", entropy > th.min_entropy, entropy, f"> {th.min_entropy} bits")
 
 
-def _timing_check(timings: Mapping[str, float], th: QCThresholds) -> CheckResult:
-    limits = {"gpu_s": th.max_gpu_s, "cpu_s": th.max_cpu_s, "total_s": th.max_total_s}
-    text = ", ".join(f"{k} <= {v:g}" for k, v in limits.items())
+def timing_limits(output_px: int, th: QCThresholds) -> dict[str, float]:
+    """Return the seconds each stage may take for ``output_px`` output pixels."""
+    mpx = output_px / 1e6
+    limits = {"gpu_s": mpx / th.min_gpu_mpx_per_s, "cpu_s": mpx / th.min_cpu_mpx_per_s,
+              "total_s": mpx / th.min_total_mpx_per_s}
+    absolute = {"gpu_s": th.max_gpu_s, "cpu_s": th.max_cpu_s, "total_s": th.max_total_s}
+    return {k: min(v + th.timing_overhead_s, absolute[k] or float("inf"))
+            for k, v in limits.items()}
+
+
+def _timing_check(timings: Mapping[str, float], th: QCThresholds,
+                  output_px: int) -> CheckResult:
+    limits = timing_limits(output_px, th)
+    text = ", ".join(f"{k} <= {v:.0f}" for k, v in limits.items())
     measured = {k: v for k, v in timings.items() if k in limits}
     if not measured:
         return CheckResult("timing", "warn", None, text, "no timings given")
@@ -268,13 +286,26 @@ def _timing_check(timings: Mapping[str, float], th: QCThresholds) -> CheckResult
     return _result("timing", not over, measured, text, f"over: {over}" if over else "")
 
 
+def deploy_limit_bytes(width: int, height: int, count: int, itemsize: int,
+                       th: QCThresholds, overviews: int = 0) -> float:
+    """Return the largest acceptable file size: a share of the raw pixels, and the cap.
+
+    The raw size counts the full resolution and the ``overviews`` levels (halvings).
+    """
+    pixels = sum(math.ceil(width / 2**k) * math.ceil(height / 2**k)
+                 for k in range(overviews + 1))
+    limit = th.max_size_ratio * pixels * count * itemsize
+    return min(limit, th.max_file_bytes) if th.max_file_bytes else limit
+
+
 def _deploy_check(path: Path, compression: str | None, area_ha: float,
-                  timings: Mapping[str, float], th: QCThresholds) -> CheckResult:
+                  timings: Mapping[str, float], th: QCThresholds,
+                  limit: float) -> CheckResult:
     """Size under the limit, compressed, a valid COG, made fast enough."""
     size = path.stat().st_size
     valid_cog, errors, _ = cog_validate(str(path), quiet=True)
     problems = []
-    if size >= th.max_file_bytes:
+    if size >= limit:
         problems.append("too large")
     if not compression or compression.upper() == "NONE":
         problems.append("uncompressed")
@@ -292,7 +323,7 @@ def _deploy_check(path: Path, compression: str | None, area_ha: float,
         status = "warn"
         problems.append("throughput not measured (no total_s)")
     return CheckResult("deploy", status, value,
-                       f"< {th.max_file_bytes:.3g} B, compressed, valid COG, "
+                       f"< {limit:.3g} B, compressed, valid COG, "
                        f">= {th.min_throughput_ha_per_min} ha/min", "; ".join(problems))
 
 
