@@ -175,3 +175,48 @@ def test_bad_asset_fails_with_its_href_and_no_zeros(servers, day):
         ds.nir.values  # noqa: B018
     with pytest.raises(Exception, match="B08"):
         srlib.super_resolve(ds).compute()
+
+
+def _crowd(endpoint, item):
+    """30 items of other tiles on the same day: what a day of Earth Search looks like."""
+    import copy
+
+    out = []
+    for i, tile in enumerate(f"29R{a}{b}" for a in "JKLMN" for b in "ABCDEF"):
+        clone = copy.deepcopy(item)
+        clone["id"] = f"S2A_{tile}_20200219_{i}_L2A"
+        clone["properties"]["grid:code"] = f"MGRS-{tile}"
+        out.append(clone)
+    return out
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    with loopback_sources(tmp_path_factory.mktemp("crowd"), _crowd) as (url, _endpoint, _item):
+        yield url
+
+
+def test_tile_search_filters_on_the_server_and_never_truncates(crowded, monkeypatch):
+    from pystac_client import Client
+
+    from srlib.scene import sources
+
+    client = Client.open(crowded)
+    day = sources._day_range(sources.parse_date("20200219"))
+    served = sources._server_search(client, collection="sentinel-2-l2a", datetime=day,
+                                    mgrs="29RKH", bbox=None)
+    everything = sources._server_search(client, collection="sentinel-2-l2a", datetime=day,
+                                        mgrs=None, bbox=None)
+    assert len(everything) == 31  # 30 other tiles and 29RKH; the server sent the tile only
+    assert [it.id for it in served] == ["S2A_29RKH_20200219_0_L2A"]
+    assert [it.id for it in search_items(date="20200219", mgrs="29RKH", catalog=crowded)] \
+        == ["S2A_29RKH_20200219_0_L2A"]
+    monkeypatch.setattr(sources, "MAX_ITEMS", 5)  # a limit hit is an error, not a result
+    with pytest.raises(srlib.SourceError, match="more than 5 items"):
+        sources._server_search(client, collection="sentinel-2-l2a", datetime=day,
+                               mgrs=None, bbox=None)
+    monkeypatch.setattr(sources, "MAX_ITEMS", 1000)
+    monkeypatch.setattr(sources, "PAGE_SIZE", 7)  # explicit pages: 5 of them, all read
+    paged = sources._server_search(client, collection="sentinel-2-l2a", datetime=day,
+                                   mgrs=None, bbox=None)
+    assert sorted(it.id for it in paged) == sorted(it.id for it in everything)

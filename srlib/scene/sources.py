@@ -271,16 +271,62 @@ def _grid_code(item: pystac.Item) -> str | None:
     return None
 
 
-def _search(client, *, collection: str, datetime: str, mgrs: str | None,
-            bbox: tuple[float, ...] | None) -> list[pystac.Item]:
-    kwargs: dict = {"collections": [collection], "datetime": datetime, "max_items": 5000}
+#: Items a search may return before it is refused as too broad (never truncated).
+MAX_ITEMS = 1000
+#: Items per page asked of the catalogue.
+PAGE_SIZE = 100
+
+
+def _tile_filter(client, mgrs: str) -> dict:
+    """Search arguments that filter on the MGRS tile on the server, as it conforms.
+
+    CQL2-JSON ``filter`` on ``grid:code`` (STAC API filter extension), else the ``query``
+    extension, else nothing (the client filters, and the item limit still applies).
+    """
+    from pystac_client.conformance import ConformanceClasses
+
+    code = f"MGRS-{mgrs}"
+    if client.conforms_to(ConformanceClasses.FILTER):
+        return {"filter": {"op": "=", "args": [{"property": "grid:code"}, code]},
+                "filter_lang": "cql2-json"}
+    if client.conforms_to(ConformanceClasses.QUERY):
+        return {"query": {"grid:code": {"eq": code}}}
+    return {}
+
+
+def _server_search(client, *, collection: str, datetime: str, mgrs: str | None,
+                   bbox: tuple[float, ...] | None) -> list[pystac.Item]:
+    """Return the items the catalogue gives, paged, filtered on the server where it can.
+
+    Raises
+    ------
+    SourceError
+        The search failed, or returned more than :data:`MAX_ITEMS` (refused, never
+        truncated: narrow the date or the area).
+    """
+    kwargs: dict = {"collections": [collection], "datetime": datetime, "limit": PAGE_SIZE,
+                    "max_items": MAX_ITEMS + 1}
     if bbox is not None:
         kwargs["bbox"] = list(bbox)
+    if mgrs is not None:
+        kwargs.update(_tile_filter(client, mgrs))
     try:
         items = list(client.search(**kwargs).items())
     except Exception as err:
         raise SourceError(f"STAC search failed at {client.self_href}: {err}") from err
-    if mgrs is not None:
+    if len(items) > MAX_ITEMS:
+        where = f"MGRS tile {mgrs}" if mgrs else f"bbox {bbox}"
+        raise SourceError(f"the STAC search at {client.self_href} for {where} in {datetime} "
+                          f"matched more than {MAX_ITEMS} items; srlib does not truncate "
+                          "results: narrow the date range or the area")
+    return items
+
+
+def _search(client, *, collection: str, datetime: str, mgrs: str | None,
+            bbox: tuple[float, ...] | None) -> list[pystac.Item]:
+    items = _server_search(client, collection=collection, datetime=datetime, mgrs=mgrs,
+                           bbox=bbox)
+    if mgrs is not None:  # a server that ignored the filter must not widen the result
         items = [it for it in items if _grid_code(it) == mgrs]
     return items
 
