@@ -15,6 +15,7 @@ from .engine.kernel import flush_subnormals
 from .engine.superres import super_resolve
 from .errors import (
     BatchSizeError,
+    DiskSpaceError,
     IncompleteStoreError,
     InputError,
     ModelError,
@@ -42,6 +43,7 @@ __all__ = [
     "OUTPUT_NODATA",
     "S2_BANDS",
     "BatchSizeError",
+    "DiskSpaceError",
     "CheckResult",
     "IncompleteStoreError",
     "InputError",

@@ -201,11 +201,13 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 @click.option("--db", "db_url", default=None,
               help="Record the run in this database (default: $PG_URL if set).")
 @click.option("--server", default=None, help="Name of this machine, recorded with the run.")
+@click.option("--keep-zarr/--no-keep-zarr", default=None,
+              help="Keep the Zarr intermediate (default: for AOIs only).")
 def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
        product_id: str | None, model: str, checkpoint: str | None, stats: str | None,
        out_dir: Path, publish: str | None, force: bool, catalog: str | None,
        name_template: str | None, product_version: int, device: str | None,
-       db_url: str | None, server: str | None) -> None:
+       db_url: str | None, server: str | None, keep_zarr: bool | None) -> None:
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
     from dask.diagnostics import ProgressBar
 
@@ -231,7 +233,7 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
                         product_id=product_id, model=spec, out=out_dir, publish=publish,
                         force=force, catalog=catalog or EARTH_SEARCH,
                         name_template=name_template, version=product_version,
-                        device=device, db=db)
+                        device=device, db=db, keep_zarr=keep_zarr)
     click.echo(f"{result.status}: {result.cog}")
     for uri in result.published:
         click.echo(f"published: {uri}")

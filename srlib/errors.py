@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "STEP_NOTE",
     "BatchSizeError",
+    "DiskSpaceError",
     "IncompleteStoreError",
     "InputError",
     "ModelError",
@@ -67,6 +68,10 @@ class BatchSizeError(SrlibError, ValueError):
 
 class IncompleteStoreError(SrlibError, OSError):
     """A Zarr store was not completely written; rerun the writer to resume it."""
+
+
+class DiskSpaceError(SrlibError, OSError):
+    """The product would not fit on the disk; the message names the sizes and the path."""
 
 
 class QCFailed(SrlibError):

@@ -299,3 +299,15 @@ def test_a_card_names_the_model_in_the_product_its_item_qc_and_database(env, tmp
         assert (model["name"], model["version"], model["checkpoint_sha256"]) == \
             ("s2-swin2sr-demo", "1", card["sha256"])
     assert qc["passed"] and qc["checks"][-1]["name"] == "consistency"
+
+
+def test_the_zarr_intermediate_is_kept_only_when_asked_or_for_aois(env, tmp_path):
+    kept = _dr(env, tmp_path / "a")
+    assert kept.cog.with_suffix(".zarr").is_dir()  # an AOI's derivatives come from it
+    args = ["dr", "--date", "20200219", "--aoi", *AOI, "--catalog", env["url"],
+            "--out", str(tmp_path / "b"), "--no-keep-zarr"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (cog,) = (tmp_path / "b").glob("S2x10_*_v1.tif")
+    assert not cog.with_suffix(".zarr").exists()
+    assert CliRunner().invoke(main, args).stdout.startswith("skipped")  # still complete

@@ -236,3 +236,20 @@ def test_every_bad_input_is_refused_with_a_clear_error(tmp_path):
         assert len(str(info.value)) > 20, name  # a sentence, not a bare value
         refused.append(name)
     assert len(refused) == len(cases) == 18
+
+
+def test_a_product_that_would_not_fit_on_the_disk_is_refused_before_any_compute(tmp_path):
+    import dask.array as da
+    import xarray as xr
+
+    from .conftest import raise_if_dask_computes
+
+    n = 100_000  # a 1,000,000 px square product: about 9 TB, more than this disk holds
+    ds = xr.Dataset({b: (("y", "x"), da.zeros((n, n), dtype="uint16", chunks=25_000),
+                         {"nodata": 0}) for b in srlib.S2_BANDS},
+                    coords={"y": 5e6 - 10 * (np.arange(n) + 0.5),
+                            "x": 4e5 + 10 * (np.arange(n) + 0.5)}).rio.write_crs("EPSG:32633")
+    with raise_if_dask_computes(), pytest.raises(srlib.DiskSpaceError,
+                                                 match=r"needs about .* GB in .* free"):
+        srlib.super_resolve_to_cog(ds, tmp_path / "huge.tif", chunks=25_000)
+    assert not (tmp_path / "huge.zarr").exists()

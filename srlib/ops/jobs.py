@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import shutil
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -160,6 +161,9 @@ class DrRequest:
         Write NDVI, EVI, RGB and NIR COGs (default: for AOIs).
     request : int, optional
         The id of the database request this job serves.
+    keep_zarr : bool, optional
+        Keep the Zarr intermediate once the product is complete (default: for AOIs, whose
+        derivatives are made from it; a whole tile's is about as large as its COG).
     load_options, sr_options : dict
         Further options of :func:`srlib.load_s2` and of :func:`srlib.super_resolve`.
     """
@@ -177,6 +181,7 @@ class DrRequest:
     version: int = 1
     derivatives: bool | None = None
     request: int | None = None
+    keep_zarr: bool | None = None
     load_options: dict[str, Any] = field(default_factory=dict)
     sr_options: dict[str, Any] = field(default_factory=dict)
 
@@ -386,6 +391,8 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
     if publish:
         with step("publish", notifier, product=name, destination=publish):
             result.published = publish_product(cog, report, publish, extra=extra)
+    if not (job.keep_zarr if job.keep_zarr is not None else job.aoi is not None):
+        shutil.rmtree(cog.with_suffix(".zarr"), ignore_errors=True)
     return result
 
 
