@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from .checkpoint import file_sha256
+from ..hashing import sha256_file
 from .registry import BuildRequest, get_architecture
 from .spec import ModelSpec
 from .stats import Stats, read_stats
@@ -125,7 +125,7 @@ def load_card(path: str | os.PathLike) -> ModelSpec:
         checkpoint = checkpoint if checkpoint.is_absolute() else path.parent / checkpoint
         if not checkpoint.is_file():
             raise ModelError(f"model card {path}: checkpoint {checkpoint} does not exist")
-        sha = file_sha256(checkpoint)
+        sha = sha256_file(checkpoint)
         expected = card.get("sha256")
         if not expected:
             raise ModelError(f"model card {path}: give the checkpoint's sha256 ({sha}); it is "
@@ -171,7 +171,7 @@ def write_model_card(spec: ModelSpec, path: str | os.PathLike, *,
             card["checkpoint"] = str(ckpt.relative_to(path.parent))
         except ValueError:
             card["checkpoint"] = str(ckpt)
-        card["sha256"] = spec.checkpoint_sha256 or file_sha256(ckpt)
+        card["sha256"] = spec.checkpoint_sha256 or sha256_file(ckpt)
     card["stats"] = {
         "input": {"bands": list(spec.stats.input.bands), "mean": list(spec.stats.input.mean),
                   "std": list(spec.stats.input.std)},

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ModelError
 
-__all__ = ["WRAPPER_KEYS", "file_sha256", "load_state_dict", "read_checkpoint"]
+__all__ = ["WRAPPER_KEYS", "load_state_dict", "read_checkpoint"]
 
 #: Keys under which training frameworks nest the state dict, tried in this order.
 WRAPPER_KEYS = ("params_ema", "params", "model", "state_dict")
@@ -87,13 +87,3 @@ def load_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], whe
         )
     module.load_state_dict(state, strict=True)
 
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a weights file."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .checkpoint import file_sha256, load_state_dict, read_checkpoint
+from ..hashing import sha256_file
+from .checkpoint import load_state_dict, read_checkpoint
 from .registry import BuildRequest, register_architecture
 from .spec import ModelSpec
 
@@ -507,7 +508,7 @@ def _spec(config: Swin2SRConfig, req: BuildRequest) -> ModelSpec:
                 f"at x4 and x{req.scale}), and the reference trains it only at x4: use it "
                 "with scale=4, or retrain with pixelshuffle or pixelshuffledirect")
         _build(arch, ckpt, req.seed)  # fail on the client, before any graph, if it misfits
-    sha = req.checkpoint_sha256 or (file_sha256(ckpt) if ckpt else "")
+    sha = req.checkpoint_sha256 or (sha256_file(ckpt) if ckpt else "")
     p = req.patch_size or config.img_size
     if p % config.window_size:
         raise ModelError(f"patch_size {p} must be a multiple of window_size "

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from .checkpoint import file_sha256, read_checkpoint
+from ..hashing import sha256_file
+from .checkpoint import read_checkpoint
 from .registry import BuildRequest, register_architecture
 from .spec import ModelSpec
 
@@ -39,7 +40,7 @@ def _spec(config: TorchScriptConfig, req: BuildRequest) -> ModelSpec:
         raise ModelError("a torchscript model needs its file: give 'checkpoint' in the card")
     path = str(Path(req.checkpoint).resolve())
     _build(path)  # fail on the client if the file is not a TorchScript module
-    sha = req.checkpoint_sha256 or file_sha256(path)
+    sha = req.checkpoint_sha256 or sha256_file(path)
     common = dict(name=req.name or "torchscript", bands_in=req.bands_in,
                   bands_out=req.bands_out, scale=req.scale, stats=req.stats,
                   build=functools.partial(_build, path), token=f"ts-{sha[:16]}",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..models import ModelSpec, provenance
+from ..models import ModelSpec, load_model, provenance, spec_identity
 from ..product.derivatives import DERIVATIVES, write_derivatives
 from ..product.manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
 from ..product.pipeline import super_resolve_to_cog
@@ -127,8 +127,6 @@ def remove_outputs(cog: Path) -> None:
 
 
 def _model_spec(model: Any, options: dict[str, Any]) -> ModelSpec:
-    from ..models import load_model
-
     return load_model(model, scale=options.get("scale", 10))
 
 
@@ -274,8 +272,6 @@ def _versions() -> dict[str, str]:
 def _identity(ds: Any, *, day: dt.date, tile: str, aoi: str | None, spec: Any,
               version: int, publish: str | None) -> dict[str, Any]:
     """Return what makes a product distinct (``publish``: where its Item's hrefs point)."""
-    from ..models import spec_identity
-
     return {"date": f"{day:%Y%m%d}", "mgrs": tile, "aoi": aoi,
             "bounds": [round(float(b), 3) for b in ds.rio.bounds()],
             "crs": str(ds.rio.crs), "items": list(ds.attrs.get("items", [])),

@@ -29,7 +29,8 @@ from typing import Any, Protocol
 
 from ..config import Settings
 from ..errors import InputError, QCFailed, SrlibError
-from ..product.manifest import manifest_path, mismatch, read_manifest, sha256_file
+from ..hashing import sha256_file
+from ..product.manifest import manifest_path, mismatch, read_manifest
 from ..product.qc import QCReport
 
 __all__ = ["LocalStore", "ObjectStore", "PublishError", "S3Store", "S3Target", "object_store",

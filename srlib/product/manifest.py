@@ -10,7 +10,6 @@ SHA-256 checksums that S3 itself reports for the stored objects). Anything else 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -19,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..hashing import sha256_file
 
-__all__ = ["MANIFEST_SUFFIX", "file_record", "manifest_path", "read_manifest",
-           "sha256_file", "verify_local", "write_manifest"]
+__all__ = ["MANIFEST_SUFFIX", "file_record", "manifest_path", "mismatch", "read_manifest",
+           "verify_local", "write_manifest"]
 
 #: Suffix of a product's manifest beside its COG.
 MANIFEST_SUFFIX = ".manifest.json"
@@ -32,15 +32,6 @@ def manifest_path(cog: str | os.PathLike) -> Path:
     """Path of the manifest of the product whose COG is ``cog``."""
     cog = Path(cog)
     return cog.with_name(cog.stem + MANIFEST_SUFFIX)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_record(path: str | os.PathLike) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ..errors import DiskSpaceError, QCFailed, add_step
 from ..models import load_model, provenance
 from .cog import to_cog
 from .qc import QCReport, check_quality
-from .zarr_store import holds_product, to_zarr
+from .zarr_store import holds_product, is_complete, to_zarr
 
 __all__ = ["super_resolve_to_cog"]
 
@@ -80,14 +80,15 @@ def super_resolve_to_cog(
     staging = cog_path.with_name(f".{cog_path.stem}.staging{cog_path.suffix}")
     staging.unlink(missing_ok=True)  # left by a killed run
     t0 = time.perf_counter()
-    sr = super_resolve(ds, model, **options)
-    check_disk_space(sr, zarr_path, cog_path)
+    spec = load_model(model, scale=options.get("scale", 10))  # loaded (and verified) once
+    sr = super_resolve(ds, spec, **options)
     device = resolve_device(options.get("device"))
-    log.info("super-resolving %s px into %s", dict(sr.sizes), zarr_path)
     if resume and zarr_path.exists() and not holds_product(zarr_path, sr):
         log.warning("%s holds another product (other input, model, stats or geometry); "
                     "writing it afresh", zarr_path)
         resume = False
+    check_disk_space(sr, zarr_path, cog_path, store_done=resume and is_complete(zarr_path))
+    log.info("super-resolving %s px into %s", dict(sr.sizes), zarr_path)
     with _stage("inference"):
         to_zarr(sr, zarr_path, resume=resume)
     t1 = time.perf_counter()
@@ -102,7 +103,7 @@ def super_resolve_to_cog(
         with _stage("qc"):
             report = check_quality(staging, timings=timings, thresholds=thresholds, source=ds)
         report.path = str(cog_path)
-        report.model = provenance(load_model(model, scale=options.get("scale", 10)))
+        report.model = provenance(spec)
         report.timings["qc_s"] = time.perf_counter() - t2
         report.to_json(zarr_path.with_suffix(".qc.json"))
         if not report.passed:
@@ -121,27 +122,29 @@ def super_resolve_to_cog(
 SIZE_RATIO = 0.65
 
 
-def estimate_sizes(sr: xr.Dataset) -> tuple[int, int]:
-    """Estimated bytes of the Zarr store and of the COG of a lazy product (with overviews)."""
+def estimate_bytes(sr: xr.Dataset) -> int:
+    """Return the estimated size of the Zarr store, or of the COG, of a lazy product.
+
+    Both hold the same pixels and overviews at about the same compression.
+    """
     raw = sum(int(sr[v].size) * 2 for v in sr.data_vars)  # int16 in the COG
-    return int(raw * 4 / 3 * SIZE_RATIO), int(raw * 4 / 3 * SIZE_RATIO)
+    return int(raw * 4 / 3 * SIZE_RATIO)
 
 
-def check_disk_space(sr: xr.Dataset, zarr_path: Path, cog_path: Path) -> None:
+def check_disk_space(sr: xr.Dataset, zarr_path: Path, cog_path: Path, *,
+                     store_done: bool = False) -> None:
     """Refuse to start when the Zarr store and the COG would not fit on their disks.
 
-    A store that is already complete needs no more space; the COG is counted on its own
-    disk, and on the store's when both share one.
+    A store that is complete and will be reused (``store_done``) needs no more space; the
+    COG is counted on its own disk, and on the store's when both share one.
 
     Raises
     ------
     DiskSpaceError
         Naming the estimated sizes, the free space and the path.
     """
-    zarr_bytes, cog_bytes = estimate_sizes(sr)
-    if (zarr_path / ".zattrs").exists() and '"srlib_complete": true' in \
-            (zarr_path / ".zattrs").read_text():
-        zarr_bytes = 0
+    cog_bytes = estimate_bytes(sr)
+    zarr_bytes = 0 if store_done else cog_bytes
     needs: dict[Path, int] = {}
     for path, size in ((zarr_path, zarr_bytes), (cog_path, cog_bytes)):
         folder = path.parent

@@ -37,7 +37,7 @@ from .encoding import ENCODINGS, OVERVIEWS, TILE, Encoding, encoding
 from .pyramid import levels_needed
 
 __all__ = ["ZARR_TILE", "build_overviews", "default_compressor", "holds_product",
-           "missing_chunks", "open_zarr", "to_zarr"]
+           "is_complete", "missing_chunks", "open_zarr", "to_zarr"]
 
 #: Zarr chunk side: the COG's internal tile, so that regions and tiles align.
 ZARR_TILE = TILE
@@ -353,6 +353,11 @@ def _root_attrs(path: Path) -> dict:
     except (OSError, ValueError):  # a torn or foreign file: not a usable srlib store
         return {}
     return attrs if isinstance(attrs, dict) else {}
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """Whether the store at ``path`` was marked complete by :func:`to_zarr`."""
+    return bool(_root_attrs(Path(path)).get("srlib_complete"))
 
 
 def holds_product(path: str | os.PathLike, sr: xr.Dataset, *, chunks: int | None = None) -> bool:
