@@ -32,6 +32,7 @@ from .product.cog import to_cog
 from .product.pipeline import super_resolve_to_cog
 from .product.qc import CheckResult, QCReport, check_quality
 from .product.zarr_store import open_zarr, to_zarr
+from .progress import job_progress
 from .scene.sample import sample_scene
 from .scene.sources import EARTH_SEARCH, S3Options, load_items, load_s2, search_items
 
@@ -62,6 +63,7 @@ __all__ = [
     "__version__",
     "check_quality",
     "flush_subnormals",
+    "job_progress",
     "load_items",
     "load_model",
     "load_s2",

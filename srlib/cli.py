@@ -42,7 +42,7 @@ class _Redact(logging.Filter):
         return True
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_Redact())
@@ -53,7 +53,35 @@ def _setup_logging(verbose: bool) -> None:
     handler._srlib = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    logging.getLogger("srlib").setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger("srlib").setLevel(level)
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """Record ``-v``/``-q`` wherever given (before or after the command) and apply them."""
+    if not value or ctx.resilient_parsing:
+        return
+    root = ctx.find_root()
+    root.obj = root.obj or {}
+    root.obj[param.name] = True
+    if root.obj.get("verbose") and root.obj.get("quiet"):
+        raise click.UsageError("-v and -q contradict each other; give one")
+    _setup_logging(bool(root.obj.get("verbose")), bool(root.obj.get("quiet")))
+
+
+def _verbosity(func):
+    """Add ``-v/--verbose`` and ``-q/--quiet`` to a command (also accepted before it)."""
+    func = click.option("-q", "--quiet", is_flag=True, expose_value=False, is_eager=True,
+                        callback=_set_verbosity,
+                        help="Only warnings and errors; no progress display.")(func)
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True,
+                        callback=_set_verbosity, help="Debug logging and tracebacks.")(func)
+
+
+def _progress_mode() -> str:
+    """``off`` under ``-q``, else ``auto`` (a bar on a terminal, log lines otherwise)."""
+    obj = click.get_current_context().find_root().obj or {}
+    return "off" if obj.get("quiet") else "auto"
 
 
 class _Group(click.Group):
@@ -69,7 +97,7 @@ class _Group(click.Group):
             from srlib.ops.notify import redact
 
             name = ctx.invoked_subcommand or "srlib"
-            if ctx.obj and ctx.obj.get("verbose"):
+            if (ctx.obj or {}).get("verbose"):
                 import traceback
 
                 click.echo(redact("".join(traceback.format_exception(err))), err=True)
@@ -90,15 +118,15 @@ def _fail(command: str, err: BaseException) -> SystemExit:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")
+@_verbosity
 @click.version_option(package_name="srlib")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(ctx: click.Context) -> None:
     """Super-resolve Sentinel-2 L2A scenes 10x into quality-checked COGs."""
     import signal
 
-    ctx.obj = {"verbose": verbose}
-    _setup_logging(verbose)
+    ctx.obj = ctx.obj or {}
+    _setup_logging(bool(ctx.obj.get("verbose")), bool(ctx.obj.get("quiet")))
     signal.signal(signal.SIGTERM, _terminate)
     if click.get_current_context().invoked_subcommand in ("demo", "dr", "pdr"):
         # before any thread starts: see srlib.flush_subnormals
@@ -125,6 +153,7 @@ def _open_db(db_url: str | None):
 
 
 @main.command()
+@_verbosity
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out"), show_default=True, help="Output directory.")
 @click.option("--sample", default="29RKH", show_default=True,
@@ -138,14 +167,13 @@ def _open_db(db_url: str | None):
 def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: str | None,
          device: str | None, force: bool) -> None:
     """Super-resolve the bundled sample into OUT/S2x10_<sample>.tif and run QC."""
-    from dask.diagnostics import ProgressBar
-
     import srlib
     from srlib.engine.kernel import resolve_device
     from srlib.models import spec_identity
     from srlib.ops.jobs import remove_outputs
     from srlib.product.manifest import verify_local, write_manifest
     from srlib.product.pipeline import remove_product
+    from srlib.progress import job_progress, job_stages
 
     spec = _load_model(model, checkpoint, stats)
     resolve_device(device)
@@ -164,7 +192,7 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
         remove_outputs(cog)
     ds = srlib.sample_scene(sample)
     try:
-        with ProgressBar(out=sys.stderr):
+        with job_progress(job_stages(model=spec.name), mode=_progress_mode()):
             report = srlib.super_resolve_to_cog(ds, cog, model=spec, device=device)
     except srlib.QCFailed as err:
         click.echo(err.report.to_table() if err.report else str(err), err=True)
@@ -176,6 +204,7 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 
 
 @main.command()
+@_verbosity
 @click.option("--date", required=True, help="Acquisition date, YYYYMMDD.")
 @click.option("--mgrs", default=None, help="Whole MGRS tile, e.g. 33LWF.")
 @click.option("--aoi", nargs=4, type=float, default=None,
@@ -209,8 +238,6 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
        name_template: str | None, product_version: int, device: str | None,
        db_url: str | None, server: str | None, keep_zarr: bool | None) -> None:
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
-    from dask.diagnostics import ProgressBar
-
     from srlib.config import DEFAULT_DATABASE_URL, Settings
     from srlib.engine.kernel import resolve_device
     from srlib.ops.jobs import run_dr
@@ -228,18 +255,18 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
             db = _open_db(db_url)
     if server:
         logging.getLogger("srlib").info("running on %s", server)
-    with ProgressBar(out=sys.stderr):
-        result = run_dr(date=date, mgrs=mgrs, aoi=aoi or None, s2_id=s2_id,
-                        product_id=product_id, model=spec, out=out_dir, publish=publish,
-                        force=force, catalog=catalog or EARTH_SEARCH,
-                        name_template=name_template, version=product_version,
-                        device=device, db=db, keep_zarr=keep_zarr)
+    result = run_dr(date=date, mgrs=mgrs, aoi=aoi or None, s2_id=s2_id,
+                    product_id=product_id, model=spec, out=out_dir, publish=publish,
+                    force=force, catalog=catalog or EARTH_SEARCH,
+                    name_template=name_template, version=product_version,
+                    device=device, db=db, keep_zarr=keep_zarr, progress=_progress_mode())
     click.echo(f"{result.status}: {result.cog}")
     for uri in result.published:
         click.echo(f"published: {uri}")
 
 
 @main.command()
+@_verbosity
 @click.option("--server", default=None, help="Name of this worker in the database "
               "(default: the host name and process id).")
 @click.option("--db", "db_url", default=None,
@@ -277,13 +304,14 @@ def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float
     counts = run_pdr(db, worker=server or f"{socket.gethostname()}:{os.getpid()}", once=once,
                      poll_interval=poll_interval, lease_s=lease_s, out=out_dir,
                      publish=publish, catalog=catalog or EARTH_SEARCH, model=spec,
-                     device=device)
+                     device=device, progress=_progress_mode())
     click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
     if counts["failed"]:
         raise SystemExit(1)
 
 
 @main.group()
+@_verbosity
 def slurm() -> None:
     """Render and submit SLURM batch jobs from cluster profiles."""
 
@@ -321,6 +349,7 @@ def _slurm_kwargs(profile: str, aoi: tuple[float, ...] | None, **kwargs):
 
 
 @slurm.command("render")
+@_verbosity
 @_slurm_job_options
 def slurm_render(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
     """Print the batch scripts of one srlib dr job and its finalisation."""
@@ -332,6 +361,7 @@ def slurm_render(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
 
 
 @slurm.command("submit")
+@_verbosity
 @_slurm_job_options
 def slurm_submit(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
     """Submit one srlib dr job and its finalisation (--dependency=afterany) with sbatch."""
@@ -343,6 +373,7 @@ def slurm_submit(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
 
 
 @main.command()
+@_verbosity
 @click.argument("zarr_path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 def cog(zarr_path: Path, out: Path) -> None:
@@ -353,6 +384,7 @@ def cog(zarr_path: Path, out: Path) -> None:
 
 
 @main.command()
+@_verbosity
 @click.argument("cog_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--timings", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON file of stage timings in seconds (gpu_s, cpu_s, total_s).")

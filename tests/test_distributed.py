@@ -43,6 +43,11 @@ def test_local_cluster_output_is_identical_to_the_single_process_run(client, tmp
     store = srlib.to_zarr(sr, tmp_path / "p.zarr")
     written = srlib.open_zarr(store)
     np.testing.assert_array_equal(written.red.values, sr.red.compute(scheduler="threads").values)
+    # the progress display follows the regions as the scheduler finishes them
+    with srlib.job_progress(mode="log", every=1) as progress:
+        srlib.to_zarr(sr, tmp_path / "q.zarr")
+    regions = [line for line in progress.lines if "inference" in line]
+    assert len(regions) >= 4 and "inference 4/4 regions" in regions[-1], progress.lines
     workers = client.run(lambda: __import__("srlib").models.spec._CACHE.__len__())
     assert len(workers) == 2 and all(n >= 1 for n in workers.values())  # loaded per worker
 

@@ -34,6 +34,8 @@ from ..product.pipeline import super_resolve_to_cog
 from ..product.qc import check_quality
 from ..product.quicklook import write_quicklooks
 from ..product.stac_item import write_product_item
+from ..progress import job_progress, job_stages
+from ..progress import report as report_progress
 from ..scene.sources import EARTH_SEARCH, load_s2, parse_date
 from .db import RequestQueue, RunRecorder
 from .notify import Notifier, notifier_from_env, step
@@ -207,7 +209,7 @@ class DrRequest:
 
 def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
            notifier: Notifier | None = None, db: RunRecorder | None = None,
-           **options: Any) -> JobResult:
+           progress: str = "off", **options: Any) -> JobResult:
     """Super-resolve one scene into a checked, optionally published product.
 
     Parameters
@@ -223,6 +225,8 @@ def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
     db : MetadataDB, optional
         Records the run: inputs, model, versions, timings, QC, outputs and status, linked
         to ``job.request``.
+    progress : {"off", "auto", "bar", "log"}
+        Show one progress display for the whole job (:func:`srlib.job_progress`).
 
     Raises
     ------
@@ -232,6 +236,13 @@ def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
     job = job if job is not None else DrRequest.from_options(**options)
     spec = _model_spec(model, job.sr_options)
     notifier = notifier or notifier_from_env()
+    with job_progress(job_stages(model=spec.name, publish=bool(job.publish)), mode=progress):
+        return _run_dr_recorded(job, spec, notifier, db)
+
+
+def _run_dr_recorded(job: DrRequest, spec: ModelSpec, notifier: Notifier,
+                     db: RunRecorder | None) -> JobResult:
+    """Run the job, recording the run in ``db`` when given."""
     if db is None:
         return _run_dr(job, spec, notifier)
     from .notify import redact
@@ -290,6 +301,7 @@ def _run_dr(job: DrRequest, model: ModelSpec, notifier: Notifier) -> JobResult:
     with step("load", notifier, **context):
         ds = load_s2(date=day, mgrs=job.mgrs, aoi=job.aoi, s2_id=job.s2_id,
                      product_id=job.product_id, catalog=job.catalog, **job.load_options)
+    report_progress("load", 1, 1)
     tile = ds.attrs.get("mgrs") or (job.mgrs or "AOI")
     key = aoi_key(ds.rio.crs, ds.rio.bounds()) if job.aoi is not None else None
     cog = Path(job.out) / product_name(template, mgrs=tile, date=day, version=job.version,
@@ -454,6 +466,7 @@ def run_pdr(
     from .notify import redact
 
     notifier = notifier or notifier_from_env()
+    progress = dr_options.pop("progress", "off")
     with step("database", notifier, worker=worker):
         dr_options["model"] = check_pdr_config(db, **dr_options)
     counts = {"done": 0, "skipped": 0, "failed": 0}
@@ -470,7 +483,8 @@ def run_pdr(
         with db.lease(request["id"], worker, lease_s) as lease:
             try:
                 result = run_dr(date=request["date"], aoi=request["aoi"], notifier=notifier,
-                                db=db, request=request["id"], **dr_options)
+                                db=db, request=request["id"], progress=progress,
+                                **dr_options)
                 lease.check()
             except Exception as err:
                 message = redact(f"{type(err).__name__}: {err}")

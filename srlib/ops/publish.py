@@ -32,6 +32,7 @@ from ..errors import InputError, QCFailed, SrlibError
 from ..hashing import sha256_file
 from ..product.manifest import manifest_path, mismatch, read_manifest
 from ..product.qc import QCReport
+from ..progress import report
 
 __all__ = ["LocalStore", "ObjectStore", "PublishError", "S3Store", "S3Target", "object_store",
            "publish", "publish_product", "verify_published"]
@@ -172,6 +173,15 @@ def publish(
         if not file.is_file():
             raise InputError(f"{file} does not exist; nothing was published")
     batch = uuid.uuid4().hex
+    total, sent = sum(f.stat().st_size for f in paths), 0
+
+    def uploaded(n: int) -> None:
+        nonlocal sent
+        sent += n
+        report("publish", sent, total, "bytes")
+        if progress is not None:
+            progress(n)
+
     staged: list[tuple[Path, str, int, str]] = []
     published: dict[str, str] = {}
     try:
@@ -179,7 +189,7 @@ def publish(
             staging = target.key(f".incoming/{batch}/{file.name}")
             size, checksum = file.stat().st_size, s3_checksum(file, multipart_mb)
             client.upload_file(str(file), target.bucket, staging, Config=config,
-                               Callback=progress, ExtraArgs=extra)
+                               Callback=uploaded, ExtraArgs=extra)
             staged.append((file, staging, size, checksum))
             _verify(client, target.bucket, staging, size, checksum, file)
         for file, staging, size, checksum in staged:  # 2. move, verifying each copy
@@ -314,7 +324,10 @@ class LocalStore:
         try:
             staging.mkdir(parents=True)
             staged = []
+            total, sent = sum(f.stat().st_size for f in files), 0
             for file in files:
+                report("publish", sent, total, "bytes")
+                sent += file.stat().st_size
                 copy = staging / file.name
                 shutil.copyfile(file, copy)
                 expected = sha256_file(file)
@@ -322,6 +335,7 @@ class LocalStore:
                     raise PublishError(f"{copy} does not hold the bytes of {file}; the "
                                        "product was not published, rerun to complete it")
                 staged.append((copy, expected))
+            report("publish", total, total, "bytes")
             out = {}
             for copy, checksum in staged:
                 os.replace(copy, self.root / copy.name)

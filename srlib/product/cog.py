@@ -34,6 +34,8 @@ from rio_cogeo.cogeo import cog_validate
 from rio_cogeo.profiles import cog_profiles
 
 from ..errors import IncompleteStoreError, SrlibError
+from ..progress import active as progress_active
+from ..progress import watch_file
 from .encoding import OVERVIEWS, TILE
 from .pyramid import levels_needed
 from .zarr_store import build_overviews, cog_nodata, open_zarr, var_encoding
@@ -117,6 +119,11 @@ def _vrt(store: Path, ds: xr.Dataset, bands: list[str], levels: int) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def _stored_bytes(store: Path) -> int:
+    """Bytes of a store's chunk files."""
+    return sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+
+
 def to_cog(
     zarr_path: str | os.PathLike,
     cog_path: str | os.PathLike,
@@ -177,7 +184,10 @@ def to_cog(
     }
     try:
         vrt.write_text(_vrt(store, ds, bands, levels))
-        with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=512):
+        # measured: a 15.6 GB COG from a 17 GB store
+        expected = 0.92 * _stored_bytes(store) if progress_active() else 0.0
+        with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=512), \
+                watch_file("cog", lambda: tmp, expected):
             rio_copy(str(vrt), str(tmp), driver="COG", **creation)
         valid, errors, _warnings = cog_validate(str(tmp), quiet=True)
         if not valid:

@@ -24,6 +24,7 @@ from rio_cogeo.cogeo import cog_validate
 from ..bands import OUTPUT_NODATA
 from ..config import QCThresholds, Settings
 from ..errors import InputError, QCFailed
+from ..progress import report
 
 __all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality", "deploy_limit_bytes",
            "timing_limits"]
@@ -193,11 +194,13 @@ def check_quality(
                          "rerun the job)") from None
     th = resolve_thresholds(thresholds)
     timings = {k: float(v) for k, v in (timings or {}).items()}
+    report("qc", 0, 3, "steps")
     with rasterio.open(path) as src:
         checks = _layout_checks(src, th)
         refl, valid = _sample(src, th)
         checks += [_values_check(refl, valid, th), _bands_check(src, th),
                    _visual_check(refl, valid, th)]
+        report("qc", 1, 3, "steps")
         area_ha = src.width * src.height * abs(src.res[0] * src.res[1]) / 1e4
         compression = src.compression.name if src.compression else None
         limit = deploy_limit_bytes(src.width, src.height, src.count,
@@ -205,8 +208,10 @@ def check_quality(
                                    overviews=len(src.overviews(1)))
         pixels = src.width * src.height
     checks += [_timing_check(timings, th, pixels),
-               _deploy_check(path, compression, area_ha, timings, th, limit),
-               consistency(path, source, thresholds=th)]
+               _deploy_check(path, compression, area_ha, timings, th, limit)]
+    report("qc", 2, 3, "steps")
+    checks.append(consistency(path, source, thresholds=th))
+    report("qc", 3, 3, "steps")
     return QCReport(str(path), checks, timings, thresholds=th.to_dict())
 
 

@@ -31,8 +31,11 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask.base import tokenize
+from dask.callbacks import Callback
 
 from ..errors import IncompleteStoreError, InputError
+from ..progress import active as progress_active
+from ..progress import report
 from .encoding import ENCODINGS, OVERVIEWS, TILE, Encoding, encoding
 from .pyramid import levels_needed
 
@@ -226,6 +229,7 @@ def build_overviews(path: str | os.PathLike, *, tile: int = ZARR_TILE) -> int:
     prev = ds[[v for v in ds.data_vars if ds[v].dims == ("y", "x")]]
     encs = {v: var_encoding(ds[v]) for v in prev.data_vars}
     for k in range(1, levels + 1):
+        report("overviews", k - 1, levels, "levels")
         group = f"{OVERVIEWS}/{k}"
         if not _group_complete(path, group):
             level = xr.Dataset({name: _halve_lazy(arr, encs[name], k == 1)
@@ -239,6 +243,7 @@ def build_overviews(path: str | os.PathLike, *, tile: int = ZARR_TILE) -> int:
                             zarr_format=2, use_consolidated=False).attrs["srlib_complete"] = True
         prev = xr.open_zarr(path, group=group, mask_and_scale=False, consolidated=False)
     zarr.consolidate_metadata(str(path))  # GDAL finds groups through .zmetadata
+    report("overviews", levels, levels, "levels")
     return levels
 
 
@@ -440,8 +445,11 @@ def to_zarr(
         _create_overview_arrays(path, sr, levels, first.chunks,
                                 compressor or default_compressor())
     groups = _region_tasks(path, sr, store_id, levels, source_ends)
+    total = len(ychunks) * len(xchunks)
+    done = total - sum(len(g) for g in groups.values())
+    report("inference", done, total, "regions")
     for wave in _waves(list(groups.values()), 2 * _threads()):
-        dask.compute(*wave)
+        done = _compute_wave(wave, done, total)
     missing = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
                if not (progress / f"{iy}-{ix}").exists()]
     if missing:
@@ -449,6 +457,40 @@ def to_zarr(
                                    "srlib.to_zarr to resume")
     _complete(path, sr, levels, tile)
     return path
+
+
+def _compute_wave(wave: list, done: int, total: int) -> int:
+    """Compute one wave of region writes, reporting each finished region; return the count.
+
+    On a ``distributed`` client the regions are followed as the scheduler finishes them;
+    on the local schedulers through dask's callbacks (which run in this thread).
+    """
+    if not progress_active():
+        dask.compute(*wave)
+        return done + len(wave)
+    try:
+        from distributed import as_completed, get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None:
+        for future in as_completed(client.compute(wave)):
+            future.result()  # raises the task's error
+            done += 1
+            report("inference", done, total, "regions")
+        return done
+    finished = [done]
+
+    def posttask(key: object, *_args: object) -> None:
+        name = key[0] if isinstance(key, tuple) else key
+        if str(name).startswith("_write_region"):
+            finished[0] += 1
+            report("inference", finished[0], total, "regions")
+
+    with Callback(posttask=posttask):
+        dask.compute(*wave)
+    return done + len(wave)
 
 
 def _create_store(path: Path, sr: xr.Dataset, token: str, tile: int,
