@@ -119,6 +119,82 @@ def run_srlib(size: int, model: str, workdir: Path) -> dict:
             "cog_bytes": cog.stat().st_size, "peak_rss_mb": _peak_rss_mb()}
 
 
+def _du(path: Path) -> int:
+    """Bytes of the files under ``path`` (or of the file)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run_tile(size: int, model: str, workdir: Path) -> dict:
+    """The whole path of a job, as ``srlib dr`` runs it: Zarr, overviews, COG, default QC.
+
+    Stage times come from the job's own progress display (:func:`srlib.job_progress`,
+    here in log mode: its lines go to stderr, as in a SLURM log).
+    """
+    import srlib
+    from srlib.progress import job_stages
+
+    ds = make_input(size)
+    spec = _warm(model)
+    cog = workdir / "tile.tif"
+    t0 = time.perf_counter()
+    with srlib.job_progress(job_stages(model=spec.name), mode="log") as progress:
+        report = srlib.super_resolve_to_cog(ds, cog, model=spec)
+    total = time.perf_counter() - t0
+    zarr_bytes, cog_bytes = _du(cog.with_suffix(".zarr")), _du(cog)
+    return {"total_s": total, **{f"{k}_s": v for k, v in progress.durations().items()},
+            "qc_passed": report.passed, "qc_thresholds": report.thresholds,
+            "qc_timing": next(c.value for c in report.checks if c.name == "timing"),
+            "zarr_bytes": zarr_bytes, "cog_bytes": cog_bytes,
+            "disk_bytes": zarr_bytes + cog_bytes, "peak_rss_mb": _peak_rss_mb(),
+            "progress_lines": progress.lines}
+
+
+def tile_rows(size: int, model: str, reference: int, cores: list[int]) -> list[dict]:
+    """The tile row and the ``reference`` px row of the same path, measured in one run."""
+    rows = []
+    for px in (reference, size):
+        root = Path(tempfile.mkdtemp(prefix=f"srlib-tile-{px}-"))
+        try:
+            m = measure("tile", px, model, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        raw_mb = (px * SCALE) ** 2 * 5 * 2 / 1e6
+        cpus = os.cpu_count() or 1
+        full_mb = (10980 * SCALE) ** 2 * 5 * 2 / 1e6
+        # per-core rate of the whole path; a full tile is (10980 / px)**2 times the work
+        per_core_mb_s = raw_mb / m["total_s"] / cpus
+        rows.append({"size": px, "model": model, "raw_output_mb": raw_mb, **{
+            k: v for k, v in m.items() if k != "progress_lines"},
+            "raw_mb_s": raw_mb / m["total_s"], "per_core_raw_mb_s": per_core_mb_s,
+            "full_tile_h": {n: full_mb / (per_core_mb_s * n) / 3600 for n in cores},
+            "progress_lines": m["progress_lines"]})
+    rows[1]["rss_vs_reference"] = rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
+    return rows
+
+
+def tile_markdown(rows: list[dict], meta: dict) -> str:
+    cores = list(rows[0]["full_tile_h"])
+    stages = ["inference_s", "overviews_s", "cog_s", "qc_s"]
+    head = (["input px", "model", "total s", *[s[:-2] + " s" for s in stages],
+             "raw MB/s", "peak RSS MB", "disk GB", "QC"]
+            + [f"full tile h on {n} cores" for n in cores])
+    lines = [f"Machine: {meta['machine']}, {meta['cpus']} CPUs, torch {meta['torch']}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r["size"]), r["model"], f"{r['total_s']:.0f}",
+                 *[f"{r.get(s, 0):.0f}" for s in stages], f"{r['raw_mb_s']:.1f}",
+                 f"{r['peak_rss_mb']:.0f}", f"{r['disk_bytes'] / 1e9:.1f}",
+                 "passed" if r["qc_passed"] else "FAILED",
+                 *[f"{r['full_tile_h'][n]:.2f}" for n in cores]]
+        lines.append("| " + " | ".join(cells) + " |")
+    ratio = rows[-1].get("rss_vs_reference")
+    if ratio is not None:
+        lines += ["", f"Peak RSS {rows[-1]['size']} px / {rows[0]['size']} px: {ratio:.2f}"]
+    return "\n".join(lines) + "\n"
+
+
 def _blocks(size: int, halo: int):
     for y0 in range(0, size, LR_CHUNK):
         for x0 in range(0, size, LR_CHUNK):
@@ -296,7 +372,7 @@ def _synthetic(out: int):
     return data
 
 
-RUNNERS = {"srlib": run_srlib, "legacy": run_legacy, "floors": run_floors}
+RUNNERS = {"srlib": run_srlib, "legacy": run_legacy, "floors": run_floors, "tile": run_tile}
 
 
 def one(kind: str, size: int, model: str, workdir: Path) -> None:
@@ -383,6 +459,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--one", nargs=4, metavar=("KIND", "SIZE", "MODEL", "DIR"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tile", type=int, nargs="?", const=5490, default=None,
+                        metavar="PX", help="the whole path with default QC at PX input px "
+                        "(default 5490: a quarter tile) beside the 2048 px row; projects a "
+                        "full tile")
     parser.add_argument("--repeat", type=int, default=2,
                         help="runs of each measurement; the fastest counts (noise only adds)")
     args = parser.parse_args()
@@ -394,6 +474,17 @@ def main() -> None:
 
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M")}
+    if args.tile:
+        model = (args.models or ["bicubic"])[0]
+        reference = 2048 if args.tile > 2048 else args.tile // 2  # (small: a smoke test)
+        rows = tile_rows(args.tile, model, reference, [2, 16, 64])
+        args.out.mkdir(parents=True, exist_ok=True)
+        name = f"tile-{args.tile}-{model}"
+        (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                                          indent=2))
+        (args.out / f"{name}.md").write_text(tile_markdown(rows, meta))
+        print(tile_markdown(rows, meta))
+        return
     if args.models or args.sizes:
         plan = [(m, args.sizes or [512, 1024, 2048]) for m in args.models or ["bicubic"]]
     else:

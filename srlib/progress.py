@@ -104,6 +104,7 @@ class Progress:
         self.detail = ""
         self.fraction = 0.0
         self.lines: list[str] = []  # what log mode emitted (for tests and callers)
+        self.spans: dict[str, list[float]] = {}  # stage -> [first, last report] seconds
         self._logged = -1.0
         self._drawn = 0.0
         self._width = 0
@@ -112,6 +113,8 @@ class Progress:
         """Record that ``stage`` has done ``done`` of ``total``; redraw when due."""
         if stage not in self.stages:
             return
+        now = self.clock() - self.start
+        self.spans.setdefault(stage, [now, now])[1] = now
         names = list(self.stages)
         before = sum(self.stages[s] for s in names[: names.index(stage)])
         part = min(max(done / total, 0.0), 1.0) if total > 0 else 1.0
@@ -129,6 +132,13 @@ class Progress:
             if new_stage or now - self._drawn >= 0.2 or part >= 1.0:
                 self._drawn = now
                 self._draw()
+
+    def durations(self) -> dict[str, float]:
+        """Seconds each reported stage took: from its first report to the next stage's."""
+        order = sorted(self.spans, key=lambda st: self.spans[st][0])
+        starts = [self.spans[st][0] for st in order]
+        ends = [*starts[1:], self.spans[order[-1]][1]] if order else []
+        return {st: end - start for st, start, end in zip(order, starts, ends, strict=True)}
 
     def eta(self) -> float | None:
         """Seconds left at the average rate so far (None before 1% is done)."""
@@ -214,6 +224,7 @@ def watch_file(stage: str, path: Callable[[], os.PathLike], expected: float, *,
         yield
         return
     stop = threading.Event()
+    report(stage, 0, expected, "bytes")
 
     def poll() -> None:
         while not stop.wait(interval):
