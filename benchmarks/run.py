@@ -66,8 +66,10 @@ def make_input(size: int):
     variables = {}
     for name, var in src.data_vars.items():
         arr = var.data[:size, :size]
-        pad = ((0, size - arr.shape[0]), (0, size - arr.shape[1]))
-        arr = da.pad(arr, pad, mode="symmetric") if any(p[1] for p in pad) else arr
+        while arr.shape != (size, size):  # mirror in steps: a pad may not exceed the size
+            pad = ((0, min(size - arr.shape[0], arr.shape[0])),
+                   (0, min(size - arr.shape[1], arr.shape[1])))
+            arr = da.pad(arr, pad, mode="symmetric")
         variables[name] = xr.DataArray(arr.rechunk(512), dims=("y", "x"), attrs=var.attrs)
     ds = xr.Dataset(variables, coords={
         "y": t.f + (np.arange(size) + 0.5) * t.e, "x": t.c + (np.arange(size) + 0.5) * t.a})

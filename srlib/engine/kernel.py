@@ -55,7 +55,7 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
     xn[:, quality == Quality.NODATA] = 0.0  # the band mean: neutral for the neighbours
 
     run = Runner(cfg)
-    out = Output(spec, quality[halo:-halo, halo:-halo])
+    out = Output(spec, quality[halo:-halo, halo:-halo], run.device if run.on_device else None)
     if spec.blend == "trim":
         run_trim(xn, run, spec, out, lanes=cfg.lanes)
     else:

@@ -99,6 +99,7 @@ def _single_threaded() -> None:
 
 
 _LANES: Lanes | None = None
+_PREFETCH: ThreadPoolExecutor | None = None  # the thread that prepares a GPU's next batch
 _LANES_LOCK = threading.Lock()
 
 
@@ -118,9 +119,9 @@ def reset_process_lanes() -> None:
     start lanes for another thread count. Lanes already started keep running until the
     blocks holding them finish.
     """
-    global _LANES
+    global _LANES, _PREFETCH
     with _LANES_LOCK:
-        _LANES = None
+        _LANES = _PREFETCH = None
 
 
 def current_lanes() -> Lanes | None:
@@ -130,6 +131,27 @@ def current_lanes() -> Lanes | None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=reset_process_lanes)
+
+
+def _forward_prefetching(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndarray],
+                         consume: Callable[[_T, torch.Tensor], None],
+                         prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Run the batches one after another while a thread prepares and uploads the next.
+
+    For a device that finishes its own results (a GPU): the host cuts the next batch's
+    patches and starts their copy (pinned, asynchronous) while the device runs the
+    current one, so the device does not wait for the host between batches.
+    """
+    global _PREFETCH
+    with _LANES_LOCK:
+        if _PREFETCH is None:
+            _PREFETCH = ThreadPoolExecutor(1, thread_name_prefix="srlib-prefetch")
+    pending = _PREFETCH.submit(lambda b: run.upload(make(b)), batches[0]) if batches else None
+    for i, batch in enumerate(batches):
+        tensor = pending.result()
+        pending = (_PREFETCH.submit(lambda b: run.upload(make(b)), batches[i + 1])
+                   if i + 1 < len(batches) else None)
+        consume(batch, prepare(run(tensor)))
 
 
 def forward_all(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndarray],
@@ -148,6 +170,9 @@ def forward_all(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndar
     core on the CPU; 0 runs the batches one after another in the calling thread).
     """
     n = min(lane_count(run, lanes), len(batches))
+    if n == 0 and run.on_device:
+        _forward_prefetching(run, batches, make, consume, prepare)
+        return
     if n == 0:
         for batch in batches:
             consume(batch, prepare(run(make(batch))))

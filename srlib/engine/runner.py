@@ -33,6 +33,9 @@ class KernelConfig:
     y_starts: tuple[int, ...]
     x_starts: tuple[int, ...]
     lanes: int | None = None  #: CPU passes at once (None: one per core; 0: sequential)
+    #: Where blending, de-normalisation and quantisation run: "device" (in torch, on the
+    #: model's device) or "host" (numpy); None: on the device on CUDA, else on the host.
+    post: str | None = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -85,6 +88,15 @@ class Runner:
         self.device = resolve_device(cfg.device)
         self.module = loaded_module(cfg.spec, str(self.device))
         self.cuda = self.device.type == "cuda"
+        #: results stay torch tensors on the device, finished there (see .stitching)
+        self.on_device = cfg.post == "device" or (cfg.post is None and self.cuda)
+
+    def upload(self, patches: np.ndarray) -> torch.Tensor:
+        """Return a batch as a tensor on the device (pinned and copied asynchronously)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(patches))
+        if self.cuda:
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
 
     def batch_size(self, patch: int) -> int:
         """Patches of side ``patch`` per forward pass (given, or planned for the device)."""
@@ -94,14 +106,18 @@ class Runner:
         safe = min(self.cfg.safe_batch, INDEX_LIMIT // max(peak, 1))
         return plan_batch_size(peak, self.device, safe=max(safe, 1))
 
-    def __call__(self, patches: np.ndarray) -> np.ndarray:
-        """Run one batch ``(n, bands_in, h, w)``; return ``(n, bands_out, h * s, w * s)``."""
+    def __call__(self, patches: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Run one batch ``(n, bands_in, h, w)``; return ``(n, bands_out, h * s, w * s)``.
+
+        float32; a tensor on the device when :attr:`on_device`, else a numpy array.
+        """
         spec = self.cfg.spec
-        tensor = torch.from_numpy(np.ascontiguousarray(patches))
-        if self.cuda:
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        tensor = patches if isinstance(patches, torch.Tensor) else self.upload(patches)
         dtype = AUTOCAST.get(self.cfg.precision) if self.cuda else None
-        with torch.inference_mode(), torch.autocast(
+        # results finished on the device are updated in place afterwards, which
+        # inference-mode tensors refuse outside inference mode: no_grad there
+        grad_off = torch.no_grad() if self.on_device else torch.inference_mode()
+        with grad_off, torch.autocast(
             self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
         ):
             out = self.module(tensor)
@@ -118,4 +134,4 @@ class Runner:
                 f"{tuple(patches.shape)}; expected {expected} (bands_out={list(spec.bands_out)}, "
                 f"scale={spec.scale})"
             )
-        return out.float().cpu().numpy()
+        return out.float() if self.on_device else out.float().cpu().numpy()

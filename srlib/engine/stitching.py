@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from ..bands import OUTPUT_NODATA, Quality
 from ..models.spec import ModelSpec
 from .lanes import forward_all
 from .runner import Runner
 
-__all__ = ["Output", "patch_grid", "run_feather", "run_trim"]
+__all__ = ["Output", "finish_tensor", "patch_grid", "run_feather", "run_trim"]
 
 
 def _ramp(n: int, width: int) -> np.ndarray:
@@ -50,21 +51,32 @@ class Output:
     plus one row of patches.
     """
 
-    def __init__(self, spec: ModelSpec, quality: np.ndarray) -> None:
+    def __init__(self, spec: ModelSpec, quality: np.ndarray,
+                 device: torch.device | None = None) -> None:
         self.s = spec.scale
         self.quality = quality  # core quality at input resolution, uint8
         h, w = quality.shape
         self.out = np.empty((len(spec.bands_out) + 1, h * self.s, w * self.s), dtype=np.int16)
         self.mean, self.std = spec.stats.output.arrays()
+        if device is not None:  # finishing on the device: its copies, made once
+            self.quality_t = torch.from_numpy(quality).to(device)
+            self.mean_t = torch.from_numpy(self.mean).to(device)
+            self.std_t = torch.from_numpy(self.std).to(device)
 
-    def emit(self, hr: np.ndarray, y0: int, x0: int) -> None:
+    def emit(self, hr: np.ndarray | torch.Tensor, y0: int, x0: int) -> None:
         """Finish ``hr`` (bands, rows, cols) into the output at output pixel (y0, x0).
 
         ``y0``, ``x0`` and the extent of ``hr`` are multiples of the scale. ``hr`` is
-        overwritten.
+        overwritten. A tensor is finished on its device and only int16 comes back.
         """
         s = self.s
         h, w = hr.shape[1:]
+        if isinstance(hr, torch.Tensor):
+            q = self.quality_t[y0 // s : (y0 + h) // s, x0 // s : (x0 + w) // s]
+            q = q.repeat_interleave(s, dim=0).repeat_interleave(s, dim=1)
+            done = finish_tensor(hr, q, self.mean_t, self.std_t)
+            self.out[:, y0 : y0 + h, x0 : x0 + w] = done.cpu().numpy()
+            return
         q = self.quality[y0 // s : (y0 + h) // s, x0 // s : (x0 + w) // s]
         step = max(1, _STRIP // s)  # input rows per strip: strips stay in cache
         for i in range(0, q.shape[0], step):
@@ -129,6 +141,9 @@ def run_feather(x: np.ndarray, run: Runner, spec: ModelSpec, gy: int, gx: int,
     weight = ramp[:, None] * ramp[None, :]
     ph = p * s  # window height: one patch
     acc = np.zeros((len(spec.bands_out), ph, hx), dtype=np.float32)
+    if run.on_device:  # the window and the weights live beside the model's output
+        acc, weight = torch.from_numpy(acc).to(run.device), torch.from_numpy(weight).to(
+            run.device)
     origins = [(py, px) for py in patch_grid(gy, hy // s, p, stride)
                for px in patch_grid(gx, hx // s, p, stride)]
     bs = run.batch_size(p)
@@ -141,7 +156,7 @@ def run_feather(x: np.ndarray, run: Runner, spec: ModelSpec, gy: int, gx: int,
         if hi > lo:
             out.emit(acc[:, lo - top : hi - top], lo, 0)
         d = min(end - top, ph)
-        acc[:, : ph - d] = acc[:, d:]
+        acc[:, : ph - d] = acc[:, d:].clone() if run.on_device else acc[:, d:]
         acc[:, ph - d :] = 0
         top = end
 
@@ -170,6 +185,27 @@ def run_feather(x: np.ndarray, run: Runner, spec: ModelSpec, gy: int, gx: int,
 
 
 _STRIP = 64  # output rows finished at once (4 bands x 64 x 5120 float32: 5 MiB)
+
+
+def finish_tensor(hr: torch.Tensor, q: torch.Tensor, out_mean: torch.Tensor,
+                  out_std: torch.Tensor) -> torch.Tensor:
+    """Return ``hr`` de-normalised, rounded and clipped, with quality, as int16 (torch).
+
+    The same steps as the host's :func:`_finish`, on ``hr``'s device: ``(bands + 1, h,
+    w)`` int16 with the reflectance bands (nodata where ``q`` is nodata or the model gave
+    NaN or inf) and the quality codes last. ``hr`` is overwritten.
+    """
+    hr *= out_std
+    hr += out_mean
+    bad = ~torch.isfinite(hr.sum(dim=0))
+    q = torch.where(bad, torch.full_like(q, Quality.NODATA), q)
+    hr.masked_fill_(bad, 0.0)
+    torch.round(hr, out=hr)  # half to even, as numpy's rint
+    hr.clamp_(OUTPUT_NODATA + 1, 32767)
+    out = torch.empty((hr.shape[0] + 1, *hr.shape[1:]), dtype=torch.int16, device=hr.device)
+    out[:-1] = hr.to(torch.int16).masked_fill_(q == Quality.NODATA, OUTPUT_NODATA)
+    out[-1] = q.to(torch.int16)
+    return out
 
 
 def _finish(hr: np.ndarray, q: np.ndarray, out: np.ndarray, out_mean: np.ndarray,

@@ -191,6 +191,7 @@ def super_resolve(
     batch_size: int | None = None,
     precision: str = "bf16",
     resources: Mapping[str, float] | None = None,
+    postprocess: str | None = None,
 ) -> xr.Dataset:
     """Super-resolve a Sentinel-2 L2A scene, lazily.
 
@@ -230,6 +231,11 @@ def super_resolve(
         computing the result directly needs
         ``dask.config.set({"optimization.fuse.active": False})``; :func:`srlib.to_zarr`
         keeps it by computing unoptimised blocks.
+    postprocess : {"device", "host"}, optional
+        Where patches are blended, de-normalised and quantised: ``"device"`` in torch on
+        the model's device (only int16 comes back to the host; the next batch is prepared
+        while the device runs), ``"host"`` in numpy. By default on the device on CUDA and
+        on the host on the CPU. The two agree to 1 DN (bit for bit on the CPU).
 
     Returns
     -------
@@ -246,6 +252,9 @@ def super_resolve(
         An unusable model or batch size.
     """
     spec = _checked_model(model, scale=scale, precision=precision, device=device)
+    if postprocess not in (None, "device", "host"):
+        raise InputError(f"postprocess must be 'device' or 'host' (or unset for the device "
+                         f"on CUDA), got {postprocess!r}")
     bands, scl, template = _bands(ds, spec.bands_in)  # also refuses non-xarray, empty input
     transform, crs = check_grid(ds)
     shape = template.shape
@@ -258,7 +267,7 @@ def super_resolve(
         safe_batch=safe, precision=precision,
         peak_per_pixel=peak_elements(spec, spec.patch_size) / spec.patch_size**2,
         y_starts=tuple(np.cumsum((0, *ychunks[:-1])).tolist()),
-        x_starts=tuple(np.cumsum((0, *xchunks[:-1])).tolist()),
+        x_starts=tuple(np.cumsum((0, *xchunks[:-1])).tolist()), post=postprocess,
     )
     if resources is None:
         resources = _cluster_gpu_resources(device)
@@ -272,8 +281,8 @@ def super_resolve(
             chunks=((len(spec.bands_out) + 1,), tuple(c * scale for c in ychunks),
                     tuple(c * scale for c in xchunks)),
             dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
-            name=f"srlib-{spec.name}-"
-            f"{tokenize(stack.name, spec_identity(spec), cfg.device, precision, batch_size)}",
+            name=f"srlib-{spec.name}-" + tokenize(stack.name, spec_identity(spec), cfg.device,
+                                                  precision, batch_size, postprocess),
             cfg=cfg,
         )
     if stack.shape[1:] != shape:  # drop the mirrored padding
