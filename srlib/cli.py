@@ -232,14 +232,21 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 @click.option("--server", default=None, help="Name of this machine, recorded with the run.")
 @click.option("--keep-zarr/--no-keep-zarr", default=None,
               help="Keep the Zarr intermediate (default: for AOIs only).")
+@click.option("--gpus", type=int, default=None,
+              help="Use N GPUs of this node: a local dask cluster of one worker per GPU.")
+@click.option("--devices", default=None,
+              help="Comma-separated devices, one worker each (cuda:0,cuda:2; cpu,cpu "
+                   "stands in for GPUs).")
 def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
        product_id: str | None, model: str, checkpoint: str | None, stats: str | None,
        out_dir: Path, publish: str | None, force: bool, catalog: str | None,
        name_template: str | None, product_version: int, device: str | None,
-       db_url: str | None, server: str | None, keep_zarr: bool | None) -> None:
+       db_url: str | None, server: str | None, keep_zarr: bool | None, gpus: int | None,
+       devices: str | None) -> None:
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
     from srlib.config import DEFAULT_DATABASE_URL, Settings
     from srlib.engine.kernel import resolve_device
+    from srlib.ops.devices import check_devices, gpu_devices
     from srlib.ops.jobs import run_dr
     from srlib.ops.notify import notifier_from_env, step
     from srlib.ops.publish import object_store
@@ -247,6 +254,10 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
 
     spec = _load_model(model, checkpoint, stats)
     resolve_device(device)
+    if gpus is not None and devices:
+        raise click.UsageError("give --gpus or --devices, not both")
+    workers = gpu_devices(gpus) if gpus is not None else \
+        check_devices(devices.split(",")) if devices else None
     if publish:
         object_store(publish)
     db = None
@@ -259,7 +270,8 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
                     product_id=product_id, model=spec, out=out_dir, publish=publish,
                     force=force, catalog=catalog or EARTH_SEARCH,
                     name_template=name_template, version=product_version,
-                    device=device, db=db, keep_zarr=keep_zarr, progress=_progress_mode())
+                    device=device, db=db, keep_zarr=keep_zarr, progress=_progress_mode(),
+                    devices=workers if workers and (gpus or 0) != 1 else None)
     click.echo(f"{result.status}: {result.cog}")
     for uri in result.published:
         click.echo(f"published: {uri}")
@@ -334,6 +346,8 @@ def _slurm_job_options(func):
         click.option("--image", default=None, help="Apptainer image (.sif)."),
         click.option("--venv", default=None, help="Virtual environment path."),
         click.option("--account", default=None, help="SLURM account (or $SRLIB_SLURM_ACCOUNT)."),
+        click.option("--gpus", type=int, default=1, show_default=True,
+                     help="GPUs per job (srlib dr --gpus N: one worker per GPU)."),
         click.option("--dr-arg", "extra_args", multiple=True,
                      help="Extra argument for srlib dr (repeat), e.g. --dr-arg=--catalog=URL."),
     ]

@@ -78,3 +78,43 @@ def test_model_tasks_go_only_to_gpu_workers_one_at_a_time(tmp_path):
         np.testing.assert_array_equal(srlib.open_zarr(store).red.values, local.red.values)
         loaded = client.run(lambda: __import__("srlib").models.spec._CACHE.__len__())
         assert loaded[gpu_addr] == 1 and sum(loaded.values()) == 1
+
+
+def test_worker_specs_pin_one_worker_to_each_gpu():
+    import torch
+
+    from srlib.ops.devices import check_devices, gpu_devices, worker_specs
+
+    specs = worker_specs(["cuda:0", "cuda:3"], threads=4, memory_limit=2**30)
+    options = [s["options"] for s in specs.values()]
+    assert [o["env"]["CUDA_VISIBLE_DEVICES"] for o in options] == ["0", "3"]
+    assert all(o["resources"] == {"GPU": 1} and o["nthreads"] == 4 for o in options)
+    cpu = worker_specs(["cpu", "cpu"], threads=1, memory_limit=2**30)
+    assert [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in cpu.values()] == ["", ""]
+    for bad in ([], "cuda:0", ["cpu", "cuda:0"], ["cuda:1", "cuda:1"], ["tpu"], ["gpu7"]):
+        with pytest.raises(srlib.InputError):
+            check_devices(bad, here=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(srlib.InputError, match="CUDA"):
+            check_devices(["cuda:0"])
+        with pytest.raises(srlib.InputError, match="--gpus 2 but this node has 0"):
+            gpu_devices(2)
+
+
+def test_two_device_workers_write_the_bytes_of_one_process(tmp_path, tiny_swin):
+    """``devices=["cpu", "cpu"]`` stands in for two GPUs: one worker each, pinned."""
+    from srlib.ops.devices import device_cluster
+
+    ds = synthetic_scene((96, 96))
+    one = srlib.open_zarr(srlib.to_zarr(srlib.super_resolve(ds, tiny_swin, chunks=32,
+                                                            device="cpu"), tmp_path / "1.zarr"))
+    with device_cluster(["cpu", "cpu"], memory_limit=2**31) as client:
+        sr = srlib.super_resolve(ds, tiny_swin, chunks=32, device="cpu")
+        two = srlib.open_zarr(srlib.to_zarr(sr, tmp_path / "2.zarr"))
+        loaded = client.run(lambda: len(__import__("srlib").models.spec._CACHE))
+        visible = client.run(lambda: __import__("os").environ["CUDA_VISIBLE_DEVICES"])
+        resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+    assert sorted(loaded.values()) == [1, 1]  # both ran model tasks; the model loaded once each
+    assert list(visible.values()) == ["", ""] and resources == [{"GPU": 1}, {"GPU": 1}]
+    for var in one.data_vars:
+        np.testing.assert_array_equal(one[var].values, two[var].values)

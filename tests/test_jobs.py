@@ -117,3 +117,18 @@ def test_pdr_processes_requests_marks_failures_and_goes_on(env, tmp_path):
     assert f"pdr/{stem}.tif" in _keys(env["client"], "pdr/")
     assert f"pdr/{stem}_NDVI.tif" in _keys(env["client"], "pdr/")
     assert f"pdr/{stem}.manifest.json" in _keys(env["client"], "pdr/")
+
+
+def test_dr_on_two_device_workers_gives_the_bytes_of_one_process(env, tmp_path):
+    """``srlib dr --devices cpu,cpu``: the tile runs on a local cluster of two workers."""
+    args = ["dr", "--date", "20200219", "--aoi", *AOI, "--catalog", env["url"]]
+    one = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "one")])
+    two = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "two"), "--devices",
+                                    "cpu,cpu"])
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    assert "local cluster of 2 workers" in two.output
+    (a,), (b,) = (tmp_path / "one").glob("*_v1.tif"), (tmp_path / "two").glob("*_v1.tif")
+    with rasterio.open(a) as ra, rasterio.open(b) as rb:
+        np.testing.assert_array_equal(ra.read(), rb.read())
+    bad = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "x"), "--gpus", "2"])
+    assert bad.exit_code == 1 and "--gpus 2 but this node has 0" in bad.output

@@ -59,6 +59,33 @@ def test_time_limit_grows_with_the_work():
         assert small_v.removesuffix("G").zfill(8) < tile_v.removesuffix("G").zfill(8), key
 
 
+def test_a_job_can_ask_for_every_gpu_of_a_node():
+    from click.testing import CliRunner
+
+    from srlib.cli import main
+
+    profile = load_profile("poznan")
+    one = render_dr(profile, date="20250731", mgrs="24MWV", out="o", log_dir="l", venv="/v")
+    four = render_dr(profile, date="20250731", mgrs="24MWV", out="o", log_dir="l", venv="/v",
+                     gpus=4)
+    assert "#SBATCH --gres=gpu:1" in one and "--gpus" not in one
+    assert "#SBATCH --gres=gpu:4" in four
+    assert "/v/bin/srlib dr --date 20250731 --mgrs 24MWV --out o --gpus 4" in four
+    times = [next(ln for ln in s.splitlines() if "--time=" in ln) for s in (one, four)]
+    assert times[1] < times[0]  # four GPUs' rate: a shorter limit
+    with pytest.raises(srlib.InputError, match="gpus must be a positive"):
+        render_dr(profile, date="20250731", mgrs="24MWV", out="o", log_dir="l", venv="/v",
+                  gpus=0)
+    cpu = srlib.ops.slurm.Profile(**{**profile.__dict__, "gres": ""})
+    with pytest.raises(srlib.InputError, match="has no GPU"):
+        render_dr(cpu, date="20250731", mgrs="24MWV", out="o", log_dir="l", venv="/v", gpus=2)
+    result = CliRunner().invoke(main, ["slurm", "render", "--profile", "poznan", "--date",
+                                       "20250731", "--mgrs", "24MWV", "--out", "o", "--logs",
+                                       "l", "--venv", "/v", "--gpus", "2"])
+    assert result.exit_code == 0 and "#SBATCH --gres=gpu:2" in result.output
+    assert " --gpus 2" in result.output
+
+
 def test_profiles_that_need_an_account_say_so(monkeypatch):
     monkeypatch.delenv("SRLIB_SLURM_ACCOUNT", raising=False)
     with pytest.raises(srlib.InputError, match="SRLIB_SLURM_ACCOUNT"):

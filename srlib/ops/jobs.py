@@ -15,6 +15,7 @@ and a product that fails QC is never reported done.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -22,7 +23,7 @@ import os
 import shutil
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from ..progress import job_progress, job_stages
 from ..progress import report as report_progress
 from ..scene.sources import EARTH_SEARCH, load_s2, parse_date
 from .db import RequestQueue, RunRecorder
+from .devices import check_devices, device_cluster
 from .notify import Notifier, notifier_from_env, step
 from .publish import publish_product, verify_published
 
@@ -164,6 +166,10 @@ class DrRequest:
     keep_zarr : bool, optional
         Keep the Zarr intermediate once the product is complete (default: for AOIs, whose
         derivatives are made from it; a whole tile's is about as large as its COG).
+    devices : sequence of str, optional
+        Run the inference on a local dask cluster of one worker per device
+        (``["cuda:0", "cuda:1"]``; ``["cpu", "cpu"]`` stands in for GPUs), see
+        :mod:`srlib.ops.devices`. Default: in this process, on ``device``.
     load_options, sr_options : dict
         Further options of :func:`srlib.load_s2` and of :func:`srlib.super_resolve`.
     """
@@ -182,6 +188,7 @@ class DrRequest:
     derivatives: bool | None = None
     request: int | None = None
     keep_zarr: bool | None = None
+    devices: tuple[str, ...] | None = None
     load_options: dict[str, Any] = field(default_factory=dict)
     sr_options: dict[str, Any] = field(default_factory=dict)
 
@@ -193,6 +200,8 @@ class DrRequest:
         extra = {k: v for k, v in options.items() if k not in names}
         if known.get("aoi") is not None:
             known["aoi"] = tuple(float(v) for v in known["aoi"])
+        if known.get("devices") is not None:
+            known["devices"] = tuple(check_devices(known["devices"]))
         if "out" in known:
             known["out"] = Path(known["out"])
         known["load_options"] = dict(known.get("load_options") or {})
@@ -237,7 +246,17 @@ def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
     spec = _model_spec(model, job.sr_options)
     notifier = notifier or notifier_from_env()
     with job_progress(job_stages(model=spec.name, publish=bool(job.publish)), mode=progress):
-        return _run_dr_recorded(job, spec, notifier, db)
+        if not job.devices:
+            return _run_dr_recorded(job, spec, notifier, db)
+        if job.sr_options.get("device") is not None:
+            raise InputError("give devices= (--gpus) or device= (--device), not both")
+        # each worker sees only its own GPU, where "cuda" (the default) is that GPU
+        cpu = job.devices[0] == "cpu"
+        job = replace(job, sr_options={**job.sr_options, "device": "cpu" if cpu else None})
+        with contextlib.ExitStack() as stack:
+            with step("cluster", notifier, devices=",".join(job.devices)):
+                stack.enter_context(device_cluster(job.devices))
+            return _run_dr_recorded(job, spec, notifier, db)
 
 
 def _run_dr_recorded(job: DrRequest, spec: ModelSpec, notifier: Notifier,
@@ -459,7 +478,6 @@ def run_pdr(
     dict
         Counts of ``done``, ``skipped`` and ``failed`` requests.
     """
-    import contextlib
     import time
 
     from .db import LeaseLost

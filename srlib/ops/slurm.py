@@ -146,8 +146,12 @@ def render_dr(profile: Profile, *, date: str, mgrs: str | None = None,
               log_dir: str, publish: str | None = None, runtime: str = "venv",
               image: str | None = None, venv: str | None = None,
               account: str | None = None, input_px: int | None = None, scale: int = 10,
-              model: str | None = None, extra_args: tuple[str, ...] = ()) -> str:
+              model: str | None = None, gpus: int = 1,
+              extra_args: tuple[str, ...] = ()) -> str:
     """Render a batch script running ``srlib dr`` for a whole tile or an AOI.
+
+    ``gpus`` GPUs per job: the gres asks for them, the time limit counts them, and
+    ``srlib dr --gpus N`` runs one worker per GPU (:mod:`srlib.ops.devices`).
 
     The time limit follows the work: a whole tile, or the AOI's size at 10 m (or
     ``input_px``), at the profile's GPU rate, or at the model card's measured rate
@@ -172,6 +176,15 @@ def render_dr(profile: Profile, *, date: str, mgrs: str | None = None,
         if card.get("rate_mpx_per_s"):
             profile = replace(profile, gpu_mpx_per_s=float(card["rate_mpx_per_s"]))
         model_args = ["--model", card_path]
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise InputError(f"gpus must be a positive whole number, got {gpus!r}")
+    if gpus > 1:
+        if not profile.gres.startswith("gpu"):
+            raise InputError(f"profile {profile.name} has no GPU (gres {profile.gres!r}); "
+                             "gpus > 1 needs a GPU partition")
+        profile = replace(profile, gres=gres_with(profile.gres, gpus),
+                          gpu_mpx_per_s=profile.gpu_mpx_per_s * gpus)
+        extra_args = ("--gpus", str(gpus), *extra_args)
     px = input_px or (TILE_PX * TILE_PX if mgrs else aoi_pixels(aoi))  # type: ignore[arg-type]
     time, memory = _limits(profile, px, scale)
     job = f"srlib-dr-{mgrs or 'aoi'}-{date}"
@@ -183,6 +196,16 @@ def render_dr(profile: Profile, *, date: str, mgrs: str | None = None,
     lines += ['echo "srlib dr on $(hostname), job $SLURM_JOB_ID"',
               f"{srlib} {' '.join(shlex.quote(a) for a in args)}"]
     return "\n".join(lines) + "\n"
+
+
+def gres_with(gres: str, gpus: int) -> str:
+    """Return a GPU gres asking for ``gpus`` GPUs (``gpu:a100:1`` -> ``gpu:a100:4``)."""
+    parts = gres.split(":")
+    if parts[-1].isdigit():
+        parts[-1] = str(gpus)
+    else:
+        parts.append(str(gpus))
+    return ":".join(parts)
 
 
 def render_finalise(profile: Profile, *, out: str, log_dir: str, runtime: str = "venv",
