@@ -27,12 +27,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rasterio
 import xarray as xr
 from rasterio.shutil import copy as rio_copy
 from rio_cogeo.cogeo import cog_validate
 from rio_cogeo.profiles import cog_profiles
 
+from ..bands import OUTPUT_BANDS, REFLECTANCE_SCALE, Quality
 from ..errors import IncompleteStoreError, SrlibError
 from ..progress import active as progress_active
 from ..progress import watch_file
@@ -89,6 +91,70 @@ _GDAL_TYPES = {"int16": "Int16", "uint8": "Byte", "uint16": "UInt16", "int32": "
                "float32": "Float32"}
 
 
+#: Colour interpretation of the bands that have one (the others are "undefined").
+_COLOR = {"red": "Red", "green": "Green", "blue": "Blue"}
+#: Largest side of the level the stored statistics are computed on (approximate).
+_STATS_SIDE = 2048
+
+
+def band_statistics(store: Path, ds: xr.Dataset, bands: list[str], levels: int
+                    ) -> dict[str, dict[str, float]]:
+    """Statistics of each band's valid COG values, from an overview level (approximate).
+
+    Read from the first level whose larger side is at most 2048 px (the full resolution
+    of a small product): minimum, maximum, mean, standard deviation, valid percent, and
+    the 2nd and 98th percentiles (a display stretch that one bright cloud does not set).
+    """
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    k = 0
+    while k < levels and max(h, w) / 2**k > _STATS_SIDE:
+        k += 1
+    level = ds if k == 0 else xr.open_zarr(store, group=f"{OVERVIEWS}/{k}",
+                                           mask_and_scale=False, consolidated=False)
+    out = {}
+    for band in bands:
+        enc = var_encoding(ds[band])
+        values = np.asarray(level[band].values)
+        if k == 0:
+            values = enc.to_cog(values)
+        valid = values[values != enc.cog_nodata].astype(np.float64)
+        if valid.size == 0:
+            out[band] = {"valid_percent": 0.0}
+            continue
+        p2, p98 = np.percentile(valid, [2, 98])
+        out[band] = {"minimum": float(valid.min()), "maximum": float(valid.max()),
+                     "mean": float(valid.mean()), "stddev": float(valid.std()),
+                     "valid_percent": 100.0 * valid.size / values.size,
+                     "p2": float(p2), "p98": float(p98)}
+    return out
+
+
+def _metadata(parent: ET.Element, items: dict[str, object], domain: str | None = None) -> None:
+    md = ET.SubElement(parent, "Metadata", **({"domain": domain} if domain else {}))
+    for key, value in items.items():
+        ET.SubElement(md, "MDI", key=key).text = str(value)
+
+
+def _band_metadata(band: str, enc: object, stats: dict[str, float]) -> dict[str, object]:
+    """Return what a band declares in the COG: statistics, resampling, quality codes."""
+    items: dict[str, object] = {}
+    if stats.get("valid_percent"):
+        items.update({f"STATISTICS_{k.upper()}": repr(v) for k, v in stats.items()
+                      if k in ("minimum", "maximum", "mean", "stddev")})
+        items["STATISTICS_APPROXIMATE"] = "YES"
+        if "p2" in stats:
+            items.update(STATISTICS_P2=repr(stats["p2"]), STATISTICS_P98=repr(stats["p98"]))
+    items["STATISTICS_VALID_PERCENT"] = repr(stats.get("valid_percent", 0.0))
+    mode = getattr(enc, "reducer", "mean") == "mode"
+    items["OVERVIEW_RESAMPLING"] = "MODE" if mode else "AVERAGE"
+    if band == "quality":
+        codes = [q for q in Quality if q != Quality.NODATA]
+        items["flag_values"] = " ".join(str(int(q)) for q in codes)
+        items["flag_meanings"] = " ".join(q.name.lower() for q in codes)
+        items.update({f"CLASS_{int(q)}": q.name.lower() for q in codes})
+    return items
+
+
 def _vrt(store: Path, ds: xr.Dataset, bands: list[str], levels: int) -> str:
     h, w = ds.sizes["y"], ds.sizes["x"]
     nodata = {cog_nodata(ds[b]) for b in bands}
@@ -97,17 +163,26 @@ def _vrt(store: Path, ds: xr.Dataset, bands: list[str], levels: int) -> str:
                          "holds one: write them to separate COGs")
     (nodata_value,) = nodata
     t = ds.rio.transform()
+    stats = band_statistics(store, ds, bands, levels)
     root = ET.Element("VRTDataset", rasterXSize=str(w), rasterYSize=str(h))
     ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = ds.rio.crs.to_wkt()
     ET.SubElement(root, "GeoTransform").text = ", ".join(
         repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e))
+    _metadata(root, {"OVERVIEW_RESAMPLING": "reflectance AVERAGE of the valid pixels, "
+                                            "quality MODE of the valid codes"})
     for i, band in enumerate(bands, start=1):
         enc = var_encoding(ds[band])
         gdal_type = _GDAL_TYPES[enc.cog_dtype]
         vb = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band=str(i),
                            blockXSize=str(COG_TILE), blockYSize=str(COG_TILE))
         ET.SubElement(vb, "Description").text = band
+        _metadata(vb, _band_metadata(band, enc, stats[band]))
         ET.SubElement(vb, "NoDataValue").text = str(nodata_value)
+        ET.SubElement(vb, "ColorInterp").text = _COLOR.get(band, "Undefined")
+        if band in OUTPUT_BANDS:  # DN -> reflectance, for QGIS, titiler and GDAL
+            ET.SubElement(vb, "UnitType").text = "1"
+            ET.SubElement(vb, "Offset").text = "0"
+            ET.SubElement(vb, "Scale").text = repr(REFLECTANCE_SCALE)
         if enc.lut is not None:  # stored values differ from the COG's (quality's nodata)
             src = _source(vb, "ComplexSource", store, band, (h, w),
                           _GDAL_TYPES[str(ds[band].dtype)])
