@@ -193,11 +193,12 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
     ds = srlib.sample_scene(sample)
     try:
         with job_progress(job_stages(model=spec.name), mode=_progress_mode()):
-            report = srlib.super_resolve_to_cog(ds, cog, model=spec, device=device)
+            report = srlib.super_resolve_to_cog(ds, cog, model=spec, device=device,
+                                                stac=True)
     except srlib.QCFailed as err:
         click.echo(err.report.to_table() if err.report else str(err), err=True)
         raise _fail("demo", err) from None
-    write_manifest(cog, [cog, cog.with_suffix(".qc.json")], identity=identity,
+    write_manifest(cog, report.files, identity=identity,
                    qc=report.to_dict(), model={"name": spec.name, "token": spec.token})
     click.echo(report.to_table())
     click.echo(f"product: {cog.resolve()}")
@@ -395,6 +396,48 @@ def cog(zarr_path: Path, out: Path) -> None:
     import srlib
 
     click.echo(str(srlib.to_cog(zarr_path, out)))
+
+
+@main.command()
+@_verbosity
+@click.argument("cog_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--href-base", default=None,
+              help="Where the files will be read from (s3://bucket/prefix or a URL); "
+                   "default: their local paths.")
+@click.option("--source", "sources", multiple=True,
+              help="Href of a source STAC Item (a derived_from link); repeat for several.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Item instead of its path.")
+def stac(cog_path: Path, href_base: str | None, sources: tuple[str, ...],
+         as_json: bool) -> None:
+    """Write the STAC Item of an existing product (PRODUCT.stac.json beside it)."""
+    import srlib
+    from srlib.product.manifest import update_record
+    from srlib.product.stac_item import describe_product
+
+    with srlib.job_progress(mode="off"):
+        srlib.check_quality(cog_path)  # refuses a file that is not a readable product
+    base = href_base.rstrip("/") if href_base else None
+    href = (lambda p: f"{base}/{p.name}") if base else None
+    attrs: dict = {}
+    old_item = cog_path.with_name(f"{cog_path.stem}.stac.json")
+    manifest = cog_path.with_name(f"{cog_path.stem}.manifest.json")
+    if old_item.is_file():  # remade: keep what only the job knew
+        old = json.loads(old_item.read_text())
+        attrs = {"datetime": old["properties"].get("datetime"),
+                 "items": old["properties"].get("srlib:source_items", []),
+                 "item_hrefs": [link["href"] for link in old.get("links", [])
+                                if link.get("rel") == "derived_from"]}
+    elif manifest.is_file():  # the job's identity: date and source items
+        identity = json.loads(manifest.read_text()).get("identity", {})
+        attrs["items"] = identity.get("items") or []
+        if identity.get("date"):
+            day = identity["date"]
+            attrs["datetime"] = f"{day[:4]}-{day[4:6]}-{day[6:8]}T00:00:00Z"
+    if sources:
+        attrs["item_hrefs"] = list(sources)
+    item = describe_product(cog_path, attrs=attrs, href=href)[-1]
+    update_record(cog_path, item)  # a complete product stays complete
+    click.echo(item.read_text() if as_json else str(item))
 
 
 @main.command()

@@ -34,7 +34,7 @@ from ..product.manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_ma
 from ..product.pipeline import super_resolve_to_cog
 from ..product.qc import check_quality
 from ..product.quicklook import write_quicklooks
-from ..product.stac_item import write_product_item
+from ..product.stac_item import describe_product
 from ..progress import job_progress, job_stages
 from ..progress import report as report_progress
 from ..scene.sources import EARTH_SEARCH, load_s2, parse_date
@@ -403,14 +403,11 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
     base = publish.rstrip("/") if publish else None
     href = (lambda p: f"{base}/{p.name}") if base else (lambda p: str(p.resolve()))
     with step("stac", notifier, product=name):
-        item = write_product_item(
-            cog, datetime=ds.attrs.get("datetime") or None, href=href(cog),
-            properties={"srlib:source_items": ds.attrs.get("items", []),
-                        "srlib:model": provenance(model)},
-            extra_assets={"qc": href(cog.with_suffix(".qc.json")),
-                          **{p.stem.rsplit("_", 1)[-1].lower(): href(p) for p in extra
-                             if p.suffix == ".tif"}})
-    extra = [*extra, item]
+        described = describe_product(
+            cog, ds=ds, quicklooks=False, href=href,
+            properties={"srlib:model": provenance(model)},
+            files={p.stem.rsplit("_", 1)[-1].lower(): p for p in extra if p.suffix == ".tif"})
+    extra = [*extra, described[-1]]
     result.files = [cog, cog.with_suffix(".qc.json"), *extra]
     with step("manifest", notifier, product=name):
         result.manifest = write_manifest(cog, result.files, identity=identity, qc=result.qc,

@@ -331,7 +331,8 @@ class LocalStore:
                 copy = staging / file.name
                 shutil.copyfile(file, copy)
                 expected = sha256_file(file)
-                if copy.stat().st_size != file.stat().st_size or sha256_file(copy) != expected:
+                if copy.stat().st_size != file.stat().st_size \
+                        or sha256_file(copy, fresh=True) != expected:
                     raise PublishError(f"{copy} does not hold the bytes of {file}; the "
                                        "product was not published, rerun to complete it")
                 staged.append((copy, expected))
@@ -368,7 +369,7 @@ class LocalStore:
     def stat(self, name: str) -> tuple[int, str | None] | None:
         """Size and SHA-256 of a file (read whole); None when there is none."""
         path = self.root / name
-        return (path.stat().st_size, sha256_file(path)) if path.is_file() else None
+        return (path.stat().st_size, sha256_file(path, fresh=True)) if path.is_file() else None
 
     def remove(self, name: str) -> None:
         """Delete a file if present."""

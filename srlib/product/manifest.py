@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..hashing import sha256_file
 
 __all__ = ["MANIFEST_SUFFIX", "file_record", "manifest_path", "mismatch", "read_manifest",
-           "verify_local", "write_manifest"]
+           "update_record", "verify_local", "write_manifest"]
 
 #: Suffix of a product's manifest beside its COG.
 MANIFEST_SUFFIX = ".manifest.json"
@@ -82,6 +82,24 @@ def write_manifest(
     tmp.write_text(json.dumps(body, indent=2, default=str))
     os.replace(tmp, target)
     return target
+
+
+def update_record(cog: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Record a rewritten file of a product (``srlib stac``) in its manifest.
+
+    Returns whether the product's complete manifest lists the file (and was updated).
+    """
+    target = manifest_path(cog)
+    body = read_manifest(target.read_bytes()) if target.is_file() else None
+    name = Path(path).name
+    if body is None or not any(r.get("name") == name for r in body["files"]):
+        return False
+    body["files"] = [file_record(path) if r.get("name") == name else r
+                     for r in body["files"]]
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(body, indent=2, default=str))
+    os.replace(tmp, target)
+    return True
 
 
 def read_manifest(text: str | bytes) -> dict[str, Any] | None:

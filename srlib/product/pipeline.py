@@ -19,6 +19,7 @@ from ..errors import DiskSpaceError, QCFailed, add_step
 from ..models import load_model, provenance
 from .cog import to_cog
 from .qc import QCReport, check_quality
+from .stac_item import describe_product
 from .zarr_store import holds_product, is_complete, to_zarr
 
 __all__ = ["super_resolve_to_cog"]
@@ -34,6 +35,7 @@ def super_resolve_to_cog(
     zarr_path: str | os.PathLike | None = None,
     thresholds: Mapping[str, Any] | None = None,
     resume: bool = True,
+    stac: bool = False,
     **options: Any,
 ) -> QCReport:
     """Super-resolve ``ds`` into a quality-checked COG at ``cog_path``.
@@ -60,6 +62,10 @@ def super_resolve_to_cog(
         Resume an interrupted Zarr store of the same product. A store at ``zarr_path``
         that holds another product (another input, model, stats...) is never reused: it
         is written afresh.
+    stac : bool
+        Also write the quicklooks and the STAC Item beside the COG
+        (:func:`srlib.product.stac_item.describe_product`), listed in the report's
+        ``files``.
     **options
         Further ``super_resolve`` options (``chunks``, ``device``, ``batch_size``, ...).
 
@@ -111,7 +117,13 @@ def super_resolve_to_cog(
             raise QCFailed(report.failed, report)
         os.replace(staging, cog_path)
         report.to_json(cog_path.with_suffix(".qc.json"))
+        report.files = [cog_path, cog_path.with_suffix(".qc.json")]
         log.info("QC passed: %s", cog_path)
+        if stac:
+            with _stage("stac"):
+                report.files += describe_product(
+                    cog_path, ds=ds if isinstance(ds, xr.Dataset) else None,
+                    properties={"srlib:model": report.model})
         return report
     finally:
         staging.unlink(missing_ok=True)

@@ -56,6 +56,8 @@ class QCReport:
     thresholds: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    #: The files of the product, once written (not part of the JSON)
+    files: list[Path] = field(default_factory=list, repr=False)
 
     @property
     def failed(self) -> list[str]:

@@ -1,35 +1,72 @@
-"""A STAC Item for each product (pystac; projection, raster and eo extensions).
+"""A STAC Item for each product, made with rio-stac and completed with what srlib knows.
 
-The Item points at the product COG (asset ``data``, with one ``eo:bands``/``raster:bands``
-entry per band) and, when given, at its derivatives and QC report, so products can be
-searched in a STAC catalogue and loaded back with odc-stac.
+rio-stac reads the COG (geometry, bbox, projection, ``raster:bands`` with statistics and
+histograms, ``eo:bands``); srlib adds the band names and common names, the quality band's
+classes (classification extension), ``file:size``/``file:checksum`` of every asset, the
+quicklooks (the RGB one as the thumbnail), ``derived_from`` links to the source items
+and a render entry (render extension: the RGB bands stretched from the 2nd to the 98th
+percentile) that STAC-aware tilers draw by default; titiler needs ``bidx`` for a file of
+five bands, which this entry gives them as an expression. The Item loads back with
+odc-stac to the same pixels.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pystac
 import rasterio
-from pystac.extensions.eo import Band, EOExtension
-from pystac.extensions.projection import ProjectionExtension
-from pystac.extensions.raster import DataType, RasterBand, RasterExtension
-from rasterio.warp import transform_bounds, transform_geom
+import rio_stac
 
-__all__ = ["product_item", "write_product_item"]
+from ..bands import OUTPUT_BANDS, Quality
+from ..hashing import multihash
 
-_COMMON = {"red": "red", "green": "green", "blue": "blue", "nir": "nir"}
+__all__ = ["describe_product", "product_item", "quality_classes", "write_product_item"]
+
+_CLASSIFICATION = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+_FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+_RENDER = "https://stac-extensions.github.io/render/v2.0.0/schema.json"
+
+_DESCRIPTIONS = {
+    Quality.CLEAR: "valid, no flag",
+    Quality.CLOUD: "cloud (SCL 8, 9) or thin cirrus (SCL 10)",
+    Quality.CLOUD_SHADOW: "cloud shadow (SCL 3)",
+    Quality.SNOW: "snow or ice (SCL 11)",
+    Quality.WATER: "water (SCL 6)",
+}
+
+#: Media types and roles of the files that go with a product, by suffix.
+_KINDS = {".tif": (pystac.MediaType.COG, ["data"]), ".json": (pystac.MediaType.JSON,
+                                                               ["metadata"]),
+          ".png": (pystac.MediaType.PNG, ["overview"])}
+
+
+def quality_classes() -> list[dict[str, Any]]:
+    """Return the quality band's codes as classification-extension classes."""
+    nodata = {"value": -32768, "name": "nodata", "description": "no valid input",
+              "nodata": True}
+    return [nodata, *({"value": int(q), "name": q.name.lower(),
+                       "description": _DESCRIPTIONS[q]} for q in Quality
+                      if q != Quality.NODATA)]
+
+
+def _file_fields(path: Path) -> dict[str, Any]:
+    return {"file:size": path.stat().st_size, "file:checksum": multihash(path)}
 
 
 def product_item(
     cog_path: str | os.PathLike,
     *,
     datetime: dt.datetime | str | None = None,
-    href: str | None = None,
-    properties: dict | None = None,
-    extra_assets: dict[str, str] | None = None,
+    href: Callable[[Path], str] | None = None,
+    properties: Mapping[str, Any] | None = None,
+    files: Mapping[str, str | os.PathLike] | None = None,
+    sources: Sequence[str] = (),
 ) -> pystac.Item:
     """Describe a product COG as a STAC Item.
 
@@ -39,59 +76,118 @@ def product_item(
         The product (5 bands: red, green, blue, nir, quality).
     datetime : datetime or str, optional
         Acquisition time of the source scene (default: now, UTC).
-    href : str, optional
-        Where the COG will be read from (default: the local path).
-    properties : dict, optional
-        Extra properties (source item id, model, ...).
-    extra_assets : dict, optional
-        ``{key: href}`` of derivatives and the QC JSON.
+    href : callable, optional
+        Where each file will be read from (default: its local path): e.g. its URI once
+        published.
+    properties : mapping, optional
+        Extra properties (source item ids, model provenance, ...).
+    files : mapping, optional
+        ``{asset key: local path}`` of the files that go with the product (QC JSON,
+        derivatives, quicklooks; ``thumbnail`` for the RGB quicklook), each with its size
+        and checksum.
+    sources : sequence of str
+        Hrefs of the source STAC Items (``derived_from`` links).
     """
     path = Path(cog_path)
-    with rasterio.open(path) as src:
-        bounds = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
-        footprint = transform_geom(src.crs, "EPSG:4326", {
-            "type": "Polygon", "coordinates": [[
-                (src.bounds.left, src.bounds.bottom), (src.bounds.right, src.bounds.bottom),
-                (src.bounds.right, src.bounds.top), (src.bounds.left, src.bounds.top),
-                (src.bounds.left, src.bounds.bottom)]]})
-        names = list(src.descriptions)
-        dtypes, nodata, res = src.dtypes, src.nodata, abs(src.res[0])
-        epsg, shape, transform = src.crs.to_epsg(), list(src.shape), list(src.transform)[:6]
+    href = href or (lambda p: str(p.resolve()))
     when = datetime or dt.datetime.now(dt.UTC)
     if isinstance(when, str):
         when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    item = pystac.Item(id=path.stem, geometry=footprint, bbox=list(bounds), datetime=when,
-                       properties={"gsd": res, **(properties or {})})
-    asset = pystac.Asset(href=href or str(path.resolve()),
-                         media_type=pystac.MediaType.COG, roles=["data"],
-                         title="super-resolved reflectance (x 10000) and quality")
-    item.add_asset("data", asset)
-    proj = ProjectionExtension.ext(item, add_if_missing=True)
-    proj.epsg, proj.shape, proj.transform = epsg, shape, transform
-    eo = EOExtension.ext(asset, add_if_missing=True)
-    eo.bands = [Band.create(name=n, common_name=_COMMON.get(n), description=n) for n in names]
-    raster = RasterExtension.ext(asset, add_if_missing=True)
-    raster.bands = [
-        RasterBand.create(nodata=nodata, data_type=DataType(dtypes[i]), spatial_resolution=res,
-                          scale=1e-4 if n in _COMMON else None,
-                          offset=0.0 if n in _COMMON else None)
-        for i, n in enumerate(names)
-    ]
-    for key, extra in (extra_assets or {}).items():
-        media = pystac.MediaType.JSON if extra.endswith(".json") else pystac.MediaType.COG
-        item.add_asset(key, pystac.Asset(href=extra, media_type=media,
-                                         roles=["metadata"] if media == pystac.MediaType.JSON
-                                         else ["data"]))
+    with rasterio.open(path) as src:
+        names, res = list(src.descriptions), abs(src.res[0])
+        stretch = [[float(src.tags(b).get("STATISTICS_P2", 0)),
+                    float(src.tags(b).get("STATISTICS_P98", 3000))] for b in (1, 2, 3)]
+        item = rio_stac.create_stac_item(
+            src, input_datetime=when, id=path.stem, asset_name="data", asset_roles=["data"],
+            asset_href=href(path), asset_media_type=pystac.MediaType.COG, with_proj=True,
+            with_raster=True, with_eo=True, properties={"gsd": res, **(properties or {})})
+    data = item.assets["data"]
+    data.title = "super-resolved reflectance (x 10000) and quality"
+    data.extra_fields["eo:bands"] = [
+        {"name": n, **({"common_name": n} if n in OUTPUT_BANDS else {}), "description": n}
+        for n in names]
+    bands = data.extra_fields["raster:bands"]
+    if "quality" in names:
+        bands[names.index("quality")]["classification:classes"] = quality_classes()
+    data.extra_fields.update(_file_fields(path))
+    for key, file in (files or {}).items():
+        file = Path(file)
+        media, roles = _KINDS.get(file.suffix, (None, ["metadata"]))
+        if key == "thumbnail":
+            roles = ["thumbnail"]
+        item.add_asset(key, pystac.Asset(href=href(file), media_type=media, roles=roles,
+                                         extra_fields=_file_fields(file)))
+    for source in sources:
+        item.add_link(pystac.Link("derived_from", source, media_type=pystac.MediaType.JSON))
+    rgb = [names.index(b) + 1 for b in ("red", "green", "blue") if b in names]
+    if len(rgb) == 3:
+        item.properties["renders"] = {"rgb": {
+            "title": "Natural colour", "assets": ["data"], "nodata": -32768,
+            "expression": ";".join(f"data_b{i}" for i in rgb), "rescale": stretch,
+            "resampling": "nearest"}}
+    for url in (_CLASSIFICATION, _FILE, _RENDER):
+        if url not in item.stac_extensions:
+            item.stac_extensions.append(url)
     return item
 
 
-def write_product_item(cog_path: str | os.PathLike, **kwargs: object) -> Path:
+def write_product_item(cog_path: str | os.PathLike, **kwargs: Any) -> Path:
     """Write :func:`product_item` as ``<stem>.stac.json`` beside the COG; return its path."""
     path = Path(cog_path)
     target = path.with_name(f"{path.stem}.stac.json")
-    item = product_item(path, **kwargs)  # type: ignore[arg-type]
-    item.set_self_href(str(target.resolve()))
-    item.save_object(include_self_link=False, dest_href=str(target))
+    item = product_item(path, **kwargs)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2))
+    os.replace(tmp, target)
     return target
+
+
+def describe_product(cog_path: str | os.PathLike, *, ds: Any = None, quicklooks: bool = True,
+                     attrs: Mapping[str, Any] | None = None,
+                     href: Callable[[Path], str] | None = None,
+                     files: Mapping[str, str | os.PathLike] | None = None,
+                     properties: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write a product's quicklooks (from its input ``ds``) and its STAC Item.
+
+    Without ``ds`` (an existing product), or with ``quicklooks=False``, the quicklooks
+    already beside the COG are listed. The acquisition time and source items
+    (``datetime``, ``items``, ``item_hrefs``) come from ``attrs``, by default ``ds``'s
+    attributes; the model and QC verdict from the QC JSON beside the COG.
+
+    Returns
+    -------
+    list of Path
+        The quicklooks, then the Item (``<stem>.stac.json``).
+    """
+    from .quicklook import write_quicklooks
+
+    cog = Path(cog_path)
+    if ds is not None and quicklooks:
+        looks = write_quicklooks(ds, cog)
+    else:
+        looks = [p for p in (cog.with_name(f"{cog.stem}_quicklook_{k}.png")
+                             for k in ("rgb", "ndvi")) if p.is_file()]
+    attrs = dict(attrs if attrs is not None else getattr(ds, "attrs", {}) or {})
+    qc_json = cog.with_suffix(".qc.json")
+    props: dict[str, Any] = {}
+    if attrs.get("items"):
+        props["srlib:source_items"] = list(attrs["items"])
+    elif attrs.get("id"):
+        props["srlib:source_items"] = [attrs["id"]]
+    if qc_json.is_file():
+        report = json.loads(qc_json.read_text())
+        if report.get("model"):
+            props["srlib:model"] = report["model"]
+        props["srlib:qc_passed"] = bool(report.get("passed"))
+    props.update(properties or {})
+    assets: dict[str, str | os.PathLike] = {"qc": qc_json} if qc_json.is_file() else {}
+    for look in looks:
+        kind = look.stem.rsplit("_", 1)[-1]
+        assets["thumbnail" if kind == "rgb" else f"quicklook_{kind}"] = look
+    assets.update(files or {})
+    item = write_product_item(cog, datetime=attrs.get("datetime") or None, href=href,
+                              properties=props, files=assets,
+                              sources=list(attrs.get("item_hrefs") or []))
+    return [*looks, item]

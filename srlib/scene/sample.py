@@ -35,6 +35,9 @@ SAMPLES: dict[str, tuple[str, str]] = {
 _METADATA = {
     "29RKH": {
         "id": "S2A_29RKH_20200219_0_L2A",
+        "items": ["S2A_29RKH_20200219_0_L2A"],
+        "item_hrefs": ["https://earth-search.aws.element84.com/v1/collections/"
+                       "sentinel-2-l2a/items/S2A_29RKH_20200219_0_L2A"],
         "datetime": "2020-02-19T11:34:25.405000",
         "processing_baseline": "02.14",
     },

@@ -478,6 +478,7 @@ def load_items(
     first = items[0]
     ds.attrs.update(
         id=first.id, items=[it.id for it in items], mgrs=_grid_code(first) or "",
+        item_hrefs=[h for h in (it.get_self_href() for it in items) if h],
         datetime=first.datetime.isoformat() if first.datetime else "",
         processing_baseline=str(first.properties.get("s2:processing_baseline", "")),
     )
