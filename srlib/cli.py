@@ -128,11 +128,17 @@ def main(ctx: click.Context) -> None:
     ctx.obj = ctx.obj or {}
     _setup_logging(bool(ctx.obj.get("verbose")), bool(ctx.obj.get("quiet")))
     signal.signal(signal.SIGTERM, _terminate)
-    if click.get_current_context().invoked_subcommand in ("demo", "dr", "pdr"):
-        # before any thread starts: see srlib.flush_subnormals
-        from srlib.engine.kernel import flush_subnormals
 
-        flush_subnormals()
+
+def _flush_subnormals() -> None:
+    """Flush subnormal floats to zero (:func:`srlib.flush_subnormals`).
+
+    Called first in the computing commands, before any thread starts; not in the group,
+    so that ``--help`` answers without importing torch.
+    """
+    from srlib.engine.kernel import flush_subnormals
+
+    flush_subnormals()
 
 
 def _load_model(model: str, checkpoint: str | None, stats: str | None):
@@ -164,9 +170,11 @@ def _open_db(db_url: str | None):
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
 @click.option("--force", is_flag=True, help="Recompute even if the product exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the QC report as JSON.")
 def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: str | None,
-         device: str | None, force: bool) -> None:
+         device: str | None, force: bool, as_json: bool) -> None:
     """Super-resolve the bundled sample into OUT/S2x10_<sample>.tif and run QC."""
+    _flush_subnormals()
     import srlib
     from srlib.engine.kernel import resolve_device
     from srlib.models import spec_identity
@@ -185,10 +193,16 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
         remove_product(cog)
     else:
         manifest, _why = verify_local(cog)
-        if manifest is not None and manifest.get("identity") == identity \
-                and srlib.check_quality(cog).passed:
-            click.echo(f"{cog} exists and is complete; nothing to do (--force recomputes)")
-            return
+        if manifest is not None and manifest.get("identity") == identity:
+            existing = srlib.check_quality(cog)
+            if existing.passed:
+                if as_json:
+                    click.echo(json.dumps({"status": "skipped", "product": str(cog.resolve()),
+                                           "qc": existing.to_dict()}, indent=2, default=str))
+                else:
+                    click.echo(f"{cog} exists and is complete; nothing to do (--force "
+                               "recomputes)")
+                return
         remove_outputs(cog)
     ds = srlib.sample_scene(sample)
     try:
@@ -200,6 +214,11 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
         raise _fail("demo", err) from None
     write_manifest(cog, report.files, identity=identity,
                    qc=report.to_dict(), model={"name": spec.name, "token": spec.token})
+    if as_json:
+        click.echo(json.dumps({"status": "done", "product": str(cog.resolve()),
+                               "files": [str(f) for f in report.files],
+                               "qc": report.to_dict()}, indent=2, default=str))
+        return
     click.echo(report.to_table())
     click.echo(f"product: {cog.resolve()}")
 
@@ -233,6 +252,9 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 @click.option("--server", default=None, help="Name of this machine, recorded with the run.")
 @click.option("--keep-zarr/--no-keep-zarr", default=None,
               help="Keep the Zarr intermediate (default: for AOIs only).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (scene, grids, sizes, disk, outputs); compute nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (or plan) as JSON.")
 @click.option("--gpus", type=int, default=None,
               help="Use N GPUs of this node: a local dask cluster of one worker per GPU.")
 @click.option("--devices", default=None,
@@ -242,9 +264,10 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
        product_id: str | None, model: str, checkpoint: str | None, stats: str | None,
        out_dir: Path, publish: str | None, force: bool, catalog: str | None,
        name_template: str | None, product_version: int, device: str | None,
-       db_url: str | None, server: str | None, keep_zarr: bool | None, gpus: int | None,
-       devices: str | None) -> None:
+       db_url: str | None, server: str | None, keep_zarr: bool | None, dry_run: bool,
+       as_json: bool, gpus: int | None, devices: str | None) -> None:
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
+    _flush_subnormals()
     from srlib.config import DEFAULT_DATABASE_URL, Settings
     from srlib.engine.kernel import resolve_device
     from srlib.ops.devices import check_devices, gpu_devices
@@ -261,21 +284,53 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
         check_devices(devices.split(",")) if devices else None
     if publish:
         object_store(publish)
+    options = dict(date=date, mgrs=mgrs, aoi=aoi or None, s2_id=s2_id, product_id=product_id,
+                   model=spec, out=out_dir, publish=publish, force=force,
+                   catalog=catalog or EARTH_SEARCH, name_template=name_template,
+                   version=product_version, device=device, keep_zarr=keep_zarr,
+                   devices=workers if workers and (gpus or 0) != 1 else None)
+    if dry_run:
+        from srlib.ops.jobs import plan_dr
+
+        plan = plan_dr(**options)
+        click.echo(json.dumps(plan, indent=2) if as_json else _plan_text(plan))
+        return
     db = None
     if db_url or Settings.from_env().database_url != DEFAULT_DATABASE_URL:
         with step("database", notifier_from_env()):
             db = _open_db(db_url)
     if server:
         logging.getLogger("srlib").info("running on %s", server)
-    result = run_dr(date=date, mgrs=mgrs, aoi=aoi or None, s2_id=s2_id,
-                    product_id=product_id, model=spec, out=out_dir, publish=publish,
-                    force=force, catalog=catalog or EARTH_SEARCH,
-                    name_template=name_template, version=product_version,
-                    device=device, db=db, keep_zarr=keep_zarr, progress=_progress_mode(),
-                    devices=workers if workers and (gpus or 0) != 1 else None)
+    result = run_dr(db=db, progress=_progress_mode(), **options)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
     click.echo(f"{result.status}: {result.cog}")
     for uri in result.published:
         click.echo(f"published: {uri}")
+
+
+def _plan_text(plan: dict) -> str:
+    """``srlib dr --dry-run``'s plan, one fact per line."""
+    scene, out, disk = plan["scene"], plan["output"], plan["disk"]
+    lines = [
+        f"scene:    {', '.join(scene['items']) or '?'} (MGRS {scene['mgrs'] or '?'}, "
+        f"{scene['datetime'] or '?'})",
+        f"input:    {scene['input_px'][0]} x {scene['input_px'][1]} px at "
+        f"{scene['resolution_m']:g} m, {scene['crs']}, bounds {scene['bounds']}",
+        f"output:   {out['px'][0]} x {out['px'][1]} px at {out['resolution_m']:g} m, "
+        f"bands {', '.join(out['bands'])}, {out['raw_gb']:.1f} GB raw",
+        f"model:    {plan['model']['name']} {plan['model'].get('version') or ''}".rstrip(),
+        f"work:     {plan['work']['model_blocks']} model blocks on "
+        f"{', '.join(plan['work']['devices'])}",
+        f"disk:     Zarr ~{disk['zarr_gb']:.1f} GB + COG ~{disk['cog_gb']:.1f} GB, "
+        f"{disk['free_gb']:.1f} GB free: {'fits' if disk['fits'] else 'DOES NOT FIT'}"
+        f"{'' if disk['keep_zarr'] else ' (the Zarr is removed at the end)'}",
+        f"existing: {plan['existing']}",
+        f"publish:  {plan['publish'] or 'no'}",
+        "outputs:", *(f"  {f}" for f in plan["outputs"]),
+    ]
+    return "\n".join(lines)
 
 
 @main.command()
@@ -299,10 +354,12 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--device", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float,
         lease_s: float, out_dir: Path, publish: str | None, catalog: str | None, model: str,
-        checkpoint: str | None, stats: str | None, device: str | None) -> None:
+        checkpoint: str | None, stats: str | None, device: str | None, as_json: bool) -> None:
     """Process pending AOI requests from the metadata database."""
+    _flush_subnormals()
     import socket
 
     from srlib.ops.jobs import run_pdr
@@ -318,7 +375,8 @@ def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float
                      poll_interval=poll_interval, lease_s=lease_s, out=out_dir,
                      publish=publish, catalog=catalog or EARTH_SEARCH, model=spec,
                      device=device, progress=_progress_mode())
-    click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
+    click.echo(json.dumps(counts) if as_json else ", ".join(f"{k}: {v}"
+                                                            for k, v in counts.items()))
     if counts["failed"]:
         raise SystemExit(1)
 
@@ -349,6 +407,8 @@ def _slurm_job_options(func):
         click.option("--account", default=None, help="SLURM account (or $SRLIB_SLURM_ACCOUNT)."),
         click.option("--gpus", type=int, default=1, show_default=True,
                      help="GPUs per job (srlib dr --gpus N: one worker per GPU)."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print the scripts (render) or job ids (submit) as JSON."),
         click.option("--dr-arg", "extra_args", multiple=True,
                      help="Extra argument for srlib dr (repeat), e.g. --dr-arg=--catalog=URL."),
     ]
@@ -370,8 +430,13 @@ def slurm_render(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
     """Print the batch scripts of one srlib dr job and its finalisation."""
     from srlib.ops.slurm import render_all
 
+    as_json = kwargs.pop("as_json", False)
     prof, kw = _slurm_kwargs(profile, aoi, **kwargs)
-    for script in render_all(prof, **kw):
+    scripts = render_all(prof, **kw)
+    if as_json:
+        click.echo(json.dumps({"job": scripts[0], "finalise": scripts[1]}))
+        return
+    for script in scripts:
         click.echo(script)
 
 
@@ -382,20 +447,52 @@ def slurm_submit(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
     """Submit one srlib dr job and its finalisation (--dependency=afterany) with sbatch."""
     from srlib.ops.slurm import submit_all
 
+    as_json = kwargs.pop("as_json", False)
     prof, kw = _slurm_kwargs(profile, aoi, **kwargs)
     job, fin = submit_all(prof, **kw)
-    click.echo(f"submitted {job}; finalisation {fin} after it")
+    if as_json:
+        click.echo(json.dumps({"job": job, "finalise": fin}))
+    else:
+        click.echo(f"submitted {job}; finalisation {fin} after it")
+
+
+def _creation_options(values: tuple[str, ...]) -> dict[str, str]:
+    """``--co NAME=VALUE`` pairs as a dict (GDAL creation options, as rio cogeo takes)."""
+    options = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE (e.g. --co LEVEL=9)",
+                                     param_hint="--co")
+        options[name.strip().upper()] = setting.strip()
+    return options
 
 
 @main.command()
 @_verbosity
 @click.argument("zarr_path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-def cog(zarr_path: Path, out: Path) -> None:
+@click.option("--co", "--cog-profile-option", "creation", multiple=True, metavar="NAME=VALUE",
+              help="GDAL COG creation option, e.g. --co LEVEL=9 (repeat for several).")
+@click.option("--overview-resampling", default="average", show_default=True,
+              type=click.Choice(["average", "nearest", "mode"]),
+              help="average: srlib's pyramid (reflectance mean of valid pixels, quality "
+                   "mode); nearest or mode: GDAL's, the same for every band.")
+@click.option("--threads", default="ALL_CPUS", show_default=True,
+              help="GDAL threads (a number or ALL_CPUS).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def cog(zarr_path: Path, out: Path, creation: tuple[str, ...], overview_resampling: str,
+        threads: str, as_json: bool) -> None:
     """Convert a complete srlib Zarr store into a validated COG."""
     import srlib
 
-    click.echo(str(srlib.to_cog(zarr_path, out)))
+    path = srlib.to_cog(zarr_path, out, threads=threads,
+                        overview_resampling=overview_resampling,
+                        **_creation_options(creation))
+    if as_json:
+        click.echo(json.dumps({"cog": str(path), "bytes": path.stat().st_size}))
+    else:
+        click.echo(str(path))
 
 
 @main.command()

@@ -132,3 +132,45 @@ def test_dr_on_two_device_workers_gives_the_bytes_of_one_process(env, tmp_path):
         np.testing.assert_array_equal(ra.read(), rb.read())
     bad = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "x"), "--gpus", "2"])
     assert bad.exit_code == 1 and "--gpus 2 but this node has 0" in bad.output
+
+
+def test_dr_dry_run_prints_the_plan_and_writes_nothing_then_json_reports(env, tmp_path):
+    out = tmp_path / "out"
+    args = ["dr", "--date", "20200219", "--aoi", *AOI, "--catalog", env["url"], "--out",
+            str(out)]
+    text = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert text.exit_code == 0, text.output
+    assert "scene:    S2A_29RKH_20200219_0_L2A" in text.output
+    assert "DOES NOT FIT" not in text.output and "fits" in text.output
+    assert not out.exists()  # nothing computed, nothing written
+    plan = json.loads(CliRunner().invoke(main, [*args, "--dry-run", "--json"]).output)
+    assert plan["output"]["resolution_m"] == plan["scene"]["resolution_m"] / 10
+    assert plan["output"]["px"] == [10 * n for n in plan["scene"]["input_px"]]
+    assert plan["existing"].startswith("no manifest") and not out.exists()
+    done = CliRunner().invoke(main, [*args, "--json", "-q"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.output)
+    assert result["status"] == "done" and result["qc_passed"] is True
+    assert sorted(Path(f).name for f in result["files"]) == sorted(
+        Path(f).name for f in plan["outputs"] if not f.endswith(".manifest.json"))
+    again = json.loads(CliRunner().invoke(main, [*args, "--dry-run", "--json"]).output)
+    assert again["existing"].startswith("complete: the job would skip it")
+
+
+def test_srlib_cog_takes_creation_options_and_overview_resampling(tmp_path):
+    import srlib
+
+    ds = srlib.sample_scene().isel(x=slice(0, 120), y=slice(0, 120))
+    store = srlib.to_zarr(srlib.super_resolve(ds), tmp_path / "p.zarr")
+    result = CliRunner().invoke(main, ["cog", str(store), str(tmp_path / "p.tif"), "--co",
+                                       "LEVEL=9", "--overview-resampling", "nearest",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["cog"].endswith("p.tif")
+    with rasterio.open(tmp_path / "p.tif") as src:
+        assert src.tags(1)["OVERVIEW_RESAMPLING"] == "NEAREST" and src.overviews(1)
+        quality = src.read(5, out_shape=(1, *(s // 2 for s in src.shape)))
+        assert set(np.unique(quality)) <= {-32768, 1, 2, 3, 4, 5}  # codes stay codes
+    bad = CliRunner().invoke(main, ["cog", str(store), str(tmp_path / "q.tif"), "--co",
+                                    "LEVEL"])
+    assert bad.exit_code == 2 and "NAME=VALUE" in bad.output

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import dask
 import dask.array as da
 import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import torch
 import xarray as xr
 from affine import Affine

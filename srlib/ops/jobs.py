@@ -27,7 +27,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+from ..errors import DiskSpaceError, InputError
 from ..models import ModelSpec, load_model, provenance, spec_identity
 from ..product.derivatives import DERIVATIVES, write_derivatives
 from ..product.manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
@@ -40,11 +42,11 @@ from ..progress import report as report_progress
 from ..scene.sources import EARTH_SEARCH, load_s2, parse_date
 from .db import RequestQueue, RunRecorder
 from .devices import check_devices, device_cluster
-from .notify import Notifier, notifier_from_env, step
+from .notify import LogNotifier, Notifier, notifier_from_env, step
 from .publish import publish_product, verify_published
 
-__all__ = ["DEFAULT_AOI_NAME", "DEFAULT_NAME", "DrRequest", "JobResult", "aoi_key", "product_name",
-           "run_dr", "run_pdr"]
+__all__ = ["DEFAULT_AOI_NAME", "DEFAULT_NAME", "DrRequest", "JobResult", "aoi_key", "plan_dr",
+           "product_name", "run_dr", "run_pdr"]
 
 log = logging.getLogger("srlib")
 
@@ -113,6 +115,14 @@ class JobResult:
     qc: dict[str, Any] | None = None
     run_id: int | None = None
     manifest: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (``srlib dr --json``)."""
+        return {"status": self.status, "cog": str(self.cog) if self.cog else None,
+                "published": list(self.published), "files": [str(f) for f in self.files],
+                "manifest": str(self.manifest) if self.manifest else None,
+                "qc_passed": (self.qc or {}).get("passed"), "timings": self.timings,
+                "run_id": self.run_id}
 
 
 def product_files(cog: Path) -> list[Path]:
@@ -310,6 +320,19 @@ def _identity(ds: Any, *, day: dt.date, tile: str, aoi: str | None, spec: Any,
 
 
 def _run_dr(job: DrRequest, model: ModelSpec, notifier: Notifier) -> JobResult:
+    ds, cog, identity, context = _locate(job, model, notifier)
+    if job.force:
+        remove_outputs(cog)
+    else:
+        existing = _existing_product(job, cog, identity, notifier)
+        if existing is not None:
+            return existing
+    return _make_product(job, ds, cog, identity, model, notifier, context)
+
+
+def _locate(job: DrRequest, model: ModelSpec, notifier: Notifier
+            ) -> tuple[Any, Path, dict[str, Any], dict[str, Any]]:
+    """Find the job's scene (lazily) and name its product: (scene, COG, identity, context)."""
     day = parse_date(job.date)
     template = job.name_template or (DEFAULT_AOI_NAME if job.aoi is not None else DEFAULT_NAME)
     # refuse a bad template before any network call
@@ -327,13 +350,69 @@ def _run_dr(job: DrRequest, model: ModelSpec, notifier: Notifier) -> JobResult:
                                        aoi=key, request=job.request)
     identity = _identity(ds, day=day, tile=tile, aoi=key, spec=model, version=job.version,
                          publish=job.publish)
-    if job.force:
-        remove_outputs(cog)
-    else:
-        existing = _existing_product(job, cog, identity, notifier)
-        if existing is not None:
-            return existing
-    return _make_product(job, ds, cog, identity, model, notifier, context)
+    return ds, cog, identity, context
+
+
+def plan_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
+            **options: Any) -> dict[str, Any]:
+    """Return what :func:`run_dr` would do, computing nothing (``srlib dr --dry-run``).
+
+    The scene is searched and opened lazily (no pixel is read) and the super-resolution
+    graph is built, not run. The plan names the scene, the input and output grids, the
+    model, the work (model blocks, Zarr regions), the estimated sizes against the free
+    disk, the files the job would write, and whether a complete product is already there
+    (the job would then skip it).
+
+    Returns
+    -------
+    dict
+        JSON-ready.
+    """
+    from ..engine.superres import super_resolve
+    from ..product.pipeline import check_disk_space, estimate_bytes, existing_folder
+
+    job = job if job is not None else DrRequest.from_options(**options)
+    spec = _model_spec(model, job.sr_options)
+    ds, cog, identity, _ = _locate(job, spec, LogNotifier())
+    sr_options = {k: v for k, v in job.sr_options.items() if k != "device"}
+    sr = super_resolve(ds, spec, **sr_options)
+    blocks = sr["red"].data.numblocks
+    size = estimate_bytes(sr)
+    keep = job.keep_zarr if job.keep_zarr is not None else job.aoi is not None
+    files = [cog, cog.with_suffix(".qc.json"), cog.with_name(f"{cog.stem}.stac.json"),
+             cog.with_name(f"{cog.stem}{MANIFEST_SUFFIX}"),
+             *(cog.with_name(f"{cog.stem}_quicklook_{k}.png") for k in ("rgb", "ndvi"))]
+    if job.derivatives if job.derivatives is not None else job.aoi is not None:
+        files += [cog.with_name(f"{cog.stem}_{d}.tif") for d in DERIVATIVES]
+    try:
+        check_disk_space(sr, cog.with_suffix(".zarr"), cog)
+        fits = True
+    except DiskSpaceError:
+        fits = False
+    manifest, why = verify_local(cog)
+    return {
+        "scene": {"items": list(ds.attrs.get("items", [])), "mgrs": ds.attrs.get("mgrs"),
+                  "datetime": ds.attrs.get("datetime"), "crs": str(ds.rio.crs),
+                  "bounds": [float(b) for b in ds.rio.bounds()],
+                  "input_px": [int(ds.sizes["y"]), int(ds.sizes["x"])],
+                  "resolution_m": abs(float(ds.rio.resolution()[0]))},
+        "output": {"px": [int(sr.sizes["y"]), int(sr.sizes["x"])],
+                   "resolution_m": abs(float(sr.rio.resolution()[0])),
+                   "bands": [str(v) for v in sr.data_vars],
+                   "raw_gb": round(sum(int(sr[v].size) * 2 for v in sr.data_vars) / 1e9, 3)},
+        "model": provenance(spec),
+        "work": {"model_blocks": int(blocks[0] * blocks[1]),
+                 "devices": list(job.devices or [job.sr_options.get("device") or "auto"])},
+        "disk": {"zarr_gb": round(size / 1e9, 3), "cog_gb": round(size / 1e9, 3),
+                 "free_gb": round(shutil.disk_usage(existing_folder(cog)).free / 1e9, 3),
+                 "fits": fits, "keep_zarr": keep},
+        "outputs": [str(f) for f in files],
+        "publish": job.publish,
+        "existing": ("complete: the job would skip it (--force redoes it)"
+                     if manifest is not None and not mismatch(manifest, identity)
+                     and not job.force else why if manifest is None
+                     else "another product or --force: the job would replace it"),
+    }
 
 
 def _existing_product(job: DrRequest, cog: Path, identity: dict[str, Any],

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
 from ..bands import OUTPUT_NODATA

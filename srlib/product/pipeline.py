@@ -159,8 +159,7 @@ def check_disk_space(sr: xr.Dataset, zarr_path: Path, cog_path: Path, *,
     zarr_bytes = 0 if store_done else cog_bytes
     needs: dict[Path, int] = {}
     for path, size in ((zarr_path, zarr_bytes), (cog_path, cog_bytes)):
-        folder = path.parent
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = existing_folder(path)
         device = next((p for p in needs if os.stat(p).st_dev == os.stat(folder).st_dev), folder)
         needs[device] = needs.get(device, 0) + size
     for folder, size in needs.items():
@@ -171,6 +170,14 @@ def check_disk_space(sr: xr.Dataset, zarr_path: Path, cog_path: Path, *,
                 f"{zarr_bytes / 1e9:.1f} GB, COG {cog_bytes / 1e9:.1f} GB) but "
                 f"{free / 1e9:.1f} GB are free: free space there or write elsewhere "
                 "(--out, zarr_path=)")
+
+
+def existing_folder(path: Path) -> Path:
+    """Return the nearest folder above ``path`` that exists (where it will be written)."""
+    for parent in Path(path).absolute().parents:
+        if parent.is_dir():
+            return parent
+    return Path.cwd()
 
 
 @contextlib.contextmanager

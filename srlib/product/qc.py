@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 from rio_cogeo.cogeo import cog_validate
 
 from ..bands import OUTPUT_NODATA

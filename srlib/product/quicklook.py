@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from rasterio.enums import Resampling
 from rasterio.windows import Window

@@ -28,6 +28,7 @@ import dask
 import dask.array as da
 import numcodecs
 import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
 from dask.base import tokenize

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pystac
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import box as geom_box
