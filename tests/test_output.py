@@ -352,3 +352,27 @@ def test_cli_demo_and_qc(tmp_path):
     assert failed.exit_code == 1 and "FAILED: overviews, bands" in failed.output
     for cmd in ([], ["demo"], ["qc"], ["cog"]):
         assert runner.invoke(main, [*cmd, "--help"]).exit_code == 0
+
+
+def test_the_store_follows_cf_and_opens_as_a_multiscale_tree(tmp_path):
+    ds = srlib.sample_scene().isel(x=slice(0, 160), y=slice(0, 160))
+    store = srlib.to_zarr(srlib.super_resolve(ds), tmp_path / "p.zarr")
+    opened = srlib.open_zarr(store)  # the stored dtypes, values as stored
+    assert {v: str(opened[v].dtype) for v in opened.data_vars} == {
+        "red": "int16", "green": "int16", "blue": "int16", "nir": "int16", "quality": "uint8"}
+    red = opened["red"].attrs
+    assert red["scale_factor"] == 1e-4 and red["add_offset"] == 0.0 and red["units"] == "1"
+    assert red["grid_mapping"] == "spatial_ref" and "reflectance_scale" not in red
+    assert opened["red"].attrs["_FillValue"] == -32768  # from the store, as stored
+    assert opened.attrs["Conventions"].startswith("CF-")
+    plain = xr.open_zarr(store)  # any CF reader: reflectance, nodata masked
+    assert float(plain["red"][0, 0]) == pytest.approx(int(opened["red"][0, 0]) * 1e-4)
+    assert plain.rio.crs == opened.rio.crs
+    tree = xr.open_datatree(store, engine="zarr")
+    levels = opened.attrs["multiscales"][0]["datasets"]
+    assert [d["path"] for d in levels] == [".", "overviews/1", "overviews/2"]
+    level = tree["overviews/2"].to_dataset(inherit=False)
+    assert level["red"].shape == (400, 400) and level["red"].encoding["scale_factor"] == 1e-4
+    transform = level.rio.set_spatial_dims(x_dim="x_2", y_dim="y_2").rio.transform()
+    assert transform.a == 4 * opened.rio.transform().a  # georeferenced at its own size
+    assert (transform.c, transform.f) == (opened.rio.transform().c, opened.rio.transform().f)

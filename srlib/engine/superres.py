@@ -333,8 +333,10 @@ def _output_dataset(out: da.Array, ds: xr.Dataset | xr.DataArray, spec: ModelSpe
     for i, band in enumerate(spec.bands_out):
         variables[band] = xr.DataArray(
             out[i], dims=("y", "x"),
-            attrs={"long_name": f"{band} surface reflectance x 10000", "units": "1",
-                   "reflectance_scale": REFLECTANCE_SCALE, "nodata": OUTPUT_NODATA},
+            attrs={"long_name": f"{band} surface reflectance",
+                   "standard_name": "surface_bidirectional_reflectance", "units": "1",
+                   "scale_factor": REFLECTANCE_SCALE, "add_offset": 0.0,
+                   "nodata": OUTPUT_NODATA},
         )
     variables["quality"] = xr.DataArray(
         out[-1].astype(np.uint8), dims=("y", "x"),
@@ -353,6 +355,6 @@ def _output_dataset(out: da.Array, ds: xr.Dataset | xr.DataArray, spec: ModelSpe
         # the input grid's, and must not replace the output's
         result = result.assign_coords(time=((), ds["time"].values.reshape(())))
     result.attrs.update({k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)})
-    result.attrs.update(srlib_model=spec.name, srlib_model_token=spec.token,
+    result.attrs.update(Conventions="CF-1.10", srlib_model=spec.name, srlib_model_token=spec.token,
                         srlib_model_identity=spec_identity(spec), srlib_scale=scale)
     return result

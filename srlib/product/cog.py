@@ -92,6 +92,8 @@ _GDAL_TYPES = {"int16": "Int16", "uint8": "Byte", "uint16": "UInt16", "int32": "
                "float32": "Float32"}
 
 
+#: Bands stored as value x 10000 in int16: reflectance, and the NDVI and EVI derivatives.
+_SCALED = (*OUTPUT_BANDS, "ndvi", "evi")
 #: Colour interpretation of the bands that have one (the others are "undefined").
 _COLOR = {"red": "Red", "green": "Green", "blue": "Blue"}
 #: Largest side of the level the stored statistics are computed on (approximate).
@@ -189,7 +191,7 @@ def _vrt(store: Path, ds: xr.Dataset, bands: list[str], levels: int, *,
         _metadata(vb, declared)
         ET.SubElement(vb, "NoDataValue").text = str(nodata_value)
         ET.SubElement(vb, "ColorInterp").text = _COLOR.get(band, "Undefined")
-        if band in OUTPUT_BANDS:  # DN -> reflectance, for QGIS, titiler and GDAL
+        if enc.cog_dtype == "int16" and band in _SCALED:  # counts -> reflectance (index)
             ET.SubElement(vb, "UnitType").text = "1"
             ET.SubElement(vb, "Offset").text = "0"
             ET.SubElement(vb, "Scale").text = repr(REFLECTANCE_SCALE)

@@ -23,6 +23,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
@@ -547,13 +548,59 @@ def _complete(path: Path, sr: xr.Dataset, levels: int, tile: int) -> None:
     for k in range(1, levels + 1):
         group[f"{OVERVIEWS}/{k}"].attrs["srlib_complete"] = True
     zarr.consolidate_metadata(str(path))
-    build_overviews(path, tile=tile)
+    total = build_overviews(path, tile=tile)
     _check_whole(path)
-    group.attrs["srlib_complete"] = True
+    group.attrs.update(_describe_pyramid(path, sr, total), srlib_complete=True)
     if "spatial_ref" in sr.coords:  # CF: a plain xr.open_zarr then keeps it a coordinate
         group.attrs["coordinates"] = "spatial_ref"
     zarr.consolidate_metadata(str(path))
     shutil.rmtree(_progress_dir(path), ignore_errors=True)
+
+
+def _describe_pyramid(path: Path, sr: xr.Dataset, levels: int) -> dict[str, Any]:
+    """Describe the overview levels as a multiscale pyramid (CF and GeoZarr-style).
+
+    Level ``k`` gets its own dimensions ``y_k``/``x_k`` with cell-centre coordinates and
+    the root's grid mapping, so that ``xr.open_datatree`` opens the whole store (a child
+    group may not reuse its parent's dimension names at another size) and every level is
+    georeferenced. Returns the root's attributes that list the levels (``multiscales``).
+    """
+    group = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
+    t = sr.rio.transform() if sr.rio.crs is not None else None
+    datasets = [{"path": ".", "level": 0,
+                 **({"cell_size": [t.a, t.e]} if t is not None else {})}]
+    h, w = sr.sizes["y"], sr.sizes["x"]
+    for k in range(1, levels + 1):
+        sub = group[f"{OVERVIEWS}/{k}"]
+        ydim, xdim = f"y_{k}", f"x_{k}"
+        for name, arr in sub.arrays():
+            if len(arr.shape) == 2:
+                arr.attrs.update(_ARRAY_DIMENSIONS=[ydim, xdim],
+                                 **({"grid_mapping": "spatial_ref"} if t is not None else {}),
+                                 **{a: v for a, v in sr[name].attrs.items()
+                                    if a in _CF_ATTRS} if name in sr else {})
+        if t is None:
+            continue
+        f = 1 << k
+        for dim, n, start, step, axis in ((ydim, -(-h // f), t.f, t.e * f, "y"),
+                                          (xdim, -(-w // f), t.c, t.a * f, "x")):
+            coord = sub.create_array(dim, shape=(n,), dtype="float64", overwrite=True,
+                                     fill_value=None, compressor=None)
+            coord[:] = start + (np.arange(n) + 0.5) * step
+            coord.attrs.update(_ARRAY_DIMENSIONS=[dim], units="m", axis=axis.upper(),
+                               standard_name=f"projection_{axis}_coordinate")
+        datasets.append({"path": f"{OVERVIEWS}/{k}", "level": k,
+                         "cell_size": [t.a * (1 << k), t.e * (1 << k)]})
+    return {"Conventions": "CF-1.10", "multiscales": [{
+        "name": "overviews", "type": "reduce", "datasets": datasets,
+        "metadata": {"method": "2 x 2 blocks: reflectance the mean of the valid pixels, "
+                               "quality the most frequent valid code (srlib.product.pyramid)"},
+    }]}
+
+
+#: Attributes each overview level repeats from the full-resolution variable.
+_CF_ATTRS = ("long_name", "standard_name", "units", "scale_factor", "add_offset",
+             "flag_values", "flag_meanings")
 
 
 def _reopen_damaged(path: Path, missing: dict[str, list[str]],
