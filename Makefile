@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= out
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean figures
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/srlib demo --out $(OUT)
 
+# PostgreSQL and SLURM (Debian packages) for the tests that start them on loopback:
+# installed with apt-get when run as root, else named with the command to install them.
 test: install
+	scripts/test-services
 	$(BIN)/ruff check srlib tests benchmarks examples
 	$(BIN)/python -m pytest
 

@@ -16,8 +16,7 @@ HERE = Path(__file__).resolve().parent
 QUICKSTART = [
     ("md", "# srlib quick start\n\nSuper-resolve the bundled real Sentinel-2 L2A scene, "
            "look at input and output side by side, and compute NDVI."),
-    ("code", "import matplotlib\nmatplotlib.use('Agg')  # headless in CI; remove in Jupyter\n"
-             "import matplotlib.pyplot as plt\nimport numpy as np\nimport srlib"),
+    ("code", "import matplotlib.pyplot as plt\nimport numpy as np\nimport srlib"),
     ("code", "ds = srlib.sample_scene()                      # lazy, dask-backed\n"
              "crop = ds.isel(y=slice(400, 528), x=slice(400, 528))\n"
              "sr = srlib.super_resolve(crop)                 # lazy: nothing computed yet\n"
@@ -43,8 +42,13 @@ QUICKSTART = [
     ("md", "## One call: Zarr, COG and quality checks"),
     ("code", "import tempfile, pathlib\n"
              "tmp = pathlib.Path(tempfile.mkdtemp())\n"
-             "report = srlib.super_resolve_to_cog(crop, tmp / 'product.tif')\n"
-             "print(report.to_table())\nassert report.passed"),
+             "report = srlib.super_resolve_to_cog(crop, tmp / 'product.tif', stac=True)\n"
+             "print(report.to_table())\nassert report.passed\n"
+             "[p.name for p in report.files]  # COG, QC JSON, quicklooks, STAC Item"),
+    ("md", "## The quicklook: the whole product, and a zoomed input | output crop"),
+    ("code", "from srlib.product.quicklook import quicklook_figure\n"
+             "quicklook_figure(crop, tmp / 'product.tif', kind='rgb', crop=40)"),
+    ("code", "quicklook_figure(crop, tmp / 'product.tif', kind='ndvi', crop=40)"),
 ]
 
 STAC = [

@@ -13,15 +13,40 @@ from .servers import CREDENTIALS, loopback_sources
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
+PLOTS = ("plt.", ".plot(", "imshow", "quicklook_figure")
+
+
 def _run(path: Path, cwd: Path) -> None:
+    """Execute a notebook as Jupyter does (the kernel's inline backend, nothing forced).
+
+    A cell that plots must show an image: a forced backend (``matplotlib.use('Agg')``)
+    runs without error but hides every plot, which this catches.
+    """
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(cwd)}}).execute()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        assert "matplotlib.use(" not in cell.source, f"{path.name} forces a backend"
+        if any(p in cell.source for p in PLOTS):
+            images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            assert images, f"{path.name}: a plotting cell showed no image:\n{cell.source}"
 
 
 @pytest.mark.parametrize("name", ["01_quickstart.ipynb", "03_bring_your_own_checkpoint.ipynb"])
 def test_notebook_runs(name, tmp_path):
     _run(NOTEBOOKS / name, tmp_path)
+
+
+def test_a_notebook_that_hides_its_plots_fails(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+        "plt.plot([1, 2])")])
+    path = tmp_path / "hidden.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(AssertionError, match="forces a backend"):
+        _run(path, tmp_path)
 
 
 @pytest.mark.integration

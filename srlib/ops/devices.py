@@ -124,7 +124,7 @@ def device_cluster(devices: Sequence[str], **options: Any) -> Iterator[Any]:
     from distributed import Client, Scheduler, SpecCluster
 
     specs = worker_specs(check_devices(devices), **options)
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
     # the nannies leave malloc's thresholds alone (see srlib.ops.slurm: the CPU path runs
     # markedly slower under distributed's default MALLOC_TRIM_THRESHOLD_)
     keep_malloc = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}

@@ -164,6 +164,10 @@ class _NamedReader:
         self._reader, self._uri = reader, uri
 
     def __getattr__(self, name: str) -> object:
+        # only called for names not found normally; while unpickling (on a distributed
+        # worker) _reader is not set yet, and looking it up here would recurse forever
+        if name.startswith("__") or name in ("_reader", "_uri"):
+            raise AttributeError(name)
         return getattr(self._reader, name)
 
     def read(self, *args: object, **kwargs: object) -> object:
