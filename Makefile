@@ -24,7 +24,7 @@ demo: install
 # installed with apt-get when run as root, else named with the command to install them.
 test: install
 	scripts/test-services
-	$(BIN)/ruff check srlib tests benchmarks examples
+	$(BIN)/ruff check srlib tests benchmarks examples docs
 	$(BIN)/python -m pytest
 
 bench: install

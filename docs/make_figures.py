@@ -40,8 +40,8 @@ def main() -> None:
     app.include_router(TilerFactory().router)
     with rasterio.open(cog) as src:
         zoom = zoom_window(src, (ds.sizes["y"], ds.sizes["x"]))
-        row, col = (zoom.row + zoom.size // 2) * zoom.scale, (zoom.col + zoom.size // 2) * zoom.scale
-        x, y = src.xy(row, col)
+        half = zoom.size // 2
+        x, y = src.xy((zoom.row + half) * zoom.scale, (zoom.col + half) * zoom.scale)
     with Reader(str(cog)) as reader:
         lon, lat = rasterio.warp.transform(reader.crs, "EPSG:4326", [x], [y])
         tile = reader.tms.tile(lon[0], lat[0], reader.maxzoom - 1)
