@@ -77,9 +77,15 @@ def test_the_items_render_entry_draws_the_rgb_bands_stretched(tmp_path):
 
 def test_srlib_stac_describes_an_existing_product_and_keeps_it_complete(tmp_path):
     runner = CliRunner()
-    assert runner.invoke(main, ["demo", "--sample", "bigearthnet", "--out",
-                                str(tmp_path)]).exit_code == 0
+    made = runner.invoke(main, ["demo", "--sample", "bigearthnet", "--out", str(tmp_path),
+                                "--json", "-q"])
+    assert made.exit_code == 0, made.output
     cog = tmp_path / "S2x10_bigearthnet.tif"
+    assert sorted(json.loads(made.output)["files"]) == sorted(
+        str(cog.with_name(n)) for n in (cog.name, f"{cog.stem}.qc.json",
+                                        f"{cog.stem}_quicklook_rgb.png",
+                                        f"{cog.stem}_quicklook_ndvi.png",
+                                        f"{cog.stem}.stac.json"))
     before = json.loads(cog.with_name(f"{cog.stem}.stac.json").read_text())
     result = runner.invoke(main, ["stac", str(cog), "--href-base", "s3://products/demo",
                                   "--source", SOURCE, "--json"])
