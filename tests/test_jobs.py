@@ -138,7 +138,10 @@ def test_dr_dry_run_prints_the_plan_and_writes_nothing_then_json_reports(env, tm
     out = tmp_path / "out"
     args = ["dr", "--date", "20200219", "--aoi", *AOI, "--catalog", env["url"], "--out",
             str(out)]
-    text = CliRunner().invoke(main, [*args, "--dry-run"])
+    from .conftest import raise_if_dask_computes
+
+    with raise_if_dask_computes():  # the scene is searched and opened, never read
+        text = CliRunner().invoke(main, [*args, "--dry-run"])
     assert text.exit_code == 0, text.output
     assert "scene:    S2A_29RKH_20200219_0_L2A" in text.output
     assert "DOES NOT FIT" not in text.output and "fits" in text.output
