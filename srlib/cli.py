@@ -500,7 +500,7 @@ def cog(zarr_path: Path, out: Path, creation: tuple[str, ...], overview_resampli
 @click.argument("cog_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--href-base", default=None,
               help="Where the files will be read from (s3://bucket/prefix or a URL); "
-                   "default: their local paths.")
+                   "default: where the job published them, else their local paths.")
 @click.option("--source", "sources", multiple=True,
               help="Href of a source STAC Item (a derived_from link); repeat for several.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Item instead of its path.")
@@ -513,11 +513,13 @@ def stac(cog_path: Path, href_base: str | None, sources: tuple[str, ...],
 
     with srlib.job_progress(mode="off"):
         srlib.check_quality(cog_path)  # refuses a file that is not a readable product
-    base = href_base.rstrip("/") if href_base else None
-    href = (lambda p: f"{base}/{p.name}") if base else None
     attrs: dict = {}
     old_item = cog_path.with_name(f"{cog_path.stem}.stac.json")
     manifest = cog_path.with_name(f"{cog_path.stem}.manifest.json")
+    if href_base is None and manifest.is_file():  # where the job published it
+        href_base = json.loads(manifest.read_text()).get("identity", {}).get("publish")
+    base = href_base.rstrip("/") if href_base else None
+    href = (lambda p: f"{base}/{p.name}") if base else None
     if old_item.is_file():  # remade: keep what only the job knew
         old = json.loads(old_item.read_text())
         attrs = {"datetime": old["properties"].get("datetime"),

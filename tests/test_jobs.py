@@ -63,6 +63,10 @@ def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and again.stdout.startswith("skipped")
     assert db.run(2)["status"] == "skipped"
+    # remade for an existing product, the Item points where the job published it
+    remade = json.loads(CliRunner().invoke(main, ["stac", str(cog), "--json"]).output)
+    assert remade["assets"]["data"]["href"] == f"s3://products/sr/{name}.tif"
+    assert remade["properties"]["srlib:source_items"] == ["S2A_29RKH_20200219_0_L2A"]
 
 
 def test_dr_all_nodata_scene_fails_qc_notifies_and_publishes_nothing(env, tmp_path):

@@ -373,6 +373,9 @@ def test_the_store_follows_cf_and_opens_as_a_multiscale_tree(tmp_path):
     assert [d["path"] for d in levels] == [".", "overviews/1", "overviews/2"]
     level = tree["overviews/2"].to_dataset(inherit=False)
     assert level["red"].shape == (400, 400) and level["red"].encoding["scale_factor"] == 1e-4
+    quality = level["quality"]  # the COG's encoding: -32768 is nodata, 0 is no code
+    assert quality.attrs["flag_meanings"].split()[0] == "clear" and 0 not in quality.attrs[
+        "flag_values"]
     transform = level.rio.set_spatial_dims(x_dim="x_2", y_dim="y_2").rio.transform()
     assert transform.a == 4 * opened.rio.transform().a  # georeferenced at its own size
     assert (transform.c, transform.f) == (opened.rio.transform().c, opened.rio.transform().f)

@@ -606,8 +606,7 @@ def _describe_pyramid(path: Path, sr: xr.Dataset, levels: int) -> dict[str, Any]
             if len(arr.shape) == 2:
                 arr.attrs.update(_ARRAY_DIMENSIONS=[ydim, xdim],
                                  **({"grid_mapping": "spatial_ref"} if t is not None else {}),
-                                 **{a: v for a, v in sr[name].attrs.items()
-                                    if a in _CF_ATTRS} if name in sr else {})
+                                 **(_level_attrs(sr[name]) if name in sr else {}))
         if t is None:
             continue
         f = 1 << k
@@ -630,6 +629,24 @@ def _describe_pyramid(path: Path, sr: xr.Dataset, levels: int) -> dict[str, Any]
 #: Attributes each overview level repeats from the full-resolution variable.
 _CF_ATTRS = ("long_name", "standard_name", "units", "scale_factor", "add_offset",
              "flag_values", "flag_meanings")
+
+
+def _level_attrs(var: xr.DataArray) -> dict[str, Any]:
+    """Return a variable's CF attributes as its overview levels store them (COG values).
+
+    Levels hold the COG's values: where the store maps a code to the COG's nodata (the
+    quality band's 0), that code is nodata there, not a flag.
+    """
+    attrs = {a: v for a, v in var.attrs.items() if a in _CF_ATTRS}
+    enc = var_encoding(var)
+    if enc.lut is not None and "flag_values" in attrs:
+        dropped = {src for src, dst in enc.lut if dst == enc.cog_nodata}
+        pairs = [(v, m) for v, m in zip(attrs["flag_values"],
+                                         str(attrs.get("flag_meanings", "")).split(),
+                                         strict=False) if v not in dropped]
+        attrs["flag_values"] = [v for v, _ in pairs]
+        attrs["flag_meanings"] = " ".join(m for _, m in pairs)
+    return attrs
 
 
 def _reopen_damaged(path: Path, missing: dict[str, list[str]],
