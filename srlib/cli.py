@@ -507,17 +507,18 @@ def cog(zarr_path: Path, out: Path, creation: tuple[str, ...], overview_resampli
 def stac(cog_path: Path, href_base: str | None, sources: tuple[str, ...],
          as_json: bool) -> None:
     """Write the STAC Item of an existing product (PRODUCT.stac.json beside it)."""
-    import srlib
-    from srlib.product.manifest import update_record
+    from srlib.product.manifest import manifest_path, read_manifest, update_record
+    from srlib.product.qc import check_readable
     from srlib.product.stac_item import describe_product
 
-    with srlib.job_progress(mode="off"):
-        srlib.check_quality(cog_path)  # refuses a file that is not a readable product
+    check_readable(cog_path)  # refuses a file that is not a readable product
     attrs: dict = {}
     old_item = cog_path.with_name(f"{cog_path.stem}.stac.json")
-    manifest = cog_path.with_name(f"{cog_path.stem}.manifest.json")
-    if href_base is None and manifest.is_file():  # where the job published it
-        href_base = json.loads(manifest.read_text()).get("identity", {}).get("publish")
+    manifest = manifest_path(cog_path)
+    body = read_manifest(manifest.read_bytes()) if manifest.is_file() else None
+    identity = (body or {}).get("identity", {})
+    if href_base is None:  # where the job published it
+        href_base = identity.get("publish")
     base = href_base.rstrip("/") if href_base else None
     href = (lambda p: f"{base}/{p.name}") if base else None
     if old_item.is_file():  # remade: keep what only the job knew
@@ -526,8 +527,7 @@ def stac(cog_path: Path, href_base: str | None, sources: tuple[str, ...],
                  "items": old["properties"].get("srlib:source_items", []),
                  "item_hrefs": [link["href"] for link in old.get("links", [])
                                 if link.get("rel") == "derived_from"]}
-    elif manifest.is_file():  # the job's identity: date and source items
-        identity = json.loads(manifest.read_text()).get("identity", {})
+    elif identity:  # the job's identity: date and source items
         attrs["items"] = identity.get("items") or []
         if identity.get("date"):
             day = identity["date"]

@@ -35,7 +35,7 @@ from ..product.derivatives import DERIVATIVES, write_derivatives
 from ..product.manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
 from ..product.pipeline import super_resolve_to_cog
 from ..product.qc import check_quality
-from ..product.quicklook import write_quicklooks
+from ..product.quicklook import QUICKLOOKS, quicklook_path, write_quicklooks
 from ..product.stac_item import describe_product
 from ..progress import job_progress, job_stages
 from ..progress import report as report_progress
@@ -130,7 +130,7 @@ def product_files(cog: Path) -> list[Path]:
     stem = cog.stem
     names = [cog.name, f"{stem}.qc.json", f"{stem}.stac.json", f"{stem}{MANIFEST_SUFFIX}",
              *(f"{stem}_{d}.tif" for d in DERIVATIVES),
-             *(f"{stem}_quicklook_{k}.png" for k in ("rgb", "ndvi"))]
+             *(quicklook_path(cog, k).name for k in QUICKLOOKS)]
     return [cog.with_name(n) for n in names]
 
 
@@ -217,6 +217,16 @@ class DrRequest:
         known["load_options"] = dict(known.get("load_options") or {})
         known["sr_options"] = {**dict(known.get("sr_options") or {}), **extra}
         return cls(**known)
+
+    @property
+    def makes_derivatives(self) -> bool:
+        """Whether the job writes derivatives (``derivatives``, by default for AOIs)."""
+        return self.derivatives if self.derivatives is not None else self.aoi is not None
+
+    @property
+    def keeps_zarr(self) -> bool:
+        """Whether the job keeps the Zarr store (``keep_zarr``, by default for AOIs)."""
+        return self.keep_zarr if self.keep_zarr is not None else self.aoi is not None
 
     def inputs(self) -> dict[str, Any]:
         """Return the job's inputs as a JSON-ready dict (recorded with the run)."""
@@ -378,12 +388,8 @@ def plan_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
     sr = super_resolve(ds, spec, **sr_options)
     blocks = sr["red"].data.numblocks
     size = estimate_bytes(sr)
-    keep = job.keep_zarr if job.keep_zarr is not None else job.aoi is not None
-    files = [cog, cog.with_suffix(".qc.json"), cog.with_name(f"{cog.stem}.stac.json"),
-             cog.with_name(f"{cog.stem}{MANIFEST_SUFFIX}"),
-             *(cog.with_name(f"{cog.stem}_quicklook_{k}.png") for k in ("rgb", "ndvi"))]
-    if job.derivatives if job.derivatives is not None else job.aoi is not None:
-        files += [cog.with_name(f"{cog.stem}_{d}.tif") for d in DERIVATIVES]
+    derived = {f"{cog.stem}_{d}.tif" for d in DERIVATIVES}
+    files = [f for f in product_files(cog) if job.makes_derivatives or f.name not in derived]
     try:
         check_disk_space(sr, cog.with_suffix(".zarr"), cog)
         fits = True
@@ -405,7 +411,7 @@ def plan_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
                  "devices": list(job.devices or [job.sr_options.get("device") or "auto"])},
         "disk": {"zarr_gb": round(size / 1e9, 3), "cog_gb": round(size / 1e9, 3),
                  "free_gb": round(shutil.disk_usage(existing_folder(cog)).free / 1e9, 3),
-                 "fits": fits, "keep_zarr": keep},
+                 "fits": fits, "keep_zarr": job.keeps_zarr},
         "outputs": [str(f) for f in files],
         "publish": job.publish,
         "existing": ("complete: the job would skip it (--force redoes it)"
@@ -474,7 +480,7 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
     result.timings = report.timings
     result.qc = report.to_dict()
     extra: list[Path] = []
-    if job.derivatives if job.derivatives is not None else job.aoi is not None:
+    if job.makes_derivatives:
         with step("derivatives", notifier, product=name):
             extra = write_derivatives(cog.with_suffix(".zarr"), cog)
     with step("quicklook", notifier, product=name):
@@ -494,7 +500,7 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
     if publish:
         with step("publish", notifier, product=name, destination=publish):
             result.published = publish_product(cog, report, publish, extra=extra)
-    if not (job.keep_zarr if job.keep_zarr is not None else job.aoi is not None):
+    if not job.keeps_zarr:
         shutil.rmtree(cog.with_suffix(".zarr"), ignore_errors=True)
     return result
 

@@ -27,8 +27,8 @@ from ..config import QCThresholds, Settings
 from ..errors import InputError, QCFailed
 from ..progress import report
 
-__all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality", "deploy_limit_bytes",
-           "timing_limits"]
+__all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality", "check_readable",
+           "deploy_limit_bytes", "timing_limits"]
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -184,17 +184,7 @@ def check_quality(
     InputError
         The file is missing or not a readable GeoTIFF (truncated, another format).
     """
-    path = Path(cog_path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; pass the path of a product COG")
-    try:
-        with rasterio.open(path) as src:
-            src.read(1, window=((0, 1), (0, 1)))
-            src.read(1, window=((src.height - 1, src.height), (src.width - 1, src.width)))
-    except rasterio.errors.RasterioError as err:
-        raise InputError(f"{path} is not a readable GeoTIFF ({' '.join(str(err).split())}); "
-                         "it may be truncated or another format: rewrite it (srlib cog, or "
-                         "rerun the job)") from None
+    path = check_readable(cog_path)
     th = resolve_thresholds(thresholds)
     timings = {k: float(v) for k, v in (timings or {}).items()}
     report("qc", 0, 3, "steps")
@@ -216,6 +206,28 @@ def check_quality(
     checks.append(consistency(path, source, thresholds=th))
     report("qc", 3, 3, "steps")
     return QCReport(str(path), checks, timings, thresholds=th.to_dict())
+
+
+def check_readable(cog_path: str | os.PathLike) -> Path:
+    """Return the path of a GeoTIFF whose first and last pixels read.
+
+    Raises
+    ------
+    InputError
+        The file is missing, truncated or not a GeoTIFF.
+    """
+    path = Path(cog_path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; pass the path of a product COG")
+    try:
+        with rasterio.open(path) as src:
+            src.read(1, window=((0, 1), (0, 1)))
+            src.read(1, window=((src.height - 1, src.height), (src.width - 1, src.width)))
+    except rasterio.errors.RasterioError as err:
+        raise InputError(f"{path} is not a readable GeoTIFF ({' '.join(str(err).split())}); "
+                         "it may be truncated or another format: rewrite it (srlib cog, or "
+                         "rerun the job)") from None
+    return path
 
 
 def _layout_checks(src: rasterio.DatasetReader, th: QCThresholds) -> list[CheckResult]:

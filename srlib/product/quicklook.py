@@ -29,7 +29,16 @@ from rasterio.windows import Window
 
 from ..bands import OUTPUT_NODATA
 
-__all__ = ["quicklook_figure", "write_quicklooks", "zoom_window"]
+__all__ = ["QUICKLOOKS", "quicklook_figure", "quicklook_path", "write_quicklooks", "zoom_window"]
+
+#: The quicklooks of a product, in the order they are written.
+QUICKLOOKS = ("rgb", "ndvi")
+
+
+def quicklook_path(cog_path: str | os.PathLike, kind: str) -> Path:
+    """Return where the ``kind`` quicklook of a product goes (beside the COG)."""
+    cog_path = Path(cog_path)
+    return cog_path.with_name(f"{cog_path.stem}_quicklook_{kind}.png")
 
 
 @dataclass(frozen=True)
@@ -182,12 +191,11 @@ def write_quicklooks(ds: xr.Dataset, cog_path: str | os.PathLike, *,
     """Write ``<stem>_quicklook_rgb.png`` and ``_ndvi.png`` beside the product."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    cog_path = Path(cog_path)
     paths = []
-    for kind in ("rgb", "ndvi"):
+    for kind in QUICKLOOKS:
         fig = quicklook_figure(ds, cog_path, kind=kind, max_size=max_size, crop=crop)
         FigureCanvasAgg(fig)
-        path = cog_path.with_name(f"{cog_path.stem}_quicklook_{kind}.png")
+        path = quicklook_path(cog_path, kind)
         tmp = path.with_name(f".{path.name}.tmp.png")
         fig.savefig(tmp, bbox_inches="tight")
         os.replace(tmp, path)

@@ -161,14 +161,13 @@ def describe_product(cog_path: str | os.PathLike, *, ds: Any = None, quicklooks:
     list of Path
         The quicklooks, then the Item (``<stem>.stac.json``).
     """
-    from .quicklook import write_quicklooks
+    from .quicklook import QUICKLOOKS, quicklook_path, write_quicklooks
 
     cog = Path(cog_path)
     if ds is not None and quicklooks:
         looks = write_quicklooks(ds, cog)
     else:
-        looks = [p for p in (cog.with_name(f"{cog.stem}_quicklook_{k}.png")
-                             for k in ("rgb", "ndvi")) if p.is_file()]
+        looks = [p for p in (quicklook_path(cog, k) for k in QUICKLOOKS) if p.is_file()]
     attrs = dict(attrs if attrs is not None else getattr(ds, "attrs", {}) or {})
     qc_json = cog.with_suffix(".qc.json")
     props: dict[str, Any] = {}

@@ -464,6 +464,10 @@ def to_zarr(
     return path
 
 
+#: Name prefix of the region-write tasks (counted by the progress display).
+_WRITE = "_write_region"
+
+
 def _compute_wave(wave: list, done: int, total: int) -> int:
     """Compute one wave of region writes, reporting each finished region; return the count.
 
@@ -489,7 +493,7 @@ def _compute_wave(wave: list, done: int, total: int) -> int:
 
     def posttask(key: object, *_args: object) -> None:
         name = key[0] if isinstance(key, tuple) else key
-        if str(name).startswith("_write_region"):
+        if str(name).startswith(_WRITE):
             finished[0] += 1
             report("inference", finished[0], total, "regions")
 
@@ -534,7 +538,7 @@ def _region_tasks(path: Path, sr: xr.Dataset, store_id: str, levels: int,
     arrays = {v: sr[v].data for v in sr.data_vars}
     keys = {v: a.__dask_keys__() for v, a in arrays.items()}
     names = tuple(arrays)
-    name = f"_write_region-{uuid.uuid4().hex}"  # fresh keys: a rerun never reuses results
+    name = f"{_WRITE}-{uuid.uuid4().hex}"  # fresh keys: a rerun never reuses results
     layer: dict[tuple[str, int, int], tuple] = {}
     members: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
     for iy in range(len(ychunks)):
