@@ -19,13 +19,6 @@ import click
 __all__ = ["main"]
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    """Turn SIGTERM into an exception, so the run is recorded failed and notified."""
-    from srlib.errors import Terminated
-
-    raise Terminated(f"stopped by signal {signum} (SIGTERM); the run was not completed")
-
-
 class _Redact(logging.Filter):
     """Redact secrets from every record a handler emits (see :func:`srlib.ops.notify.redact`)."""
 
@@ -103,9 +96,23 @@ class _Group(click.Group):
                 click.echo(redact("".join(traceback.format_exception(err))), err=True)
             known = type(err).__module__.startswith("srlib")
             text = str(err) if known else f"{type(err).__name__}: {err}"
+            if isinstance(err, OSError) and not known:
+                from srlib.errors import os_error_message
+
+                fixed = os_error_message(err)
+                known, text = (True, fixed) if fixed else (known, text)
             hint = "" if known or (ctx.obj or {}).get("verbose") else " (-v shows the traceback)"
             line = " ".join(redact(text).split())
             click.echo(f"srlib {name} failed: {line}{hint}", err=True)
+            from srlib.errors import Terminated
+
+            if isinstance(err, Terminated):
+                # a thread stuck in a read must not keep the process alive
+                from srlib.signals import EXIT_TERMINATED
+
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(EXIT_TERMINATED)
             raise SystemExit(130 if isinstance(err, KeyboardInterrupt) else 1) from None
 
 
@@ -123,11 +130,11 @@ def _fail(command: str, err: BaseException) -> SystemExit:
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Super-resolve Sentinel-2 L2A scenes 10x into quality-checked COGs."""
-    import signal
+    from srlib.signals import install
 
     ctx.obj = ctx.obj or {}
     _setup_logging(bool(ctx.obj.get("verbose")), bool(ctx.obj.get("quiet")))
-    signal.signal(signal.SIGTERM, _terminate)
+    install()
 
 
 def _flush_subnormals() -> None:
@@ -229,7 +236,8 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 @click.option("--mgrs", default=None, help="Whole MGRS tile, e.g. 33LWF.")
 @click.option("--aoi", nargs=4, type=float, default=None,
               metavar="MIN_LON MIN_LAT MAX_LON MAX_LAT", help="Area of interest (degrees).")
-@click.option("--s2-id", default=0, show_default=True, help="Which scene of the date.")
+@click.option("--s2-id", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Which scene of the date.")
 @click.option("--product-id", default=None, help="Exact item id, e.g. S2B_19JCL_20250402_0_L2A.")
 @click.option("--model", default="bicubic", show_default=True,
               help="A model card (.json), 'bicubic', or 'swin2sr' with --checkpoint/--stats.")
@@ -245,7 +253,8 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
               help="Product name template (fields mgrs, date, version, aoi, request). "
                    "Default: S2x10_T{mgrs}_{date:%Y%m%d}_v{version}.tif for a tile, with "
                    "_{aoi} before _v for an AOI.")
-@click.option("--version", "product_version", default=1, show_default=True)
+@click.option("--version", "product_version", default=1, show_default=True,
+              type=click.IntRange(min=1), help="Product version (1 or more).")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
 @click.option("--db", "db_url", default=None,
               help="Record the run in this database (default: $PG_URL if set).")
@@ -340,10 +349,18 @@ def _plan_text(plan: dict) -> str:
 @click.option("--db", "db_url", default=None,
               help="Database URL (default: $PG_URL, else sqlite:///srlib.sqlite).")
 @click.option("--once", is_flag=True, help="Stop when no request is pending.")
-@click.option("--poll-interval", default=60.0, show_default=True, help="Seconds between polls.")
+@click.option("--poll-interval", default=60.0, show_default=True,
+              type=click.FloatRange(min=0), help="Seconds between polls.")
 @click.option("--lease", "lease_s", default=600.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="Seconds a claim holds without renewal; a dead worker's request is "
                    "reclaimed after it.")
+@click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Attempts of a request that fails for a transient cause before it is "
+                   "failed for good.")
+@click.option("--backoff", "backoff_s", default=60.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds before a transient failure is retried (doubling each attempt).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out"), show_default=True)
 @click.option("--publish", default=None,
@@ -356,8 +373,9 @@ def _plan_text(plan: dict) -> str:
 @click.option("--device", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float,
-        lease_s: float, out_dir: Path, publish: str | None, catalog: str | None, model: str,
-        checkpoint: str | None, stats: str | None, device: str | None, as_json: bool) -> None:
+        lease_s: float, max_attempts: int, backoff_s: float, out_dir: Path,
+        publish: str | None, catalog: str | None, model: str, checkpoint: str | None,
+        stats: str | None, device: str | None, as_json: bool) -> None:
     """Process pending AOI requests from the metadata database."""
     _flush_subnormals()
     import socket
@@ -366,19 +384,38 @@ def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float
     from srlib.ops.notify import notifier_from_env, step
     from srlib.scene.sources import EARTH_SEARCH
 
-    if lease_s <= 0:
-        raise click.BadParameter("must be positive", param_hint="--lease")
     spec = _load_model(model, checkpoint, stats)
     with step("database", notifier_from_env()):
         db = _open_db(db_url)
     counts = run_pdr(db, worker=server or f"{socket.gethostname()}:{os.getpid()}", once=once,
-                     poll_interval=poll_interval, lease_s=lease_s, out=out_dir,
+                     poll_interval=poll_interval, lease_s=lease_s,
+                     max_attempts=max_attempts, backoff_s=backoff_s, out=out_dir,
                      publish=publish, catalog=catalog or EARTH_SEARCH, model=spec,
                      device=device, progress=_progress_mode())
     click.echo(json.dumps(counts) if as_json else ", ".join(f"{k}: {v}"
                                                             for k, v in counts.items()))
     if counts["failed"]:
         raise SystemExit(1)
+    if counts["retry"]:  # EX_TEMPFAIL: requests wait for another attempt
+        raise SystemExit(75)
+
+
+@main.command()
+@_verbosity
+@click.argument("ids", nargs=-1, type=click.IntRange(min=1))
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["failed", "invalid", "partial", "done", "pending"]),
+              help="Requeue every request in this state (repeat for several).")
+@click.option("--db", "db_url", default=None,
+              help="Database URL (default: $PG_URL, else sqlite:///srlib.sqlite).")
+@click.option("--json", "as_json", is_flag=True, help="Print the requeued ids as JSON.")
+def requeue(ids: tuple[int, ...], states: tuple[str, ...], db_url: str | None,
+            as_json: bool) -> None:
+    """Put requests back to pending (by id, or by --state), their attempts reset."""
+    db = _open_db(db_url)
+    done = db.requeue(list(ids) or None, states=tuple(states) or None)
+    click.echo(json.dumps({"requeued": done}) if as_json
+               else f"requeued {len(done)} request(s): {', '.join(map(str, done)) or '-'}")
 
 
 @main.group()

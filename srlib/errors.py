@@ -6,6 +6,9 @@ builtin that fits, so ``except ValueError`` keeps working for bad input.
 
 from __future__ import annotations
 
+import errno
+import os
+
 __all__ = [
     "STEP_NOTE",
     "BatchSizeError",
@@ -14,6 +17,7 @@ __all__ = [
     "InputError",
     "ModelError",
     "NoSceneFound",
+    "ProductBusy",
     "SourceError",
     "QCFailed",
     "SrlibError",
@@ -21,6 +25,8 @@ __all__ = [
     "StatsMismatchWarning",
     "Terminated",
     "add_step",
+    "is_transient",
+    "os_error_message",
     "step_of",
 ]
 
@@ -94,8 +100,56 @@ class QCFailed(SrlibError):
         )
 
 
+class ProductBusy(SrlibError, BlockingIOError):
+    """Another job is making the same product in the same directory right now."""
+
+
 class Terminated(SrlibError):
-    """The job was asked to stop (SIGTERM, e.g. a batch system's time limit)."""
+    """The job was asked to stop (SIGTERM, e.g. a batch system's time limit).
+
+    Transient: the request it served is put back to ``pending`` and a rerun completes it.
+    """
+
+
+#: Errors that say the request itself cannot be made (or the model cannot run): a
+#: request ends ``failed`` on them at once. Any other error is transient.
+PERMANENT: tuple[type[BaseException], ...] = (InputError, ModelError, NoSceneFound,
+                                              BatchSizeError, QCFailed)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a job that failed with ``err`` may succeed when run again.
+
+    Permanent causes are a bad request or a model that cannot run (:data:`PERMANENT`);
+    everything else (a signal, the database, the network, S3, a full disk, an unknown
+    error) is transient: its request goes back to ``pending`` with a backoff, and ends
+    ``failed`` only after its attempts are spent.
+    """
+    if isinstance(err, Terminated | IncompleteStoreError | DiskSpaceError):
+        return True
+    return not isinstance(err, PERMANENT)
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free space there or point the job at a larger disk",
+    errno.EDQUOT: "free space within the quota or use another directory",
+    errno.EROFS: "the file system is read-only: give a writable directory (--out)",
+    errno.EACCES: "give a directory this user may write (--out), or fix its permissions",
+    errno.EPERM: "give a directory this user may write (--out), or fix its permissions",
+    errno.ENAMETOOLONG: "use a shorter name or directory (file names are limited to 255 "
+                        "bytes)",
+    errno.ENOENT: "check that the path exists",
+    errno.EIO: "the disk reported an I/O error: check the device, then rerun",
+}
+
+
+def os_error_message(err: OSError) -> str | None:
+    """One line naming the path and the fix of an operating-system error, if known."""
+    fix = _OS_FIXES.get(err.errno or -1)
+    if fix is None:
+        return None
+    where = f" at {err.filename}" if err.filename else ""
+    return f"{err.strerror or os.strerror(err.errno or 0)}{where}: {fix}"
 
 
 class SrlibWarning(UserWarning):

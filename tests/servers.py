@@ -219,6 +219,24 @@ def stac_api(catalog_json: Path) -> Iterator[str]:
         proc.wait(timeout=20)
 
 
+#: pg_ctl command line of each running test server, by URL (see :func:`restart_postgres`)
+_PG_CTL: dict[str, list[str]] = {}
+
+
+def restart_postgres(url: str, *, down_s: float = 0.0) -> None:
+    """Stop a test server started by :func:`postgres` (dropping every connection), keep
+    it down for ``down_s`` seconds, and start it again on the same port and data."""
+    ctl = _PG_CTL[url]
+    subprocess.run([*ctl, "-m", "fast", "stop"], check=True, capture_output=True)
+    time.sleep(down_s)
+    log = Path(ctl[ctl.index("-D") + 1]).parent / "pg.log"
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    sock = Path(ctl[ctl.index("-D") + 1]).parent / "pgsock"
+    subprocess.run([*ctl, "-l", str(log), "-o",
+                    f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    "start"], check=True, capture_output=True)
+
+
 @contextlib.contextmanager
 def postgres(workdir: Path) -> Iterator[str]:
     """Start a throw-away PostgreSQL cluster (Debian's server binaries) on loopback.
@@ -245,9 +263,12 @@ def postgres(workdir: Path) -> Iterator[str]:
                     str(workdir / "pg.log"), "-o",
                     f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
                     "start"], check=True, capture_output=True)
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    _PG_CTL[url] = [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-w"]
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield url
     finally:
+        _PG_CTL.pop(url, None)
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
                         "-w", "stop"], check=False, capture_output=True)
 

@@ -121,8 +121,140 @@ def test_an_expired_claim_is_reclaimed_and_its_run_abandoned(url):
 def test_a_database_that_cannot_be_reached_is_one_clear_error(tmp_path):
     from srlib.ops.db import DatabaseError
 
-    with pytest.raises(DatabaseError, match=r"u:\*\*\*@127\.0\.0\.1:9/x\) could not"):
+    with pytest.raises(DatabaseError, match=r"//\*\*\*@127\.0\.0\.1:9/x\) could not"):
         MetadataDB("postgresql+psycopg://u:secretpw@127.0.0.1:9/x")
     with pytest.raises(Exception) as info:
         MetadataDB("nonsense://x")
     assert "bad database URL" in str(info.value)
+
+
+def test_a_transient_failure_backs_off_and_fails_only_when_its_attempts_are_spent(url):
+    import time
+
+    db = MetadataDB(url)
+    rid = db.add_request("20200219", (0, 0, 1, 1))
+    assert db.claim_request("w1", max_attempts=2)["attempts"] == 1
+    # a stop signal does not count: back to pending at once
+    assert db.release_request(rid, "w1", "Terminated: SIGTERM", count=False,
+                              max_attempts=2) == "pending"
+    assert db.request(rid)["attempts"] == 0
+    assert db.claim_request("w1", max_attempts=2)["attempts"] == 1
+    assert db.release_request(rid, "w1", "PublishError: S3 down", backoff_s=1.0,
+                              max_attempts=2) == "pending"
+    row = db.request(rid)
+    assert row["status"] == "pending" and "attempt 1 of 2: PublishError" in row["error"]
+    assert db.claim_request("w2", max_attempts=2) is None  # backing off (1 s)
+    time.sleep(1.2)
+    assert db.claim_request("w2", max_attempts=2)["attempts"] == 2
+    assert db.release_request(rid, "w2", "PublishError: S3 down",
+                              max_attempts=2) == "failed"
+    row = db.request(rid)
+    assert row["status"] == "failed" and row["error"].startswith("gave up after 2 attempts")
+    assert db.requeue([rid]) == [rid]
+    row = db.request(rid)
+    assert row["status"] == "pending" and row["attempts"] == 0 and row["error"] is None
+
+
+def test_a_worker_killed_again_and_again_ends_failed_not_claimed_forever(url):
+    import time
+
+    db = MetadataDB(url)
+    rid = db.add_request("20200219", (0, 0, 1, 1))
+    for n in range(2):
+        assert db.claim_request(f"dies{n}", lease_s=0.3, max_attempts=2)["id"] == rid
+        time.sleep(0.5)  # the worker was SIGKILLed: its lease expires
+    assert db.claim_request("w", lease_s=0.3, max_attempts=2) is None
+    row = db.request(rid)
+    assert row["status"] == "failed" and "gave up after 2 attempts" in row["error"]
+
+
+def test_poison_rows_are_quarantined_once_and_claiming_goes_on(url):
+    import sqlalchemy as sa
+
+    from srlib.ops.db import requests
+
+    db = MetadataDB(url)
+    bad = {"{not json": "not JSON", "[1, 2, 3]": "not four numbers",
+           '["a", 0, 1, 1]': "not four numbers", "[0, 0, 0, 1]": "min >= max",
+           "[0, 0, 1, 1]": "not a date"}
+    with db.engine.begin() as conn:
+        for aoi in bad:
+            date = "20209999" if aoi == "[0, 0, 1, 1]" else "20200219"
+            conn.execute(sa.insert(requests).values(created=sa.func.now(), date=date,
+                                                    aoi=aoi, status="pending"))
+    good = db.add_request("20200219", (0, 0, 1, 1))
+    claimed = db.claim_request("w1")
+    assert claimed["id"] == good and claimed["aoi"] == [0, 0, 1, 1]
+    invalid = db.requests_in("invalid")
+    assert len(invalid) == len(bad)
+    for row in invalid:
+        assert bad[row["aoi"]] in row["error"], row
+    assert db.claim_request("w2") is None  # quarantined rows are never claimed again
+    with pytest.raises(Exception, match=r"not JSON|four numbers"):
+        db.add_request("20200219", "[oops")  # type: ignore[arg-type]
+
+
+def test_requeue_by_state_and_what_it_refuses(url):
+    import srlib
+
+    db = MetadataDB(url)
+    a, b, c = (db.add_request("20200219", (0, 0, 1, 1)) for _ in range(3))
+    db.claim_request("w")
+    db.fail_request(a, "QCFailed: values", worker="w")
+    db.claim_request("w")  # b stays claimed
+    assert db.requeue(states=("failed",)) == [a]
+    with pytest.raises(srlib.InputError, match="claimed by a worker"):
+        db.requeue([b])
+    with pytest.raises(srlib.InputError, match="do not exist"):
+        db.requeue([999])
+    with pytest.raises(srlib.InputError, match="cannot requeue"):
+        db.requeue(states=("claimed",))
+    with pytest.raises(srlib.InputError, match="name the requests"):
+        db.requeue()
+    assert {r["id"] for r in db.requests_in("pending")} == {a, c}
+
+
+def test_leases_run_on_the_database_clock_not_the_workers(pg_url, tmp_path):
+    """A worker whose clock runs 700 s ahead (libfaketime) cannot take over a live lease."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("faketime") is None:
+        pytest.fail("faketime is missing: apt-get install faketime (scripts/test-services)")
+    db = MetadataDB(pg_url)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE srlib_requests, srlib_runs RESTART IDENTITY")
+    rid = db.add_request("20200219", (0, 0, 1, 1))
+    assert db.claim_request("honest", lease_s=600)["id"] == rid
+    code = ("import sys; from srlib.ops.db import MetadataDB; import datetime as dt; "
+            "print(dt.datetime.now().year, MetadataDB(sys.argv[1]).claim_request('ahead', "
+            "lease_s=600))")
+    out = subprocess.run(["faketime", "-f", "+700s", sys.executable, "-c", code, pg_url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "None"  # the live lease held
+    assert db.request(rid)["worker"] == "honest"
+
+
+def test_a_database_restart_mid_run_is_survived_by_retrying(pg_url):
+    import threading
+
+    from .servers import restart_postgres
+
+    db = MetadataDB(pg_url, retry_s=60)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE srlib_requests, srlib_runs RESTART IDENTITY")
+    rid = db.add_request("20200219", (0, 0, 1, 1))
+    db.claim_request("w")
+    run = db.start_run({"date": "20200219"}, request_id=rid)
+    restarter = threading.Thread(target=restart_postgres, args=(pg_url,),
+                                 kwargs={"down_s": 2.0})
+    restarter.start()
+    import time
+
+    time.sleep(0.5)  # the server is going down: these writes wait for it and succeed
+    db.finish_run(run, "done", outputs=["s3://b/p.tif"])
+    db.complete_request(rid, run, worker="w", outputs=["s3://b/p.tif"])
+    restarter.join()
+    assert db.request(rid)["status"] == "done" and db.run(run)["status"] == "done"

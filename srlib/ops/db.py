@@ -9,8 +9,25 @@ worker renews while it works (:meth:`MetadataDB.lease`); a claim whose lease has
 A request is marked ``done`` only by :meth:`MetadataDB.complete_request`, which the job
 calls after publishing succeeded, with the URIs of its own product.
 
+Request states: ``pending`` -> ``claimed`` -> ``done`` | ``partial`` (delivered, but its
+data cover less of the AOI than the minimum) | ``failed`` (a permanent cause, or its
+attempts spent) | ``invalid`` (the row cannot be parsed; quarantined once, with the
+reason). A transient failure (a signal, the database, the network, S3, a full disk) puts
+the request back to ``pending`` (:meth:`MetadataDB.release_request`) with its attempt
+count and a backoff (``not_before``); :meth:`MetadataDB.requeue` (``srlib requeue``)
+puts requests back by id or state.
+
+Every time that decides a lease (claiming, renewing, expiring, backoff) is the
+database's clock, read inside the transaction (PostgreSQL ``now()``, SQLite's own
+clock), never the worker's: a worker whose clock runs ahead cannot take over live leases.
+
+Connections are checked before use (pool pre-ping) and have timeouts (connect, statement,
+lock); a statement that fails because the connection dropped (a database restart) is
+retried for up to ``retry_s`` seconds. Every write is an idempotent update keyed by the
+request id and the worker, so a retried write changes nothing twice.
+
 A database that cannot be reached raises :class:`DatabaseError` with one line (the URL's
-password never appears).
+password never appears, whatever characters it holds).
 """
 
 from __future__ import annotations
@@ -20,7 +37,9 @@ import datetime as dt
 import json
 import logging
 import threading
-from collections.abc import Iterator
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -66,14 +85,20 @@ requests = sa.Table(
     sa.Column("created", sa.DateTime(timezone=True), nullable=False),
     sa.Column("date", sa.String(8), nullable=False),
     sa.Column("aoi", sa.Text, nullable=False),  # JSON [min_lon, min_lat, max_lon, max_lat]
-    sa.Column("status", sa.String(16), nullable=False, index=True),  # pending claimed done failed
+    sa.Column("status", sa.String(16), nullable=False, index=True),  # see REQUEST_STATES
     sa.Column("worker", sa.String(200)),
     sa.Column("claimed_at", sa.DateTime(timezone=True)),
     sa.Column("run_id", sa.Integer),
     sa.Column("error", sa.Text),
     sa.Column("lease_until", sa.DateTime(timezone=True)),
     sa.Column("outputs", sa.Text),  # JSON list of the product's URIs
+    sa.Column("attempts", sa.Integer),  # claims so far (a SIGTERM'd attempt is not counted)
+    sa.Column("not_before", sa.DateTime(timezone=True)),  # backoff after a transient failure
+    sa.Column("coverage", sa.Float),  # fraction of the AOI covered by valid data
 )
+
+#: Request states (see the module docstring).
+REQUEST_STATES = ("pending", "claimed", "done", "partial", "failed", "invalid")
 
 
 class RunRecorder(Protocol):
@@ -95,7 +120,8 @@ class RequestQueue(RunRecorder, Protocol):
     def ping(self) -> None:
         """Raise :class:`DatabaseError` unless the queue answers."""
 
-    def claim_request(self, worker: str, *, lease_s: float = 600.0) -> dict[str, Any] | None:
+    def claim_request(self, worker: str, *, lease_s: float = 600.0,
+                      max_attempts: int = 3) -> dict[str, Any] | None:
         """Claim the oldest claimable request, or None."""
 
     def lease(self, request_id: int, worker: str,
@@ -103,12 +129,19 @@ class RequestQueue(RunRecorder, Protocol):
         """Renew the claim while the block runs."""
 
     def complete_request(self, request_id: int, run_id: int | None, *,
-                         outputs: list[str] | None = None, worker: str | None = None) -> None:
-        """Mark a request done with its product's URIs."""
+                         outputs: list[str] | None = None, worker: str | None = None,
+                         status: str = "done", coverage: float | None = None,
+                         reason: str | None = None) -> None:
+        """Mark a request delivered (``done`` or ``partial``) with its product's URIs."""
 
     def fail_request(self, request_id: int, error: str, run_id: int | None = None, *,
                      worker: str | None = None) -> None:
-        """Mark a request failed with its error."""
+        """Mark a request failed for good with its error."""
+
+    def release_request(self, request_id: int, worker: str, error: str, *,
+                        backoff_s: float = 60.0, max_attempts: int = 3,
+                        count: bool = True) -> str:
+        """Put a claimed request back to pending (or failed when its attempts are spent)."""
 
 
 def _now() -> dt.datetime:
@@ -120,6 +153,66 @@ def default_url() -> str:
     return Settings.from_env().database_url
 
 
+def normalise_url(url: str) -> str:
+    """Percent-encode the user and password of a database URL; register them as secrets.
+
+    A password holding ``@``, ``:``, ``/`` or ``#`` unencoded is split wrongly by URL
+    parsers (part of it then becomes the host and appears in error messages); here the
+    userinfo runs to the last ``@``, so such a password works and is never shown.
+    """
+    from .notify import register_secret
+
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    at = rest.rfind("@")
+    if at < 0:
+        return url
+    userinfo, host = rest[:at], rest[at + 1:]
+    if "/" in userinfo and ":" not in userinfo:
+        return url  # an '@' in the path, not credentials
+    user, colon, password = userinfo.partition(":")
+    raw_user, raw_password = urllib.parse.unquote(user), urllib.parse.unquote(password)
+    for value in (password, raw_password):
+        register_secret(value)
+    quoted = urllib.parse.quote(raw_user, safe="")
+    if colon:
+        quoted += ":" + urllib.parse.quote(raw_password, safe="")
+    return f"{scheme}://{quoted}@{host}"
+
+
+#: Errors of a connection that went away (a database restart): retried.
+def _disconnected(err: BaseException) -> bool:
+    if isinstance(err, sa.exc.DBAPIError) and err.connection_invalidated:
+        return True
+    return isinstance(err, sa.exc.OperationalError | sa.exc.InterfaceError)
+
+
+def parse_request(row: dict[str, Any]) -> dict[str, Any]:
+    """Return a request row's date and AOI, validated.
+
+    Raises
+    ------
+    InputError
+        The row cannot be made (not JSON, not four numbers, not a date); the message says
+        what is wrong and how to fix it.
+    """
+    from ..scene.sources import check_aoi, parse_date
+
+    try:
+        aoi = json.loads(row["aoi"]) if isinstance(row["aoi"], str) else row["aoi"]
+    except (TypeError, ValueError) as err:
+        raise InputError(f"aoi {str(row['aoi'])[:80]!r} is not JSON ({err}); write it as "
+                         "[min_lon, min_lat, max_lon, max_lat]") from None
+    if not isinstance(aoi, list) or len(aoi) != 4 or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in aoi):
+        raise InputError(f"aoi {str(row['aoi'])[:80]!r} is not four numbers; write it as "
+                         "[min_lon, min_lat, max_lon, max_lat]")
+    check_aoi(aoi)
+    day = parse_date(str(row["date"]))
+    return {"date": f"{day:%Y%m%d}", "aoi": [float(v) for v in aoi]}
+
+
 class MetadataDB:
     """Runs and requests in one database (see the module docstring).
 
@@ -127,12 +220,25 @@ class MetadataDB:
     ----------
     url : str, optional
         SQLAlchemy URL; default :func:`default_url`. Never logged (it may hold a password).
+    timeout_s : float
+        Connect timeout, and the limit of one statement (PostgreSQL ``statement_timeout``)
+        or of waiting for SQLite's write lock.
+    retry_s : float
+        How long a statement whose connection dropped is retried (a database restart).
     """
 
-    def __init__(self, url: str | None = None) -> None:
-        url = url or default_url()
+    def __init__(self, url: str | None = None, *, timeout_s: float = 30.0,
+                 retry_s: float = 120.0) -> None:
+        url = normalise_url(url or default_url())
+        self.retry_s = retry_s
         try:
-            self.engine = sa.create_engine(url, future=True)
+            dialect = sa.engine.make_url(url).get_backend_name()
+            connect_args: dict[str, Any] = {"timeout": timeout_s} if dialect == "sqlite" else {
+                "connect_timeout": max(1, int(timeout_s)),
+                "options": f"-c statement_timeout={int(timeout_s * 1000)} "
+                           f"-c lock_timeout={int(timeout_s * 1000)}"}
+            self.engine = sa.create_engine(url, future=True, pool_pre_ping=True,
+                                           connect_args=connect_args)
         except Exception as err:
             raise InputError(f"bad database URL ({type(err).__name__}); expected "
                              "sqlite:///path or postgresql+psycopg://user:pass@host/db") from err
@@ -146,7 +252,7 @@ class MetadataDB:
             def _sqlite_begin(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
         self._db_call("create the tables", lambda: (_meta.create_all(self.engine),
-                                                    self._add_missing_columns()))
+                                                    self._add_missing_columns()), retry=False)
 
     def _add_missing_columns(self) -> None:
         """Add the columns of newer srlib versions to tables an older one created."""
@@ -166,22 +272,42 @@ class MetadataDB:
                         if column.name not in names:
                             raise
 
-    def _db_call(self, what: str, func: Any) -> Any:
-        try:
-            return func()
-        except sa.exc.SQLAlchemyError as err:
-            reason = str(getattr(err, "orig", None) or err).strip().splitlines()
-            raise DatabaseError(
-                f"the metadata database ({self.engine.url.render_as_string(hide_password=True)})"
-                f" could not {what}: {type(err).__name__}: {reason[0] if reason else ''}; "
-                "check that it is running and the URL (--db or $PG_URL)") from None
+    def _db_call(self, what: str, func: Callable[[], Any], *, retry: bool = True) -> Any:
+        deadline = time.monotonic() + (self.retry_s if retry else 0.0)
+        delay = 0.5
+        while True:
+            try:
+                return func()
+            except sa.exc.SQLAlchemyError as err:
+                if _disconnected(err) and time.monotonic() + delay < deadline:
+                    log.warning("the metadata database could not %s (%s); retrying in "
+                                "%.1f s", what, type(err).__name__, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                from .notify import redact
+
+                reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+                where = redact(self.engine.url.render_as_string(hide_password=False))
+                raise DatabaseError(redact(
+                    f"the metadata database ({where}) could not {what}: "
+                    f"{type(err).__name__}: {reason[0] if reason else ''}; check that it is "
+                    "running and the URL (--db or $PG_URL)")) from None
+
+    def _db_now(self, conn: sa.Connection) -> dt.datetime:
+        """Return the database's clock (never the worker's), as an aware UTC datetime."""
+        if self.is_sqlite:
+            text = conn.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar()
+            return dt.datetime.fromisoformat(str(text)).replace(tzinfo=dt.UTC)
+        value = conn.execute(sa.text("SELECT now()")).scalar()
+        return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
     def ping(self) -> None:
         """Raise :class:`DatabaseError` unless the database answers."""
         def _ping() -> None:
             with self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
-        self._db_call("answer", _ping)
+        self._db_call("answer", _ping, retry=False)
 
     def __repr__(self) -> str:
         return f"MetadataDB({self.engine.dialect.name})"
@@ -193,8 +319,9 @@ class MetadataDB:
         def _start() -> int:
             with self.engine.begin() as conn:
                 result = conn.execute(runs.insert().values(
-                    started=_now(), status="running", inputs=json.dumps(inputs, default=str),
-                    model=model, versions=json.dumps(versions or {}), request_id=request_id))
+                    started=self._db_now(conn), status="running",
+                    inputs=json.dumps(inputs, default=str), model=model,
+                    versions=json.dumps(versions or {}), request_id=request_id))
                 run_id = int(result.inserted_primary_key[0])
                 if request_id is not None:
                     conn.execute(requests.update().where(requests.c.id == request_id)
@@ -205,11 +332,15 @@ class MetadataDB:
     def finish_run(self, run_id: int, status: str, *, timings: dict | None = None,
                    qc: dict | None = None, outputs: list[str] | None = None,
                    error: str | None = None) -> None:
-        """Record the end of a run (``done``, ``failed`` or ``skipped``)."""
+        """Record the end of a run.
+
+        ``status`` is ``done``, ``partial``, ``failed``, ``interrupted`` or ``skipped``.
+        """
         def _finish() -> None:
             with self.engine.begin() as conn:
                 conn.execute(runs.update().where(runs.c.id == run_id).values(
-                    finished=_now(), status=status, timings=json.dumps(timings or {}),
+                    finished=self._db_now(conn), status=status,
+                    timings=json.dumps(timings or {}),
                     qc_passed=None if qc is None else bool(qc.get("passed")),
                     qc=json.dumps(qc, default=str) if qc is not None else None,
                     outputs=json.dumps(outputs or []), error=error))
@@ -223,45 +354,80 @@ class MetadataDB:
 
     # -- requests
     def add_request(self, date: str, aoi: list[float] | tuple[float, ...]) -> int:
-        """Queue a pending AOI request; return its id."""
-        with self.engine.begin() as conn:
-            result = conn.execute(requests.insert().values(
-                created=_now(), date=str(date), aoi=json.dumps(list(aoi)), status="pending"))
-            return int(result.inserted_primary_key[0])
+        """Queue a pending AOI request (validated: a bad one is refused); return its id."""
+        parsed = parse_request({"date": date, "aoi": json.dumps(list(aoi))})
 
-    def claim_request(self, worker: str, *, lease_s: float = 600.0) -> dict[str, Any] | None:
+        def _add() -> int:
+            with self.engine.begin() as conn:
+                result = conn.execute(requests.insert().values(
+                    created=self._db_now(conn), date=parsed["date"],
+                    aoi=json.dumps(parsed["aoi"]), status="pending", attempts=0))
+                return int(result.inserted_primary_key[0])
+        return self._db_call("add a request", _add)
+
+    def claim_request(self, worker: str, *, lease_s: float = 600.0,
+                      max_attempts: int = 3) -> dict[str, Any] | None:
         """Atomically claim the oldest claimable request for ``worker`` (None if none).
 
-        Claimable: pending, or claimed by a worker whose lease expired (that worker's run
-        is then marked ``abandoned``). The claim holds a lease of ``lease_s`` seconds.
+        Claimable: pending and past its backoff, or claimed by a worker whose lease
+        expired (that worker's run is then marked ``abandoned``; after ``max_attempts``
+        such claims the request ends ``failed``). A row that cannot be parsed is marked
+        ``invalid`` with the reason and skipped. The claim holds a lease of ``lease_s``
+        seconds on the database's clock.
         """
         def _claim() -> dict[str, Any] | None:
-            now = _now()
-            expired = sa.and_(requests.c.status == "claimed", requests.c.lease_until < now)
-            query = (sa.select(requests)
-                     .where(sa.or_(requests.c.status == "pending", expired))
-                     .order_by(requests.c.id).limit(1))
-            if not self.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
             with self.engine.begin() as conn:
-                row = conn.execute(query).mappings().first()
-                if row is None:
-                    return None
-                if row["status"] == "claimed":
-                    log.warning("request %s: the lease of worker %s expired; reclaiming it",
-                                row["id"], row["worker"])
-                    if row["run_id"] is not None:
-                        conn.execute(runs.update().where(
-                            sa.and_(runs.c.id == row["run_id"], runs.c.status == "running"))
-                            .values(status="abandoned", finished=now,
-                                    error=f"worker {row['worker']} stopped renewing its lease"))
-                conn.execute(requests.update().where(requests.c.id == row["id"]).values(
-                    status="claimed", worker=worker, claimed_at=now, run_id=None,
-                    lease_until=now + dt.timedelta(seconds=lease_s)))
-            claimed = dict(row)
-            claimed.update(status="claimed", worker=worker, aoi=json.loads(row["aoi"]))
-            return claimed
+                now = self._db_now(conn)
+                expired = sa.and_(requests.c.status == "claimed", requests.c.lease_until < now)
+                ready = sa.and_(requests.c.status == "pending", sa.or_(
+                    requests.c.not_before.is_(None), requests.c.not_before <= now))
+                query = (sa.select(requests).where(sa.or_(ready, expired))
+                         .order_by(requests.c.id).limit(1))
+                if not self.is_sqlite:
+                    query = query.with_for_update(skip_locked=True)
+                while True:
+                    row = conn.execute(query).mappings().first()
+                    if row is None:
+                        return None
+                    claimed = self._claim_row(conn, dict(row), worker, now, lease_s,
+                                              max_attempts)
+                    if claimed is not None:
+                        return claimed
         return self._db_call("claim a request", _claim)
+
+    def _claim_row(self, conn: sa.Connection, row: dict[str, Any], worker: str,
+                   now: dt.datetime, lease_s: float,
+                   max_attempts: int) -> dict[str, Any] | None:
+        """Claim one selected row; None when it was quarantined or given up instead."""
+        where = requests.c.id == row["id"]
+        try:
+            parsed = parse_request(row)
+        except InputError as err:
+            log.error("request %s is invalid and was quarantined: %s", row["id"], err)
+            conn.execute(requests.update().where(where).values(
+                status="invalid", error=f"invalid request: {err}", lease_until=None))
+            return None
+        attempts = int(row.get("attempts") or 0)
+        if row["status"] == "claimed":
+            log.warning("request %s: the lease of worker %s expired; reclaiming it",
+                        row["id"], row["worker"])
+            if row["run_id"] is not None:
+                conn.execute(runs.update().where(
+                    sa.and_(runs.c.id == row["run_id"], runs.c.status == "running"))
+                    .values(status="abandoned", finished=now,
+                            error=f"worker {row['worker']} stopped renewing its lease"))
+            if attempts >= max_attempts:
+                conn.execute(requests.update().where(where).values(
+                    status="failed", lease_until=None,
+                    error=f"gave up after {attempts} attempts: worker {row['worker']} "
+                          "stopped renewing its lease (killed?); srlib requeue puts it back"))
+                return None
+        conn.execute(requests.update().where(where).values(
+            status="claimed", worker=worker, claimed_at=now, run_id=None,
+            attempts=attempts + 1, not_before=None,
+            lease_until=now + dt.timedelta(seconds=lease_s)))
+        row.update(status="claimed", worker=worker, attempts=attempts + 1, **parsed)
+        return row
 
     def renew_lease(self, request_id: int, worker: str, lease_s: float) -> bool:
         """Extend ``worker``'s lease on a request; False when it is no longer its claim."""
@@ -270,9 +436,9 @@ class MetadataDB:
                 result = conn.execute(requests.update().where(sa.and_(
                     requests.c.id == request_id, requests.c.worker == worker,
                     requests.c.status == "claimed")).values(
-                    lease_until=_now() + dt.timedelta(seconds=lease_s)))
+                    lease_until=self._db_now(conn) + dt.timedelta(seconds=lease_s)))
                 return result.rowcount == 1
-        return self._db_call("renew a lease", _renew)
+        return self._db_call("renew a lease", _renew, retry=False)
 
     @contextlib.contextmanager
     def lease(self, request_id: int, worker: str, lease_s: float) -> Iterator[_Lease]:
@@ -285,24 +451,127 @@ class MetadataDB:
             held.stop()
 
     def complete_request(self, request_id: int, run_id: int | None, *,
-                         outputs: list[str] | None = None, worker: str | None = None) -> None:
-        """Mark a request done with its product's URIs (only after publishing succeeded).
+                         outputs: list[str] | None = None, worker: str | None = None,
+                         status: str = "done", coverage: float | None = None,
+                         reason: str | None = None) -> None:
+        """Mark a request delivered with its product's URIs (only after publishing).
+
+        ``status`` is ``done``, or ``partial`` when the data cover less of the AOI than
+        the minimum (``reason`` says how much).
 
         Raises
         ------
         LeaseLost
             ``worker`` no longer holds the claim (its lease expired and another took it).
         """
-        self._set(request_id, worker, status="done", run_id=run_id, error=None,
-                  outputs=json.dumps(outputs or []))
+        if status not in ("done", "partial"):
+            raise InputError(f"a delivered request is done or partial, not {status!r}")
+        self._set(request_id, worker, status=status, run_id=run_id, error=reason,
+                  outputs=json.dumps(outputs or []), coverage=coverage, lease_until=None)
 
     def fail_request(self, request_id: int, error: str, run_id: int | None = None, *,
                      worker: str | None = None) -> None:
-        """Mark a request failed with its error (its run stays linked unless ``run_id``)."""
-        values: dict[str, Any] = {"status": "failed", "error": error}
+        """Mark a request failed for good with its error.
+
+        Its run stays linked unless ``run_id`` is given.
+        """
+        values: dict[str, Any] = {"status": "failed", "error": error, "lease_until": None}
         if run_id is not None:
             values["run_id"] = run_id
         self._set(request_id, worker, **values)
+
+    def release_request(self, request_id: int, worker: str, error: str, *,
+                        backoff_s: float = 60.0, max_attempts: int = 3,
+                        count: bool = True) -> str:
+        """Put ``worker``'s claim back to ``pending`` after a transient failure.
+
+        The next claim waits ``backoff_s * 2**(attempts - 1)`` seconds (database clock).
+        When ``attempts`` reached ``max_attempts`` the request ends ``failed`` instead,
+        with the reason. ``count=False`` (a stop signal) does not count the attempt.
+
+        Returns
+        -------
+        str
+            The new state, ``pending`` or ``failed``.
+
+        Raises
+        ------
+        LeaseLost
+            ``worker`` no longer holds the claim.
+        """
+        def _release() -> str | None:
+            with self.engine.begin() as conn:
+                where = sa.and_(requests.c.id == request_id, requests.c.worker == worker,
+                                requests.c.status == "claimed")
+                row = conn.execute(sa.select(requests.c.attempts).where(where)).first()
+                if row is None:
+                    return None
+                attempts = int(row[0] or 0) - (0 if count else 1)
+                if attempts >= max_attempts:
+                    values: dict[str, Any] = {
+                        "status": "failed", "attempts": attempts,
+                        "error": f"gave up after {attempts} attempts; last: {error}"}
+                else:
+                    wait = backoff_s * 2 ** max(attempts - 1, 0) if count else 0.0
+                    values = {"status": "pending", "attempts": max(attempts, 0),
+                              "error": f"attempt {attempts} of {max_attempts}: {error}",
+                              "not_before": self._db_now(conn) + dt.timedelta(seconds=wait)}
+                conn.execute(requests.update().where(where).values(lease_until=None,
+                                                                   **values))
+                return str(values["status"])
+        state = self._db_call("release a request", _release)
+        if state is None:
+            raise LeaseLost(f"request {request_id} is no longer claimed by {worker}; "
+                            "another worker holds it")
+        return state
+
+    def requeue(self, ids: list[int] | None = None, *,
+                states: tuple[str, ...] | None = None) -> list[int]:
+        """Put requests back to ``pending`` (attempts reset); return their ids.
+
+        ``ids`` selects by id, ``states`` by state (``failed``, ``invalid``, ``partial``,
+        ``done``, ``pending``). A request under a live claim is never taken from its
+        worker: wait for the worker, or for its lease to expire.
+
+        Raises
+        ------
+        InputError
+            Neither ids nor states, an unknown state, ``claimed``, or an id that does not
+            exist or is claimed.
+        """
+        if not ids and not states:
+            raise InputError("name the requests to requeue: ids, or --state failed|invalid|"
+                             "partial|done")
+        bad = sorted(set(states or ()) - (set(REQUEST_STATES) - {"claimed"}))
+        if bad:
+            raise InputError(f"cannot requeue requests in state {bad}; give any of "
+                             f"{[s for s in REQUEST_STATES if s != 'claimed']} (a claimed "
+                             "request returns to pending when its lease expires)")
+
+        def _requeue() -> list[int]:
+            with self.engine.begin() as conn:
+                where = sa.true()
+                if ids:
+                    found = dict(conn.execute(sa.select(requests.c.id, requests.c.status)
+                                              .where(requests.c.id.in_(ids))).all())
+                    missing = sorted(set(ids) - set(found))
+                    claimed = sorted(i for i, st in found.items() if st == "claimed")
+                    if missing or claimed:
+                        raise InputError(
+                            f"requests {missing} do not exist" if missing else
+                            f"requests {claimed} are claimed by a worker; wait for it or "
+                            "for its lease to expire")
+                    where = requests.c.id.in_(ids)
+                if states:
+                    where = sa.and_(where, requests.c.status.in_(states))
+                where = sa.and_(where, requests.c.status != "claimed")
+                chosen = [r[0] for r in conn.execute(sa.select(requests.c.id).where(where))]
+                if chosen:
+                    conn.execute(requests.update().where(requests.c.id.in_(chosen)).values(
+                        status="pending", attempts=0, not_before=None, worker=None,
+                        lease_until=None, error=None))
+                return sorted(chosen)
+        return self._db_call("requeue requests", _requeue)
 
     def request(self, request_id: int) -> dict[str, Any]:
         """One request as a dict."""
@@ -310,12 +579,20 @@ class MetadataDB:
             row = conn.execute(sa.select(requests).where(requests.c.id == request_id))
             return dict(row.mappings().one())
 
+    def requests_in(self, *states: str) -> list[dict[str, Any]]:
+        """Return the requests in any of ``states`` (all when none), by id."""
+        query = sa.select(requests).order_by(requests.c.id)
+        if states:
+            query = query.where(requests.c.status.in_(states))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
     def _set(self, request_id: int, worker: str | None, **values: Any) -> None:
         def _update() -> int:
             where = requests.c.id == request_id
             if worker is not None:
                 where = sa.and_(where, requests.c.worker == worker,
-                                requests.c.status == "claimed")
+                                requests.c.status.in_(("claimed", values.get("status"))))
             with self.engine.begin() as conn:
                 return conn.execute(requests.update().where(where).values(**values)).rowcount
         if self._db_call("update a request", _update) != 1:

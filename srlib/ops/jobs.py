@@ -20,16 +20,17 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import re
 import shutil
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 
-from ..errors import DiskSpaceError, InputError
+from ..errors import DiskSpaceError, InputError, ProductBusy, os_error_message
 from ..models import ModelSpec, load_model, provenance, spec_identity
 from ..product.derivatives import DERIVATIVES, write_derivatives
 from ..product.manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
@@ -100,7 +101,72 @@ def product_name(template: str, *, mgrs: str, date: dt.date, version: int,
             or name != os.path.basename(name):
         raise InputError(f"product name {name!r} (from {template!r}) must be a plain file "
                          "name ending in .tif, inside --out: no '/', no leading '.'")
+    if not _SAFE_NAME.match(name):
+        raise InputError(f"product name {name!r} (from {template!r}) holds characters other "
+                         "than letters, digits and . _ - + = , @ (no blanks or quotes); "
+                         "change --name")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise InputError(f"product name {name[:40]!r}... is {len(name.encode())} bytes; its "
+                         f"files need at most {MAX_NAME_BYTES} (file systems allow 255 with "
+                         "the suffixes): shorten --name")
     return name
+
+
+#: Characters a product name may hold (they pass unquoted through shells, URLs and S3).
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._+=,@-]+$")
+#: Longest product name: its longest file (``<stem>.manifest.json``) must fit in 255 bytes.
+MAX_NAME_BYTES = 200
+
+
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """Create ``out`` if needed and prove it writable; return it.
+
+    Raises
+    ------
+    InputError
+        One line naming the directory and the fix (read-only, no permission, no space).
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".srlib-write-test-{os.getpid()}"
+        probe.write_bytes(b"srlib")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"cannot write to the output directory {out}: "
+                         f"{os_error_message(err) or err}") from None
+    return out
+
+
+@contextlib.contextmanager
+def product_lock(cog: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``cog``'s product for the block (one job per product).
+
+    Raises
+    ------
+    ProductBusy
+        Another job (named in the message) holds it: a transient cause, retried later.
+    """
+    import fcntl
+    import socket
+
+    lock = cog.with_name(f".{cog.name}.lock")
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ProductBusy(f"another srlib job ({holder}) is making {cog} now; wait for "
+                              "it to finish, or use another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -115,6 +181,15 @@ class JobResult:
     qc: dict[str, Any] | None = None
     run_id: int | None = None
     manifest: Path | None = None
+    #: Fraction of the AOI covered by valid data (None for a whole tile)
+    coverage: float | None = None
+    #: Why the product is only partial (its data cover less of the AOI than the minimum)
+    reason: str | None = None
+
+    @property
+    def delivered(self) -> str:
+        """``partial`` when the data cover less of the AOI than the minimum, else ``done``."""
+        return "partial" if self.reason else "done"
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (``srlib dr --json``)."""
@@ -122,7 +197,8 @@ class JobResult:
                 "published": list(self.published), "files": [str(f) for f in self.files],
                 "manifest": str(self.manifest) if self.manifest else None,
                 "qc_passed": (self.qc or {}).get("passed"), "timings": self.timings,
-                "run_id": self.run_id}
+                "run_id": self.run_id, "coverage": self.coverage, "delivered": self.delivered,
+                "reason": self.reason}
 
 
 def product_files(cog: Path) -> list[Path]:
@@ -292,14 +368,19 @@ def _run_dr_recorded(job: DrRequest, spec: ModelSpec, notifier: Notifier,
     try:
         result = _run_dr(job, spec, notifier)
     except Exception as err:
+        from ..errors import is_transient
+
         report = getattr(err, "report", None)
-        with step("database", notifier, run=run_id):
-            db.finish_run(run_id, "failed", error=redact(f"{type(err).__name__}: {err}"),
+        with contextlib.suppress(Exception), step("database", notifier, run=run_id):
+            db.finish_run(run_id, "interrupted" if is_transient(err) else "failed",
+                          error=redact(f"{type(err).__name__}: {err}"),
                           qc=report.to_dict() if report is not None else None)
         raise
+    status = result.delivered if result.status == "done" else result.status
     with step("database", notifier, run=run_id):
-        db.finish_run(run_id, result.status, timings=result.timings, qc=result.qc,
-                      outputs=result.published or [str(p) for p in result.files])
+        db.finish_run(run_id, status, timings=result.timings, qc=result.qc,
+                      outputs=result.published or [str(p) for p in result.files],
+                      error=result.reason)
     result.run_id = run_id
     return result
 
@@ -330,14 +411,16 @@ def _identity(ds: Any, *, day: dt.date, tile: str, aoi: str | None, spec: Any,
 
 
 def _run_dr(job: DrRequest, model: ModelSpec, notifier: Notifier) -> JobResult:
+    check_output_dir(job.out)
     ds, cog, identity, context = _locate(job, model, notifier)
-    if job.force:
-        remove_outputs(cog)
-    else:
-        existing = _existing_product(job, cog, identity, notifier)
-        if existing is not None:
-            return existing
-    return _make_product(job, ds, cog, identity, model, notifier, context)
+    with product_lock(cog):
+        if job.force:
+            remove_outputs(cog)
+        else:
+            existing = _existing_product(job, cog, identity, notifier)
+            if existing is not None:
+                return existing
+        return _make_product(job, ds, cog, identity, model, notifier, context)
 
 
 def _locate(job: DrRequest, model: ModelSpec, notifier: Notifier
@@ -516,6 +599,7 @@ def check_pdr_config(db: RequestQueue, *, model: Any = "bicubic", publish: str |
     from .publish import PublishError, S3Store, object_store
 
     spec = _model_spec(model, options)
+    check_output_dir(options.get("out", "out"))
     try:
         resolve_device(device)
     except Exception as err:
@@ -542,65 +626,145 @@ def run_pdr(
     notifier: Notifier | None = None,
     max_requests: int | None = None,
     lease_s: float = 600.0,
+    max_attempts: int = 3,
+    backoff_s: float = 60.0,
     **dr_options: Any,
 ) -> dict[str, int]:
-    """Process pending AOI requests from the metadata database.
+    """Process pending AOI requests from the metadata database; never lose one.
 
     The whole configuration is checked first (:func:`check_pdr_config`): nothing is
-    claimed with a model, device, publish target or database that cannot work. Each
-    claimed request holds a lease of ``lease_s`` seconds that a background thread renews
-    while it runs; a request whose worker died is reclaimed by another worker once its
-    lease has expired (its run is marked ``abandoned``). A request is marked ``done``
-    only after its job (publishing included) succeeded, with its own product URIs; else
-    ``failed`` with its error, and the next request goes on. ``once`` stops when nothing
-    is pending; otherwise the database is polled every ``poll_interval`` seconds.
+    claimed with a model, device, output directory, publish target or database that
+    cannot work. Each claimed request holds a lease of ``lease_s`` seconds (database
+    clock) that a background thread renews while it runs; a request whose worker died is
+    reclaimed by another worker once its lease has expired (its run is marked
+    ``abandoned``).
+
+    How a request ends:
+
+    - delivered: ``done`` (or ``partial``, when its data cover less of the AOI than the
+      minimum), with its own product URIs, only after publishing succeeded;
+    - a permanent cause (:func:`srlib.errors.is_transient` is False: a bad request, a
+      model that cannot run, a product that fails QC): ``failed`` with the reason, and
+      the next request goes on;
+    - a transient cause (the database, the network, S3, a full disk, ...): back to
+      ``pending`` with a backoff of ``backoff_s * 2**(attempt - 1)``; ``failed`` with the
+      reason and a notification once ``max_attempts`` are spent;
+    - a stop signal (:class:`srlib.Terminated`): back to ``pending`` at once, the attempt
+      not counted, and the signal is re-raised so that the worker exits.
+
+    ``once`` stops when nothing is claimable; otherwise the database is polled every
+    ``poll_interval`` seconds. A published product whose database write failed is found
+    complete by the next attempt (its manifest is the truth) and the request completes.
 
     Returns
     -------
     dict
-        Counts of ``done``, ``skipped`` and ``failed`` requests.
+        Counts of ``done``, ``partial``, ``skipped``, ``retry`` (put back to pending) and
+        ``failed`` requests.
     """
-    import time
-
+    from ..errors import Terminated, is_transient
+    from ..signals import check_stop, on_forced_exit
     from .db import LeaseLost
     from .notify import redact
 
+    if poll_interval < 0 or lease_s <= 0 or max_attempts < 1 or backoff_s < 0:
+        raise InputError(f"pdr needs poll_interval >= 0 (got {poll_interval}), lease_s > 0 "
+                         f"({lease_s}), max_attempts >= 1 ({max_attempts}) and backoff_s >= 0 "
+                         f"({backoff_s})")
     notifier = notifier or notifier_from_env()
     progress = dr_options.pop("progress", "off")
     with step("database", notifier, worker=worker):
         dr_options["model"] = check_pdr_config(db, **dr_options)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    counts = {"done": 0, "partial": 0, "skipped": 0, "retry": 0, "failed": 0}
     handled = 0
     while max_requests is None or handled < max_requests:
+        check_stop()
         with step("database", notifier, worker=worker):
-            request = db.claim_request(worker, lease_s=lease_s)
+            request = db.claim_request(worker, lease_s=lease_s, max_attempts=max_attempts)
         if request is None:
             if once:
                 break
-            time.sleep(poll_interval)
+            _sleep(poll_interval)
             continue
         handled += 1
-        with db.lease(request["id"], worker, lease_s) as lease:
+        rid = request["id"]
+
+        def release(err: BaseException, *, count: bool = True, rid: int = rid) -> str:
+            return db.release_request(rid, worker, redact(f"{type(err).__name__}: {err}"),
+                                      backoff_s=backoff_s, max_attempts=max_attempts,
+                                      count=count)
+
+        def forced_release(rid: int = rid) -> None:
+            db.release_request(rid, worker, "Terminated: the worker was stopped",
+                               max_attempts=max_attempts, count=False)
+
+        with on_forced_exit(forced_release), db.lease(rid, worker, lease_s) as lease:
             try:
                 result = run_dr(date=request["date"], aoi=request["aoi"], notifier=notifier,
-                                db=db, request=request["id"], progress=progress,
-                                **dr_options)
+                                db=db, request=rid, progress=progress, **dr_options)
                 lease.check()
-            except Exception as err:
-                message = redact(f"{type(err).__name__}: {err}")
-                counts["failed"] += 1
-                log.error("request %s failed: %s", request["id"], message)
-                with contextlib.suppress(LeaseLost), step("database", notifier, worker=worker):
-                    db.fail_request(request["id"], message, worker=worker)
-                continue
-            try:
-                with step("database", notifier, worker=worker):
-                    db.complete_request(request["id"], result.run_id, worker=worker,
+                with step("database", notifier, worker=worker, request=rid):
+                    db.complete_request(rid, result.run_id, worker=worker,
                                         outputs=result.published
-                                        or [str(p) for p in result.files])
+                                        or [str(p) for p in result.files],
+                                        status=result.delivered, coverage=result.coverage,
+                                        reason=result.reason)
             except LeaseLost as err:
                 counts["failed"] += 1
-                log.error("request %s: %s", request["id"], err)
+                log.error("request %s: %s", rid, err)
                 continue
-        counts[result.status] += 1
+            except Terminated as err:
+                log.error("request %s: %s; putting it back to pending", rid, err)
+                with contextlib.suppress(Exception):
+                    release(err, count=False)
+                raise
+            except Exception as err:
+                message = redact(f"{type(err).__name__}: {err}")
+                outcome = _end_request(db, rid, worker, err, message, release,
+                                       transient=is_transient(err))
+                counts[outcome] += 1
+                if outcome == "failed" and is_transient(err):
+                    notifier.notify("attempts", err, context={
+                        "request": rid, "attempts": request.get("attempts"),
+                        "worker": worker})
+                continue
+        counts[result.delivered if result.status != "skipped" else "skipped"] += 1
     return counts
+
+
+def _end_request(db: RequestQueue, rid: int, worker: str, err: BaseException, message: str,
+                 release: Any, *, transient: bool) -> str:
+    """Record a failed attempt: ``retry`` (back to pending) or ``failed``.
+
+    Never raises but for a stop signal.
+    """
+    from .db import DatabaseError, LeaseLost
+
+    try:
+        if transient:
+            state = release(err)
+            log.error("request %s: %s; %s", rid, message,
+                      "put back to pending (srlib requeue, or wait for the backoff)"
+                      if state == "pending" else "its attempts are spent: failed")
+            return "retry" if state == "pending" else "failed"
+        log.error("request %s failed: %s", rid, message)
+        db.fail_request(rid, message, worker=worker)
+        return "failed"
+    except LeaseLost as lost:
+        log.error("request %s: %s", rid, lost)
+    except DatabaseError as db_err:  # the lease expires and another worker retries it
+        log.error("request %s: %s; it could not be recorded (%s) and returns to pending "
+                  "when its lease expires", rid, message, db_err)
+    return "retry" if transient else "failed"
+
+
+def _sleep(seconds: float) -> None:
+    """Sleep, waking within a second of a stop signal."""
+    import time
+
+    from ..signals import check_stop
+
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        check_stop()
+        time.sleep(min(left, 1.0))

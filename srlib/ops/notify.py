@@ -18,19 +18,51 @@ from typing import Any, Protocol
 from ..config import Settings, secret_values
 from ..errors import step_of
 
-__all__ = ["LogNotifier", "Notifier", "WebhookNotifier", "notifier_from_env", "redact", "step"]
+__all__ = ["LogNotifier", "Notifier", "WebhookNotifier", "notifier_from_env", "redact",
+           "register_secret", "step"]
 
 log = logging.getLogger("srlib")
 
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+#: A URL: its scheme, then everything up to the next blank or quote (the authority may
+#: hold unencoded ``@``, ``:`` or ``/`` in a password, so it is not parsed by the book).
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^\s'\"<>]*)")
+#: ``password=...`` in libpq-style connection strings and option lists.
+_KEY_VALUE = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)(\s*[=:]\s*)([^\s,;&'\"]+)")
+_registered: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Redact ``value`` (4 characters or more) from everything :func:`redact` sees."""
+    if value and len(value) >= 4:
+        _registered.add(value)
+
+
+def _strip_userinfo(match: re.Match[str]) -> str:
+    scheme, rest = match.group(1), match.group(2)
+    at = rest.rfind("@")
+    if at < 0:
+        return match.group(0)
+    userinfo = rest[:at]
+    # credentials (user[:password]) come before the host; "bucket/key@v2" is a path
+    if ":" in userinfo or "/" not in userinfo:
+        return f"{scheme}***@{rest[at + 1:]}"
+    return match.group(0)
 
 
 def redact(text: str) -> str:
-    """Remove secrets (values of :data:`SECRET_VARS`, URL passwords) from ``text``."""
-    text = _URL_PASSWORD.sub(r"\1***\3", text)
+    """Remove secrets from ``text``.
+
+    The whole userinfo of every URL (``scheme://user:password@host``, whatever
+    characters the password holds, unencoded ``@`` included), ``password=`` values,
+    the values of :data:`srlib.config.SECRET_VARS` and the values given to
+    :func:`register_secret`.
+    """
+    for value in sorted(_registered, key=len, reverse=True):
+        text = text.replace(value, "***")
     for var, value in secret_values().items():
         text = text.replace(value, f"<{var}>")
-    return text
+    text = _URL.sub(_strip_userinfo, text)
+    return _KEY_VALUE.sub(r"\1\2***", text)
 
 
 class Notifier(Protocol):
@@ -100,9 +132,16 @@ def notifier_from_env() -> Notifier:
 
 @contextlib.contextmanager
 def step(name: str, notifier: Notifier, **context: Any) -> Iterator[None]:
-    """Run a job step; on failure notify (with the QC table if any), then re-raise."""
+    """Run a job step; on failure notify (with the QC table if any), then re-raise.
+
+    A step that ends after a stop signal raises :class:`srlib.Terminated` (see
+    :mod:`srlib.signals`), even when a library swallowed the signal's exception.
+    """
+    from ..signals import check_stop
+
     try:
         yield
+        check_stop()
     except BaseException as err:
         report = getattr(err, "report", None)
         table = report.to_table() if report is not None and hasattr(report, "to_table") else None

@@ -1,0 +1,120 @@
+"""Stopping on a signal within seconds, in every stage, without losing the request.
+
+A batch system ends a job with SIGTERM (SLURM at its time limit, then SIGKILL after
+``KillWait``, 30 s by default). :func:`install` makes SIGTERM (and SIGHUP) do three
+things:
+
+1. set a flag that every job step checks when it ends (:func:`check_stop`), so a
+   library that swallows the exception (botocore retries on any ``Exception``) cannot
+   make the job carry on as if nothing happened;
+2. raise :class:`srlib.Terminated` in the main thread at the next Python instruction:
+   the job unwinds, ``pdr`` puts its request back to ``pending`` and the run is recorded;
+3. wake a watchdog thread (through the signal wakeup file descriptor, written by the C
+   handler even while the main thread sits inside a long GDAL or compression call): when
+   the process is still alive ``grace_s`` seconds later, the watchdog runs the
+   registered release callbacks (``pdr`` releases its claim) and ends the process with
+   exit status 143. A thread stuck in a read that never answers can therefore not keep
+   the process alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+from .errors import Terminated
+
+__all__ = ["EXIT_TERMINATED", "check_stop", "install", "on_forced_exit", "stop_requested"]
+
+log = logging.getLogger("srlib")
+
+#: Exit status of a process stopped by SIGTERM (128 + 15, as shells report it).
+EXIT_TERMINATED = 143
+
+_stop = threading.Event()
+_signal_name = {"name": "SIGTERM"}
+_callbacks: list[Callable[[], None]] = []
+_installed = {"done": False}
+
+
+def stop_requested() -> bool:
+    """Whether a stop signal was received."""
+    return _stop.is_set()
+
+
+def check_stop() -> None:
+    """Raise :class:`srlib.Terminated` when a stop signal was received."""
+    if _stop.is_set():
+        raise Terminated(f"stopped by {_signal_name['name']}; the run was not completed "
+                         "(a pdr request goes back to pending, a dr job resumes when rerun)")
+
+
+@contextlib.contextmanager
+def on_forced_exit(callback: Callable[[], None]) -> Iterator[None]:
+    """Run ``callback`` if the watchdog has to end the process while the block runs."""
+    _callbacks.append(callback)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            _callbacks.remove(callback)
+
+
+def _handler(signum: int, _frame: object) -> None:
+    _signal_name["name"] = signal.Signals(signum).name
+    first = not _stop.is_set()
+    _stop.set()
+    if first:
+        check_stop()
+
+
+def _watchdog(read_fd: int, grace_s: float) -> None:
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        if not any(b in (signal.SIGTERM, signal.SIGHUP) for b in data):
+            continue
+        if threading.Event().wait(grace_s):  # pragma: no cover (never set)
+            return
+        log.error("srlib: still running %.0f s after %s; releasing and exiting", grace_s,
+                  _signal_name["name"])
+        for callback in list(_callbacks):
+            with contextlib.suppress(Exception):
+                callback()
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"srlib failed: stopped by {_signal_name['name']}; a stage did "
+                             f"not end within {grace_s:.0f} s, the process was ended\n")
+            sys.stderr.flush()
+        os._exit(EXIT_TERMINATED)
+
+
+def install(*, grace_s: float = 10.0) -> None:
+    """Handle SIGTERM and SIGHUP as described in the module docstring (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGHUP, _handler)
+    if _installed["done"]:
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread of the main interpreter
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _installed["done"] = True
+    threading.Thread(target=_watchdog, args=(read_fd, grace_s), daemon=True,
+                     name="srlib-signal-watchdog").start()
