@@ -355,6 +355,8 @@ def _plan_text(plan: dict) -> str:
               type=click.FloatRange(min=0, min_open=True),
               help="Seconds a claim holds without renewal; a dead worker's request is "
                    "reclaimed after it.")
+@click.option("--max-requests", type=click.IntRange(min=1), default=None,
+              help="Stop after this many requests (default: no limit).")
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(min=1),
               help="Attempts of a request that fails for a transient cause before it is "
                    "failed for good.")
@@ -373,7 +375,7 @@ def _plan_text(plan: dict) -> str:
 @click.option("--device", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float,
-        lease_s: float, max_attempts: int, backoff_s: float, out_dir: Path,
+        lease_s: float, max_requests: int | None, max_attempts: int, backoff_s: float, out_dir: Path,
         publish: str | None, catalog: str | None, model: str, checkpoint: str | None,
         stats: str | None, device: str | None, as_json: bool) -> None:
     """Process pending AOI requests from the metadata database."""
@@ -389,7 +391,8 @@ def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float
         db = _open_db(db_url)
     counts = run_pdr(db, worker=server or f"{socket.gethostname()}:{os.getpid()}", once=once,
                      poll_interval=poll_interval, lease_s=lease_s,
-                     max_attempts=max_attempts, backoff_s=backoff_s, out=out_dir,
+                     max_attempts=max_attempts, backoff_s=backoff_s,
+                     max_requests=max_requests, out=out_dir,
                      publish=publish, catalog=catalog or EARTH_SEARCH, model=spec,
                      device=device, progress=_progress_mode())
     click.echo(json.dumps(counts) if as_json else ", ".join(f"{k}: {v}"

@@ -16,6 +16,10 @@
 ``SRLIB_SLURM_ACCOUNT``    SLURM account for profiles that need one.
 ``SRLIB_QC_THRESHOLDS``    A JSON file of QC threshold overrides (see
                            :class:`QCThresholds`), used by every QC run.
+``SRLIB_NETWORK_TIMEOUT``  Seconds any network call may wait for an answer (default
+                           60): GDAL's HTTP reads, S3, the STAC API, the webhook; a
+                           server that accepts and never answers fails the call
+                           (then retried) instead of holding the job forever.
 ========================== ==========================================================
 
 Credentials (``AWS_ACCESS_KEY_ID``, ...) are not settings: boto3 and GDAL find them
@@ -161,6 +165,7 @@ class Settings:
     webhook_url: str | None = field(default=None, repr=False)
     slurm_account: str | None = None
     qc_thresholds: QCThresholds = field(default_factory=QCThresholds)
+    network_timeout_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -187,7 +192,16 @@ class Settings:
         attempts = env.get("AWS_MAX_ATTEMPTS") or "8"
         if not attempts.isdigit() or int(attempts) < 1:
             raise InputError(f"AWS_MAX_ATTEMPTS={attempts!r} must be a positive integer")
+        timeout = env.get("SRLIB_NETWORK_TIMEOUT") or "60"
+        try:
+            timeout_s = float(timeout)
+        except ValueError:
+            timeout_s = -1.0
+        if not 0 < timeout_s < float("inf"):
+            raise InputError(f"SRLIB_NETWORK_TIMEOUT={timeout!r} must be a positive number of "
+                             "seconds, e.g. 60")
         return cls(
+            network_timeout_s=timeout_s,
             s3_endpoint_url=endpoint,
             s3_virtual_hosting=env.get("AWS_VIRTUAL_HOSTING", "TRUE").upper() not in _FALSE,
             s3_requester_pays=env.get("AWS_REQUEST_PAYER", "") == "requester",

@@ -518,6 +518,7 @@ def _existing_product(job: DrRequest, cog: Path, identity: dict[str, Any],
             log.info("%s is published and complete under %s; skipping (--force redoes "
                      "it)", cog.name, publish)
             uris = [f"{publish.rstrip('/')}/{r['name']}" for r in manifest["files"]]
+            uris.append(f"{publish.rstrip('/')}/{cog.stem}{MANIFEST_SUFFIX}")
             return JobResult("skipped", cog, published=uris)
         log.info("%s: %s; making it", cog.name, why)
     manifest, why = verify_local(cog)

@@ -114,6 +114,13 @@ class WebhookNotifier:
         """Send and log the failure."""
         text = _message(step, error, table, context)
         log.debug("%s", text)
+        from ..failpoints import hit
+
+        try:
+            hit("notify")
+        except Exception as err:
+            log.error("could not send the failure notification: %s", redact(str(err)))
+            return
         body = json.dumps({"text": text}).encode()
         request = urllib.request.Request(self._url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
@@ -126,8 +133,9 @@ class WebhookNotifier:
 
 def notifier_from_env() -> Notifier:
     """``WebhookNotifier`` when ``SRLIB_WEBHOOK_URL`` is set, else ``LogNotifier``."""
-    url = Settings.from_env().webhook_url
-    return WebhookNotifier(url) if url else LogNotifier()
+    settings = Settings.from_env()
+    url = settings.webhook_url
+    return WebhookNotifier(url, timeout=settings.network_timeout_s) if url else LogNotifier()
 
 
 @contextlib.contextmanager
@@ -137,9 +145,11 @@ def step(name: str, notifier: Notifier, **context: Any) -> Iterator[None]:
     A step that ends after a stop signal raises :class:`srlib.Terminated` (see
     :mod:`srlib.signals`), even when a library swallowed the signal's exception.
     """
+    from ..failpoints import hit
     from ..signals import check_stop
 
     try:
+        hit("search" if name == "load" else name)
         yield
         check_stop()
     except BaseException as err:

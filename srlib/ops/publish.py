@@ -84,7 +84,9 @@ def s3_client(endpoint_url: str | None = None) -> S3Client:
     settings = Settings.from_env()
     return boto3.client("s3", endpoint_url=endpoint_url or settings.s3_endpoint_url,
                         config=Config(retries={"max_attempts": settings.s3_max_attempts,
-                                               "mode": "adaptive"}))
+                                               "mode": "adaptive"},
+                                      connect_timeout=min(settings.network_timeout_s, 30),
+                                      read_timeout=settings.network_timeout_s))
 
 
 def s3_checksum(path: str | os.PathLike, part_mb: int = PART_MB) -> str:

@@ -183,7 +183,10 @@ def existing_folder(path: Path) -> Path:
 @contextlib.contextmanager
 def _stage(name: str) -> Iterator[None]:
     """Record on an exception the pipeline stage it came from (for notifications)."""
+    from ..failpoints import hit
+
     try:
+        hit({"writing": "cog"}.get(name, name))
         yield
     except Exception as err:
         add_step(err, name)

@@ -149,6 +149,9 @@ def _write_region(path: str, store_id: str, region: tuple[slice, slice], marker:
         raise IncompleteStoreError(f"{path}: chunks {lost[:3]} vanished right after they were "
                                    "written; check the file system and rerun")
     # the marker goes last and atomically: its presence proves the whole region landed
+    from ..failpoints import hit
+
+    hit("zarr", marker)
     tmp = marker + ".tmp"
     with open(tmp, "w") as fh:
         json.dump({"chunks": written}, fh)

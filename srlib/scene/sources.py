@@ -94,6 +94,7 @@ class S3Options:
     requester_pays: bool = False
     anonymous: bool | None = None
     region: str | None = None
+    timeout_s: float = 60.0
 
     @classmethod
     def from_env(cls) -> S3Options:
@@ -109,6 +110,7 @@ class S3Options:
             virtual_hosting=settings.s3_virtual_hosting,
             requester_pays=settings.s3_requester_pays,
             region=settings.s3_region,
+            timeout_s=settings.network_timeout_s,
         )
 
     def gdal_env(self) -> dict[str, str]:
@@ -118,6 +120,9 @@ class S3Options:
             "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.jp2",
             "GDAL_HTTP_MAX_RETRY": "5",
             "GDAL_HTTP_RETRY_DELAY": "0.5",
+            # a server that accepts and never answers must not hold the job forever
+            "GDAL_HTTP_TIMEOUT": str(max(1, round(self.timeout_s))),
+            "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, round(min(self.timeout_s, 30)))),
             "AWS_HTTPS": "YES" if self.https else "NO",
             "AWS_VIRTUAL_HOSTING": "TRUE" if self.virtual_hosting else "FALSE",
         }
@@ -172,7 +177,10 @@ class _NamedReader:
 
     def read(self, *args: object, **kwargs: object) -> object:
         """Read, or raise SourceError naming the asset."""
+        from ..failpoints import hit
+
         try:
+            hit("read", self._uri)
             with warnings.catch_warnings():
                 # rasterio's warp says this of every in-memory block it resamples: noise
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -255,7 +263,7 @@ def _client(catalog: str):
     from pystac_client import Client
 
     try:
-        return Client.open(catalog)
+        return Client.open(catalog, timeout=Settings.from_env().network_timeout_s)
     except Exception as err:
         raise SourceError(f"cannot open the STAC catalogue {catalog}: {err}") from err
 

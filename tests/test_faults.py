@@ -1,0 +1,174 @@
+"""The fault-injection matrix: every stage of ``pdr`` x every fault class (tests/README.md).
+
+Faults are injected where they really happen (:mod:`srlib.failpoints`: the process
+signals itself, a write fails with ENOSPC, a connection is reset, a stage hangs), on the
+real loopback servers (moto S3, a STAC API, SQLite/PostgreSQL). For every cell: the
+request is never lost (``pending``, or ``claimed`` until its lease expires after a
+SIGKILL), nothing is half-published (no manifest at the prefix unless its product is
+whole; no staging objects left once a rerun completed), one clear line was printed, and
+a rerun completes every request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from srlib.failpoints import STAGES
+from srlib.ops.db import MetadataDB
+from srlib.ops.publish import verify_published
+
+from .test_jobs import _keys
+
+pytestmark = pytest.mark.integration
+
+SRLIB = [sys.executable, "-m", "srlib.cli"]
+#: The stages a pdr job reaches on the way to a delivered product (notify: on failure)
+JOB_STAGES = [s for s in STAGES if s != "notify"]
+#: Fault -> what the worker process does
+SIGNAL_FAULTS = ("sigterm", "sigkill")
+RAISED_FAULTS = ("enospc", "network")
+
+
+def _box(n: int) -> list[float]:
+    """A distinct AOI inside the sample scene for cell ``n`` (about 3 km square)."""
+    i, j = n % 8, n // 8
+    return [-11.60 + 0.03 * i, 24.45 + 0.03 * j, -11.575 + 0.03 * i, 24.475 + 0.03 * j]
+
+
+def _cells() -> list[tuple[str, str]]:
+    cells = [(stage, fault) for fault in (*SIGNAL_FAULTS, *RAISED_FAULTS)
+             for stage in JOB_STAGES]
+    # the failure notification itself failing, behind a failing stage
+    return [*cells, ("notify", "network"), ("notify", "enospc")]
+
+
+def _env(fault: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("SRLIB_FAILPOINTS", None)
+    if fault:
+        env["SRLIB_FAILPOINTS"] = fault
+    return env
+
+
+#: Which hit of a stage the fault fires on: the database's 5th is the completion write,
+#: after the product was published (the "published but not recorded" case)
+NTH = {"database": 5}
+
+
+def _armed(stage: str, fault: str) -> str:
+    if stage == "notify":  # notification of a failure of the publish stage
+        return f"publish={fault},notify={fault}"
+    nth = NTH.get(stage)
+    return f"{stage}={fault}" + (f"@{nth}" if nth else "")
+
+
+#: Cells run at once, each slot with its own database (its cells one after another)
+SLOTS = 3
+
+
+def _run_slot(db: MetadataDB, cells: list[tuple[int, str, str]], common: list[str],
+              results: dict) -> None:
+    for n, stage, fault in cells:
+        rid = db.add_request("20200219", _box(n))  # the only claimable request
+        t0 = time.monotonic()
+        proc = subprocess.run([*SRLIB, "pdr", *common, "--server", f"{stage}-{fault}"],
+                              env=_env(_armed(stage, fault)), capture_output=True,
+                              text=True, timeout=300)
+        results[(stage, fault)] = {"rid": rid, "rc": proc.returncode, "stderr": proc.stderr,
+                                   "row": db.request(rid), "seconds": time.monotonic() - t0,
+                                   "db": db}
+        with db.engine.begin() as conn:  # kept from the next cell until the rerun
+            conn.exec_driver_sql("UPDATE srlib_requests SET status='hold-' || status "
+                                 "WHERE id=?", (rid,))
+
+
+@pytest.fixture(scope="module")
+def matrix(env, tmp_path_factory):
+    """Run every cell once, each a pdr worker with one fault; yield what they did."""
+    import threading
+
+    root = tmp_path_factory.mktemp("matrix")
+    out, prefix = root / "out", "s3://products/matrix"
+    dbs = [MetadataDB(f"sqlite:///{root / f'meta{k}.sqlite'}") for k in range(SLOTS)]
+    commons = [["--db", str(db.engine.url), "--once", "--catalog", env["url"],
+                "--out", str(out), "--publish", prefix, "--backoff", "600", "--lease", "4"]
+               for db in dbs]
+    cells = [(n, stage, fault) for n, (stage, fault) in enumerate(_cells())]
+    results: dict = {}
+    slots = [threading.Thread(target=_run_slot, args=(dbs[k], cells[k::SLOTS], commons[k],
+                                                      results)) for k in range(SLOTS)]
+    for slot in slots:
+        slot.start()
+    for slot in slots:
+        slot.join()
+    assert len(results) == len(cells)
+    yield {"dbs": dbs, "results": results, "commons": commons, "prefix": prefix,
+           "keys": _keys(env["client"], "matrix/")}
+
+
+@pytest.mark.parametrize(("stage", "fault"), _cells())
+def test_a_fault_at_any_stage_loses_nothing_and_says_one_line(matrix, env, stage, fault):
+    cell = matrix["results"][(stage, fault)]
+    row = cell["row"]
+    assert row["status"] in ("pending", "claimed"), (row, cell["stderr"])
+    if fault == "sigkill":
+        assert cell["rc"] == -signal.SIGKILL
+        assert row["status"] == "claimed"  # reclaimed when its lease expires
+    else:
+        assert row["status"] == "pending" and row["error"], row
+        lines = [ln for ln in cell["stderr"].splitlines() if "srlib pdr failed" in ln]
+        assert "Traceback" not in cell["stderr"]
+        if fault == "sigterm":
+            assert cell["rc"] == 143 and len(lines) == 1, cell["stderr"]
+            assert "SIGTERM" in lines[0] and row["attempts"] == 0  # not counted
+        else:
+            assert cell["rc"] == 75, cell["stderr"]  # requests wait for a retry
+            assert row["attempts"] == 1
+            errors = [ln for ln in cell["stderr"].splitlines()
+                      if f"request {cell['rid']}:" in ln]
+            assert len(errors) == 1 and "put back to pending" in errors[0], cell["stderr"]
+    assert cell["seconds"] < 120
+    # nothing half-published: a manifest at the prefix means a whole product
+    for key in matrix["keys"]:
+        if key.endswith(".manifest.json") and "/.incoming/" not in key:
+            assert _whole(env["client"], matrix["prefix"], key), key
+
+
+def _whole(client, prefix: str, key: str) -> bool:
+    body = json.loads(client.get_object(Bucket="products", Key=key)["Body"].read())
+    name = key.rsplit("/", 1)[1].removesuffix(".manifest.json") + ".tif"
+    return verify_published(prefix, name, body["identity"])[1] == "complete"
+
+
+def test_a_rerun_delivers_every_request_of_the_matrix(matrix, env):
+    prefix = matrix["prefix"]
+    for db in matrix["dbs"]:
+        with db.engine.begin() as conn:  # back, as if the 600 s backoff had passed
+            conn.exec_driver_sql("UPDATE srlib_requests SET not_before=NULL, "
+                                 "status=substr(status, 6) WHERE status LIKE 'hold-%'")
+    time.sleep(4.5)  # the SIGKILLed workers' leases expire
+    rescuers = [subprocess.Popen([*SRLIB, "pdr", *common, "--server", f"rescuer{n}"],
+                                 env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for n, common in enumerate(matrix["commons"])]
+    for proc in rescuers:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+    rows = [row for db in matrix["dbs"] for row in db.requests_in()]
+    assert [r["status"] for r in rows] == ["done"] * len(rows), [
+        (r["id"], r["status"], r["error"]) for r in rows if r["status"] != "done"]
+    keys = _keys(env["client"], "matrix/")
+    assert not [k for k in keys if "/.incoming/" in k]  # no staging leftovers
+    manifests = [k for k in keys if k.endswith(".manifest.json")]
+    assert len(manifests) == len(rows)
+    for row in rows:
+        manifest = next(u for u in json.loads(row["outputs"]) if u.endswith(".manifest.json"))
+        assert _whole(env["client"], prefix, manifest.removeprefix("s3://products/"))
+    assert len(rows) == len(matrix["results"])
