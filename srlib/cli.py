@@ -375,7 +375,8 @@ def _plan_text(plan: dict) -> str:
 @click.option("--device", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float,
-        lease_s: float, max_requests: int | None, max_attempts: int, backoff_s: float, out_dir: Path,
+        lease_s: float, max_requests: int | None, max_attempts: int, backoff_s: float,
+        out_dir: Path,
         publish: str | None, catalog: str | None, model: str, checkpoint: str | None,
         stats: str | None, device: str | None, as_json: bool) -> None:
     """Process pending AOI requests from the metadata database."""
@@ -584,10 +585,15 @@ def stac(cog_path: Path, href_base: str | None, sources: tuple[str, ...],
 @click.argument("cog_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--timings", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON file of stage timings in seconds (gpu_s, cpu_s, total_s).")
+@click.option("--source", default=None,
+              help="The input scene, for the consistency check: a bundled sample (29RKH, "
+                   "bigearthnet) or a STAC Item (JSON file or URL). Without it consistency "
+                   "is not checked.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def qc(cog_path: Path, timings: str | None, as_json: bool) -> None:
+def qc(cog_path: Path, timings: str | None, source: str | None, as_json: bool) -> None:
     """Run the quality checks on a product; exit 1 if any check fails."""
     import srlib
+    from srlib.product.qc import check_readable, product_source
 
     times = None
     if timings:
@@ -601,7 +607,8 @@ def qc(cog_path: Path, timings: str | None, as_json: bool) -> None:
                 isinstance(v, int | float) and not isinstance(v, bool) for v in times.values()):
             raise srlib.InputError(f"--timings {timings} must hold a JSON object of seconds, "
                                    'such as {"cpu_s": 120, "total_s": 300}')
-    report = srlib.check_quality(cog_path, timings=times)
+    scene = product_source(source, check_readable(cog_path)) if source else None
+    report = srlib.check_quality(cog_path, timings=times, source=scene)
     click.echo(report.to_json() if as_json else report.to_table())
     if not report.passed:
         raise SystemExit(1)

@@ -95,8 +95,10 @@ class QCThresholds:
     max_file_bytes: float | None = None
     min_throughput_ha_per_min: float = 50.0
     sample_pixels: int = 2048 * 2048
-    max_consistency_bias: float = 200.0
-    max_consistency_mad: float = 400.0
+    max_consistency_bias: float = 100.0
+    max_consistency_mad: float = 200.0
+    max_band_mad_ratio: float = 0.5
+    full_resolution_windows: int = 4
     consistency_pixels: int = 1024 * 1024
 
     @classmethod

@@ -22,13 +22,13 @@ import rasterio
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 from rio_cogeo.cogeo import cog_validate
 
-from ..bands import OUTPUT_NODATA
+from ..bands import OUTPUT_NODATA, Quality
 from ..config import QCThresholds, Settings
 from ..errors import InputError, QCFailed
 from ..progress import report
 
 __all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality", "check_readable",
-           "deploy_limit_bytes", "timing_limits"]
+           "deploy_limit_bytes", "product_source", "timing_limits"]
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -119,7 +119,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+        return ", ".join(f"{k}({_fmt(v)})" if isinstance(v, dict) else f"{k}={_fmt(v)}"
+                         for k, v in value.items())
     return str(value)
 
 
@@ -191,8 +192,8 @@ def check_quality(
     with rasterio.open(path) as src:
         checks = _layout_checks(src, th)
         refl, valid = _sample(src, th)
-        checks += [_values_check(refl, valid, th), _bands_check(src, th),
-                   _visual_check(refl, valid, th)]
+        checks += [_values_check(src, refl, th), _bands_check(src, th),
+                   _visual_check(src, refl, valid, th)]
         report("qc", 1, 3, "steps")
         area_ha = src.width * src.height * abs(src.res[0] * src.res[1]) / 1e4
         compression = src.compression.name if src.compression else None
@@ -246,29 +247,87 @@ def _layout_checks(src: rasterio.DatasetReader, th: QCThresholds) -> list[CheckR
 
 
 def _sample(src: rasterio.DatasetReader, th: QCThresholds) -> tuple[np.ndarray, np.ndarray]:
-    """Read the reflectance bands at the sampled level; return them and where all are valid."""
+    """Read every band at the sampled level; return them and where all are valid."""
     shape = _sample_level(src, th.sample_pixels)
-    n = min(src.count, 4)
-    refl = src.read(list(range(1, n + 1)), out_shape=(n, *shape),
+    refl = src.read(list(range(1, src.count + 1)), out_shape=(src.count, *shape),
                     resampling=rasterio.enums.Resampling.nearest)
     nodata = src.nodata if src.nodata is not None else OUTPUT_NODATA
-    return refl, (refl != nodata).all(axis=0)
+    return refl, (refl[: min(src.count, 4)] != nodata).all(axis=0)
 
 
-def _values_check(refl: np.ndarray, valid: np.ndarray, th: QCThresholds) -> CheckResult:
-    """Mean and std of the valid reflectance in range, nodata below its limit, not all 0."""
-    frac_nodata = 1.0 - float(valid.mean())
-    vals = refl[:, valid].astype(np.float64)
-    mean = float(vals.mean()) if vals.size else float("nan")
-    std = float(vals.std()) if vals.size else float("nan")
-    all_zero = not vals.size or not np.any(vals)
+def _full_resolution(src: rasterio.DatasetReader, th: QCThresholds) -> np.ndarray | None:
+    """Read ``full_resolution_windows`` tiles at full resolution, spread over the product.
+
+    None when the sampled level is the full resolution already. A band that is right in
+    the overviews but dead at full resolution is found here.
+    """
+    if _sample_level(src, th.sample_pixels) == (src.height, src.width):
+        return None
+    tile, n = th.tile_size, max(1, th.full_resolution_windows)
+    parts = []
+    for k in range(n):  # along the diagonal: centre first, then spread out
+        f = 0.5 if k == 0 else k / (n + 1)
+        r0 = int(max(0, min(src.height - tile, f * src.height - tile / 2)))
+        c0 = int(max(0, min(src.width - tile, f * src.width - tile / 2)))
+        parts.append(src.read(window=((r0, min(src.height, r0 + tile)),
+                                      (c0, min(src.width, c0 + tile)))))
+    return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)
+
+
+def _band_names(src: rasterio.DatasetReader) -> list[str]:
+    names = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
+    return names
+
+
+def _band_stats(values: np.ndarray, nodata: float) -> dict[str, float]:
+    valid = values != nodata
+    vals = values[valid].astype(np.float64)
+    return {"mean": float(vals.mean()) if vals.size else float("nan"),
+            "std": float(vals.std()) if vals.size else float("nan"),
+            "nodata": 1.0 - float(valid.mean()) if valid.size else 1.0,
+            "zero": float((vals == 0).mean()) if vals.size else 1.0}
+
+
+def _values_check(src: rasterio.DatasetReader, refl: np.ndarray, th: QCThresholds
+                  ) -> CheckResult:
+    """Check each band's values; the quality band's codes; full-resolution windows.
+
+    Per reflectance band: mean and std of the valid values in range, nodata below its
+    limit, not all zero, on the sampled level and on full-resolution windows (a band dead
+    only at full resolution fails). The quality band: known codes, nodata below the limit.
+    """
+    nodata = src.nodata if src.nodata is not None else OUTPUT_NODATA
+    names = _band_names(src)
     (lo, hi), (slo, shi) = th.mean_range, th.std_range
-    ok = (vals.size > 0 and lo <= mean <= hi and slo <= std <= shi
-          and frac_nodata < th.max_nodata_fraction and not all_zero)
-    return _result("values", ok, {"mean": mean, "std": std, "nodata": frac_nodata},
-                   f"mean in [{lo}, {hi}], std in [{slo}, {shi}], "
-                   f"nodata < {th.max_nodata_fraction}", "all zero" if all_zero and vals.size
-                   else "")
+    value: dict[str, Any] = {}
+    bad: list[str] = []
+
+    def judge(label: str, band: np.ndarray) -> None:
+        stats = _band_stats(band, nodata)
+        value[label] = {k: round(v, 4) for k, v in stats.items()}
+        ok = (lo <= stats["mean"] <= hi and slo <= stats["std"] <= shi
+              and stats["nodata"] < th.max_nodata_fraction and stats["zero"] < 1.0)
+        if not ok:
+            bad.append(label)
+
+    for i, name in enumerate(names[: min(src.count, 4)]):
+        judge(name, refl[i])
+    if src.count > 4:  # the quality band: 0 is nodata there (see srlib.bands.Quality)
+        q = refl[4]
+        known = set(int(v) for v in Quality)
+        codes = set(np.unique(q).tolist())
+        frac = float((q == Quality.NODATA).mean()) if q.size else 1.0
+        value[names[4]] = {"nodata": round(frac, 4), "codes": sorted(codes)}
+        if frac >= th.max_nodata_fraction or not codes <= known:
+            bad.append(names[4])
+    full = _full_resolution(src, th)
+    if full is not None:
+        for i, name in enumerate(names[: min(src.count, 4)]):
+            judge(f"{name}@full", full[i])
+    threshold = (f"per band: mean in [{lo}, {hi}], std in [{slo}, {shi}], nodata < "
+                 f"{th.max_nodata_fraction}, not all zero (also at full resolution); "
+                 "quality codes known")
+    return _result("values", not bad, value, threshold, f"off: {bad}" if bad else "")
 
 
 def _bands_check(src: rasterio.DatasetReader, th: QCThresholds) -> CheckResult:
@@ -277,12 +336,24 @@ def _bands_check(src: rasterio.DatasetReader, th: QCThresholds) -> CheckResult:
                    f"{src.count} x {'/'.join(sorted(dtypes))}", f"{th.band_count} x {th.dtype}")
 
 
-def _visual_check(refl: np.ndarray, valid: np.ndarray, th: QCThresholds) -> CheckResult:
-    """Shannon entropy of the 8-bit RGB (0-0.3 reflectance stretched) above the minimum."""
-    rgb = refl[:3][:, valid]
-    rgb8 = np.clip(rgb / 3000.0 * 255.0, 0, 255).astype(np.uint8)
-    entropy = _entropy(rgb8) if rgb8.size else 0.0
-    return _result("visual", entropy > th.min_entropy, entropy, f"> {th.min_entropy} bits")
+def _visual_check(src: rasterio.DatasetReader, refl: np.ndarray, valid: np.ndarray,
+                  th: QCThresholds) -> CheckResult:
+    """Check the Shannon entropy of each reflectance band (8-bit, 1-99 % stretched).
+
+    A constant band carries no picture: 0 bits.
+    """
+    value = {}
+    for i, name in enumerate(_band_names(src)[: min(src.count, 4)]):
+        vals = refl[i][valid].astype(np.float64)
+        lo, hi = np.percentile(vals, [1, 99]) if vals.size else (0.0, 0.0)
+        if hi <= lo:
+            value[name] = 0.0
+            continue
+        band8 = np.clip((vals - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+        value[name] = round(_entropy(band8), 4)
+    flat = [k for k, v in value.items() if not v > th.min_entropy]
+    return _result("visual", bool(value) and not flat, value,
+                   f"per band > {th.min_entropy} bits", f"flat: {flat}" if flat else "")
 
 
 def timing_limits(output_px: int, th: QCThresholds) -> dict[str, float]:
@@ -347,6 +418,51 @@ def _deploy_check(path: Path, compression: str | None, area_ha: float,
                        f">= {th.min_throughput_ha_per_min} ha/min", "; ".join(problems))
 
 
+def product_source(source: str, cog_path: str | os.PathLike) -> Any:
+    """Open the input scene of a product, cropped to it, for the ``consistency`` check.
+
+    Parameters
+    ----------
+    source : str
+        A bundled sample (``29RKH``, ``bigearthnet``), or a STAC Item (a JSON file or URL)
+        of the scene the product was made from.
+    cog_path : path
+        The product; the scene is cropped to its bounds (lazily).
+
+    Raises
+    ------
+    InputError
+        The source cannot be opened, or does not cover the product.
+    """
+    from ..scene.sample import SAMPLES, sample_scene
+
+    if source in SAMPLES:
+        ds = sample_scene(source)
+    else:
+        import pystac
+
+        from ..scene.sources import load_items
+
+        try:
+            item = pystac.Item.from_file(source)
+        except Exception as err:
+            raise InputError(f"--source {source!r} is neither a bundled sample "
+                             f"({', '.join(sorted(SAMPLES))}) nor a readable STAC Item "
+                             f"({type(err).__name__}: {err})") from None
+        ds = load_items([item])
+    with rasterio.open(cog_path) as src:
+        left, bottom, right, top = src.bounds
+        crs = src.crs
+    if ds.rio.crs != crs:
+        raise InputError(f"--source {source!r} is in {ds.rio.crs}, the product in {crs}: give "
+                         "the scene the product was made from")
+    crop = ds.sel(x=slice(left, right), y=slice(top, bottom))
+    if crop.sizes["x"] == 0 or crop.sizes["y"] == 0:
+        raise InputError(f"--source {source!r} does not cover the product's bounds "
+                         f"{(left, bottom, right, top)}: give the scene it was made from")
+    return crop
+
+
 def resolve_thresholds(thresholds: QCThresholds | Mapping[str, Any] | None) -> QCThresholds:
     """Return the thresholds to use: given ones, else overrides of the settings' ones.
 
@@ -384,9 +500,12 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     overviews.
     """
     th = resolve_thresholds(thresholds)
-    limit = f"|bias| <= {th['max_consistency_bias']:g}, mad <= {th['max_consistency_mad']:g}"
+    limit = (f"per band: |bias| <= {th['max_consistency_bias']:g}, mad <= "
+             f"{th['max_consistency_mad']:g}, mad <= {th['max_band_mad_ratio']:g} x the mad "
+             "against any other input band")
     if source is None:
-        return CheckResult("consistency", "warn", None, limit, "no input given")
+        return CheckResult("consistency", "warn", "not checked", limit,
+                           "not checked: no source given (srlib qc --source)")
     from ..engine.superres import input_reflectance
 
     with rasterio.open(cog_path) as src:
@@ -426,14 +545,20 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     bad = []
     for i, band in enumerate(bands):
         mean = _block_mean(out[i].astype(np.float64), out[i] != nodata, block)
-        r = ref[i][: mean.shape[0], : mean.shape[1]].astype(np.float64)
-        both = np.isfinite(mean) & np.isfinite(r)
+        refs = [r[: mean.shape[0], : mean.shape[1]].astype(np.float64) for r in ref]
+        both = np.isfinite(mean) & np.isfinite(refs[i])
         if not both.any():
             continue
-        diff = mean[both] - r[both]
+        diff = mean[both] - refs[i][both]
         bias, mad = float(diff.mean()), float(np.abs(diff).mean())
-        value[band] = {"bias": round(bias, 2), "mad": round(mad, 2)}
-        if abs(bias) > th["max_consistency_bias"] or mad > th["max_consistency_mad"]:
+        # the band must look like its own input more than like any other input band
+        others = [float(np.nanmean(np.abs(mean[both] - r[both])))
+                  for j, r in enumerate(refs) if j != i]
+        ratio = mad / max(min(others), 1e-9) if others else 0.0
+        value[band] = {"bias": round(bias, 2), "mad": round(mad, 2),
+                       "mad_ratio": round(ratio, 3)}
+        if abs(bias) > th["max_consistency_bias"] or mad > th["max_consistency_mad"] \
+                or ratio > th["max_band_mad_ratio"]:
             bad.append(band)
     if not value:
         return CheckResult("consistency", "warn", None, limit, "no pixel valid in both")

@@ -1,0 +1,131 @@
+"""QC checks every band: values, nodata, entropy and consistency per band, the quality
+band included; a defect in one band (or only at full resolution) fails the product."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+import srlib
+from srlib.cli import main
+from srlib.product.qc import check_quality
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory):
+    """A real bicubic product of a 600 px crop of the sample (with overviews) and its input."""
+    tmp = tmp_path_factory.mktemp("qcb")
+    scene = srlib.sample_scene().isel(y=slice(0, 300), x=slice(0, 300))
+    cog = tmp / "good.tif"
+    srlib.super_resolve_to_cog(scene, cog, model="bicubic")
+    return cog, scene
+
+
+def _rewrite(src_cog, out, change):
+    """Write a COG with the product's profile and metadata whose bands ``change`` altered
+    (overviews rebuilt from them)."""
+    with rasterio.open(src_cog) as src:
+        data, profile = src.read(), src.profile
+        descriptions, tags = src.descriptions, [src.tags(i + 1) for i in range(src.count)]
+        scales, offsets = src.scales, src.offsets
+    change(data)
+    plain = out.with_suffix(".plain.tif")
+    profile.update(driver="GTiff")
+    with rasterio.open(plain, "w", **profile) as dst:
+        dst.write(data)
+        dst.scales, dst.offsets = scales, offsets
+        for i, (d, t) in enumerate(zip(descriptions, tags, strict=True)):
+            dst.set_band_description(i + 1, d)
+            dst.update_tags(i + 1, **t)
+    rasterio.shutil.copy(plain, out, driver="COG", COMPRESS="LZW", PREDICTOR="YES",
+                         BLOCKSIZE=512, OVERVIEWS="AUTO")
+    plain.unlink()
+    return out
+
+
+def _zero(band):
+    def change(data):
+        data[band] = 0
+    return change
+
+
+def _swap(data):
+    data[[0, 2]] = data[[2, 0]]
+
+
+def _quality_nodata(data):
+    data[4] = 0
+
+
+def _dead_nir(data):
+    data[3] = 1234
+
+
+CASES = {
+    "red all zero": (_zero(0), "values", "red"),
+    "green all zero": (_zero(1), "values", "green"),
+    "quality all nodata": (_quality_nodata, "values", "quality"),
+    "nir constant": (_dead_nir, "visual", "nir"),
+    "red and blue swapped": (_swap, "consistency", "red"),
+}
+
+
+def test_the_good_product_passes_every_band_with_its_source(product):
+    cog, scene = product
+    report = check_quality(cog, source=scene)
+    assert report.passed, report.to_table()
+    values = report["values"].value
+    assert {"red", "green", "blue", "nir", "quality"} <= set(values)
+    assert set(report["visual"].value) == {"red", "green", "blue", "nir"}
+    assert set(report["consistency"].value) == {"red", "green", "blue", "nir"}
+    assert all(v["mad_ratio"] < 0.1 for v in report["consistency"].value.values())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_defect_in_one_band_fails_and_names_the_band(product, tmp_path, case):
+    cog, scene = product
+    change, check, band = CASES[case]
+    bad = _rewrite(cog, tmp_path / "bad.tif", change)
+    report = check_quality(bad, source=scene)
+    assert check in report.failed, report.to_table()
+    assert band in report[check].message, report[check]
+    # and the same product without the defect passes (the defect, not the rewrite, fails)
+    fine = _rewrite(cog, tmp_path / "fine.tif", lambda data: None)
+    assert check_quality(fine, source=scene).passed
+
+
+def test_a_band_dead_only_at_full_resolution_fails(tmp_path):
+    """Overviews intact, full resolution zero: found by the full-resolution windows."""
+    scene = srlib.sample_scene().isel(y=slice(0, 500), x=slice(0, 500))
+    cog = tmp_path / "big.tif"
+    srlib.super_resolve_to_cog(scene, cog, model="bicubic",
+                               thresholds={"sample_pixels": 512 * 512})
+    bad = tmp_path / "fullres.tif"
+    shutil.copy(cog, bad)
+    with rasterio.open(bad, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as dst:
+        dst.write(np.zeros((dst.height, dst.width), np.int16), 1)
+    with rasterio.open(bad, overview_level=2) as ovr:
+        assert ovr.read(1).mean() > 1000  # the overviews still look right
+    report = check_quality(bad, thresholds={"sample_pixels": 512 * 512})
+    assert "values" in report.failed and "red@full" in report["values"].message
+    assert check_quality(cog, thresholds={"sample_pixels": 512 * 512}).passed
+
+
+def test_srlib_qc_checks_consistency_only_with_a_source_and_never_says_pass_without(
+        product, tmp_path):
+    cog, _scene = product
+    swapped = _rewrite(cog, tmp_path / "swapped.tif", _swap)
+    runner = CliRunner()
+    alone = runner.invoke(main, ["qc", str(swapped), "--json"])
+    assert alone.exit_code == 0, alone.output  # nothing to compare with: not checked
+    assert '"not checked"' in alone.output and "srlib qc --source" in alone.output
+    good = runner.invoke(main, ["qc", str(cog), "--source", "29RKH"])
+    assert good.exit_code == 0, good.output
+    checked = runner.invoke(main, ["qc", str(swapped), "--source", "29RKH"])
+    assert checked.exit_code == 1 and "consistency" in checked.output
+    wrong = runner.invoke(main, ["qc", str(cog), "--source", "bigearthnet"])
+    assert wrong.exit_code == 1 and "give the scene the product was made from" in wrong.output
