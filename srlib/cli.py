@@ -314,7 +314,10 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    click.echo(f"{result.status}: {result.cog}")
+    if result.reason:
+        click.echo(f"{result.delivered}: {result.cog} ({result.reason})")
+    else:
+        click.echo(f"{result.status}: {result.cog}")
     for uri in result.published:
         click.echo(f"published: {uri}")
 

@@ -385,3 +385,88 @@ def slurm_job(job_id: str, env: dict[str, str], *, timeout: float = 600) -> dict
             raise TimeoutError(f"SLURM job {job_id} still {fields['JobState']} after "
                                f"{timeout} s")
         time.sleep(1)
+
+
+def _dated(item: dict, day: str, tile: str) -> dict:
+    copy = json.loads(json.dumps(item))
+    copy["id"] = f"S2A_{tile}_{day}_0_L2A"
+    copy["properties"]["datetime"] = f"{day[:4]}-{day[4:6]}-{day[6:]}T11:34:25.405000Z"
+    copy["properties"]["grid:code"] = f"MGRS-{tile}"
+    return copy
+
+
+def split_items(endpoint: str, item: dict, *, day: str, workdir: Path,
+                keep: tuple[str, ...] = ("west", "east")) -> list[dict]:
+    """The sample cut into two adjacent tiles of one acquisition on ``day`` (the west
+    half as 29RKH, the east half as a neighbour, 29RLH), each with its own files, grid
+    and data footprint; ``keep`` chooses which of the two exist."""
+    import numpy as np
+    import rasterio
+    from rasterio.warp import transform_geom
+    from rasterio.windows import Window
+
+    client = s3_client(endpoint)
+    out = []
+    for half, tile in (("west", "29RKH"), ("east", "29RLH")):
+        if half not in keep:
+            continue
+        copy = _dated(item, day, tile)
+        for asset in copy["assets"].values():
+            name = asset["href"].rsplit("/", 1)[1]
+            with rasterio.open(SAMPLE / name) as src:
+                w = src.width
+                cols = (0, int(np.ceil(w / 2))) if half == "west" else (w // 2, w)
+                window = Window(cols[0], 0, cols[1] - cols[0], src.height)
+                data = src.read(window=window)
+                profile = {**src.profile, "width": cols[1] - cols[0],
+                           "transform": src.window_transform(window)}
+                crs = src.crs
+            path = workdir / f"{day}-{half}-{name}"
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(data)
+            key = f"split-{day}-{half}/{name}"
+            client.upload_file(str(path), BUCKET, key)
+            asset["href"] = f"s3://{BUCKET}/{key}"
+            asset["proj:shape"] = [profile["height"], profile["width"]]
+            asset["proj:transform"] = list(profile["transform"])[:6]
+            if name == "B04.tif":
+                t, h, wd = profile["transform"], profile["height"], profile["width"]
+                x0, y0 = t.c, t.f
+                x1, y1 = x0 + wd * t.a, y0 + h * t.e
+                ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+                copy["geometry"] = transform_geom(crs, "EPSG:4326",
+                                                  {"type": "Polygon", "coordinates": [ring]})
+                xs = [p[0] for p in copy["geometry"]["coordinates"][0]]
+                ys = [p[1] for p in copy["geometry"]["coordinates"][0]]
+                copy["bbox"] = [min(xs), min(ys), max(xs), max(ys)]
+        out.append(copy)
+    return out
+
+
+def coarse_red_item(endpoint: str, item: dict, *, day: str, workdir: Path) -> dict:
+    """A copy of the sample on ``day`` whose red band is at twice the pixel size of the
+    other 10 m-group bands (mixed band resolutions)."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    client = s3_client(endpoint)
+    copy = _dated(item, day, "29RKH")
+    for key, asset in copy["assets"].items():
+        name = asset["href"].rsplit("/", 1)[1]
+        if key != "red":  # the sample's files, as uploaded
+            continue
+        with rasterio.open(SAMPLE / name) as src:
+            shape = (src.height // 2, src.width // 2)
+            data = src.read(out_shape=(1, *shape), resampling=Resampling.average)
+            transform = src.transform * src.transform.scale(src.width / shape[1],
+                                                            src.height / shape[0])
+            profile = {**src.profile, "height": shape[0], "width": shape[1],
+                       "transform": transform, "blockxsize": 256, "blockysize": 256}
+        path = workdir / f"coarse-{day}-{name}"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        client.upload_file(str(path), BUCKET, f"coarse-{day}/{name}")
+        asset["href"] = f"s3://{BUCKET}/coarse-{day}/{name}"
+        asset["proj:shape"] = list(shape)
+        asset["proj:transform"] = list(transform)[:6]
+    return copy

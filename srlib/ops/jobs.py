@@ -40,7 +40,7 @@ from ..product.quicklook import QUICKLOOKS, quicklook_path, write_quicklooks
 from ..product.stac_item import describe_product
 from ..progress import job_progress, job_stages
 from ..progress import report as report_progress
-from ..scene.sources import EARTH_SEARCH, load_s2, parse_date
+from ..scene.sources import EARTH_SEARCH, MIN_AOI_COVERAGE, load_s2, parse_date
 from .db import RequestQueue, RunRecorder
 from .devices import check_devices, device_cluster
 from .notify import LogNotifier, Notifier, notifier_from_env, step
@@ -519,7 +519,10 @@ def _existing_product(job: DrRequest, cog: Path, identity: dict[str, Any],
                      "it)", cog.name, publish)
             uris = [f"{publish.rstrip('/')}/{r['name']}" for r in manifest["files"]]
             uris.append(f"{publish.rstrip('/')}/{cog.stem}{MANIFEST_SUFFIX}")
-            return JobResult("skipped", cog, published=uris)
+            skipped = JobResult("skipped", cog, published=uris)
+            if job.aoi is not None:
+                _record_coverage(skipped, manifest.get("qc"))
+            return skipped
         log.info("%s: %s; making it", cog.name, why)
     manifest, why = verify_local(cog)
     if manifest is not None and mismatch(manifest, identity) == ["publish"]:
@@ -545,6 +548,8 @@ def _existing_product(job: DrRequest, cog: Path, identity: dict[str, Any],
     files = [cog.with_name(r["name"]) for r in manifest["files"]]
     result = JobResult("skipped", cog, files=files, qc=report.to_dict(),
                        manifest=cog.with_name(cog.stem + MANIFEST_SUFFIX))
+    if job.aoi is not None:
+        _record_coverage(result, manifest.get("qc"))
     if not publish:
         log.info("%s exists and is complete; skipping (--force redoes it)", cog)
         return result
@@ -552,6 +557,18 @@ def _existing_product(job: DrRequest, cog: Path, identity: dict[str, Any],
         result.published = publish_product(cog, report, publish, extra=files[2:])
     result.status = "done"
     return result
+
+
+def _record_coverage(result: JobResult, qc: dict[str, Any] | None) -> None:
+    """Set the result's AOI coverage from its QC report; ``partial`` below the minimum."""
+    check = next((c for c in (qc or {}).get("checks", []) if c["name"] == "coverage"), None)
+    if check is None:
+        return
+    result.coverage = float(check["value"]["valid"])
+    if result.coverage < MIN_AOI_COVERAGE:
+        result.reason = (f"partial: the data cover {result.coverage:.0%} of the AOI "
+                         f"(minimum {MIN_AOI_COVERAGE:.0%}); the product holds what there is")
+        log.warning("%s: %s", result.cog.name if result.cog else "product", result.reason)
 
 
 def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
@@ -563,6 +580,11 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
         report = super_resolve_to_cog(ds, cog, model=model, **job.sr_options)
     result.timings = report.timings
     result.qc = report.to_dict()
+    properties: dict[str, Any] = {"srlib:model": provenance(model)}
+    if job.aoi is not None:
+        _record_coverage(result, result.qc)
+        properties.update({"srlib:aoi": list(job.aoi), "srlib:aoi_coverage": result.coverage,
+                           "srlib:aoi_data_coverage": ds.attrs.get("data_coverage")})
     extra: list[Path] = []
     if job.makes_derivatives:
         with step("derivatives", notifier, product=name):
@@ -573,8 +595,7 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
     href = (lambda p: f"{base}/{p.name}") if base else (lambda p: str(p.resolve()))
     with step("stac", notifier, product=name):
         described = describe_product(
-            cog, ds=ds, quicklooks=False, href=href,
-            properties={"srlib:model": provenance(model)},
+            cog, ds=ds, quicklooks=False, href=href, properties=properties,
             files={p.stem.rsplit("_", 1)[-1].lower(): p for p in extra if p.suffix == ".tif"})
     extra = [*extra, described[-1]]
     result.files = [cog, cog.with_suffix(".qc.json"), *extra]

@@ -76,7 +76,9 @@ def write_manifest(
     records = [file_record(f) for f in files]
     body = {"srlib_manifest": _FORMAT, "product": Path(cog).name, "complete": True,
             "identity": dict(identity), "model": dict(model or {}),
-            "qc": {"passed": True, "failed": [], "report": Path(cog).stem + ".qc.json"},
+            "qc": {"passed": True, "failed": [], "report": Path(cog).stem + ".qc.json",
+                   # the coverage check, so that a skipped AOI product still says how much
+                   "checks": [c for c in qc.get("checks", []) if c.get("name") == "coverage"]},
             "created": datetime.now(UTC).isoformat(timespec="seconds"), "files": records}
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(body, indent=2, default=str))

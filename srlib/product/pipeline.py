@@ -107,7 +107,8 @@ def super_resolve_to_cog(
         timings = {inference_key: t1 - t0, "zarr_s": t1 - t0, "cog_s": t2 - t1,
                    "total_s": t2 - t0}
         with _stage("qc"):
-            report = check_quality(staging, timings=timings, thresholds=thresholds, source=ds)
+            report = check_quality(staging, timings=timings, thresholds=thresholds, source=ds,
+                                   coverage=ds.attrs.get("data_coverage"))
         report.path = str(cog_path)
         report.model = provenance(spec)
         report.timings["qc_s"] = time.perf_counter() - t2

@@ -150,6 +150,7 @@ def check_quality(
     timings: Mapping[str, float] | None = None,
     thresholds: QCThresholds | Mapping[str, Any] | None = None,
     source: Any | None = None,
+    coverage: float | None = None,
 ) -> QCReport:
     """Run the eight quality checks on a product COG.
 
@@ -175,6 +176,11 @@ def check_quality(
         recorded in the report.
     source : xarray.Dataset or xarray.DataArray, optional
         The input scene the product was made from, for the ``consistency`` check.
+    coverage : float, optional
+        The fraction of the product's grid that the input data cover (their footprints;
+        ``attrs["data_coverage"]`` of an AOI scene): the ``coverage`` check fails a
+        product whose valid pixels cover less (minus ``coverage_tolerance``). Without it
+        the check only reports the covered fraction.
 
     Returns
     -------
@@ -194,6 +200,7 @@ def check_quality(
         refl, valid = _sample(src, th)
         checks += [_values_check(src, refl, th), _bands_check(src, th),
                    _visual_check(src, refl, valid, th)]
+        covered = float(valid.mean()) if valid.size else 0.0
         report("qc", 1, 3, "steps")
         area_ha = src.width * src.height * abs(src.res[0] * src.res[1]) / 1e4
         compression = src.compression.name if src.compression else None
@@ -205,6 +212,7 @@ def check_quality(
                _deploy_check(path, compression, area_ha, timings, th, limit)]
     report("qc", 2, 3, "steps")
     checks.append(consistency(path, source, thresholds=th))
+    checks.append(_coverage_check(covered, coverage, th))
     report("qc", 3, 3, "steps")
     return QCReport(str(path), checks, timings, thresholds=th.to_dict())
 
@@ -312,11 +320,11 @@ def _values_check(src: rasterio.DatasetReader, refl: np.ndarray, th: QCThreshold
 
     for i, name in enumerate(names[: min(src.count, 4)]):
         judge(name, refl[i])
-    if src.count > 4:  # the quality band: 0 is nodata there (see srlib.bands.Quality)
+    if src.count > 4:  # the quality band: code 0 or the file's nodata is nodata there
         q = refl[4]
-        known = set(int(v) for v in Quality)
+        known = {int(v) for v in Quality} | {int(nodata)}
         codes = set(np.unique(q).tolist())
-        frac = float((q == Quality.NODATA).mean()) if q.size else 1.0
+        frac = float(((q == Quality.NODATA) | (q == nodata)).mean()) if q.size else 1.0
         value[names[4]] = {"nodata": round(frac, 4), "codes": sorted(codes)}
         if frac >= th.max_nodata_fraction or not codes <= known:
             bad.append(names[4])
@@ -354,6 +362,17 @@ def _visual_check(src: rasterio.DatasetReader, refl: np.ndarray, valid: np.ndarr
     flat = [k for k, v in value.items() if not v > th.min_entropy]
     return _result("visual", bool(value) and not flat, value,
                    f"per band > {th.min_entropy} bits", f"flat: {flat}" if flat else "")
+
+
+def _coverage_check(covered: float, expected: float | None,
+                    th: QCThresholds) -> CheckResult:
+    """Check that the valid pixels cover as much of the grid as the input data do."""
+    value = {"valid": round(covered, 4), "expected": expected}
+    if expected is None:
+        return CheckResult("coverage", "pass", value, "reported", "no expectation given")
+    limit = max(0.0, float(expected) - th.coverage_tolerance)
+    return _result("coverage", covered >= limit, value, f">= {limit:.3f} of the grid",
+                   "" if covered >= limit else "the product covers less than its data")
 
 
 def timing_limits(output_px: int, th: QCThresholds) -> dict[str, float]:

@@ -2,15 +2,21 @@
 
 Conventions, decided once here:
 
-- **Grid.** ``mgrs=`` loads the whole tile on the grid of its finest band (10 m,
-  10980 x 10980 px for real tiles) in its UTM CRS. ``aoi=`` loads the crop of the chosen
-  scene's grid that covers the AOI, snapped outwards to whole pixels.
+- **Grid.** ``mgrs=`` loads the whole tile on the grid of its finest band (the loaded
+  band with the smallest pixel, 10 m and 10980 x 10980 px for real tiles, whichever band
+  that is) in its UTM CRS. ``aoi=`` loads the part of the chosen scene's grid, extended
+  past the tile's edge where the AOI goes on, that covers the AOI, snapped outwards to
+  whole pixels.
 - **Several scenes on a date.** Candidates are ordered by acquisition time, then item id;
   ``s2_id`` (default 0) picks one, ``product_id`` picks an exact item. For an AOI, the
   candidates are the items that intersect it, ordered by the area of the AOI they cover
   (largest first), then time and id; the chosen scene fixes CRS and grid, and the other
-  tiles of the *same acquisition* (same datatake) that intersect the AOI are mosaicked
-  onto that grid (reprojected when in another UTM zone; the first valid pixel wins).
+  tiles of the *same acquisition* (same datatake, else the same platform and relative
+  orbit) that intersect the AOI are mosaicked onto that grid (reprojected when in
+  another UTM zone; the first valid pixel wins). The fraction of the AOI that the
+  scenes' data footprints cover is recorded as ``attrs["aoi_coverage"]``: QC checks that
+  the product covers as much, and a job reports a product covering less than
+  :data:`MIN_AOI_COVERAGE` of its AOI as ``partial``.
 - **Resampling.** 20 m bands are resampled to the 10 m grid **bilinearly** while loading;
   ``scl`` by **nearest** neighbour.
 - **BOA offset.** Processing baseline 04.00 and later store ``DN = 10000 * reflectance +
@@ -51,6 +57,8 @@ from ..errors import InputError, NoSceneFound, SourceError
 
 __all__ = [
     "DEFAULT_BANDS",
+    "MIN_AOI_COVERAGE",
+    "aoi_coverage",
     "EARTH_SEARCH",
     "S3Options",
     "boa_offset",
@@ -384,6 +392,17 @@ def search_items(
     return items
 
 
+def _same_acquisition(a: pystac.Item, b: pystac.Item) -> bool:
+    """Tell whether two items are one acquisition: same datatake (else platform, orbit, day)."""
+    take = a.properties.get("s2:datatake_id")
+    if take is not None:
+        return b.properties.get("s2:datatake_id") == take
+    keys = ("platform", "sat:relative_orbit")
+    return all(a.properties.get(k) is not None and a.properties.get(k) == b.properties.get(k)
+               for k in keys) and a.datetime is not None and b.datetime is not None \
+        and a.datetime.date() == b.datetime.date()
+
+
 def _overlap(item: pystac.Item, aoi) -> float:
     if item.bbox is None:
         return 0.0
@@ -391,6 +410,51 @@ def _overlap(item: pystac.Item, aoi) -> float:
 
 
 # ------------------------------------------------------------------ load
+
+
+def _finest_band(item: pystac.Item, bands: Sequence[str]) -> str:
+    """Return the loaded band with the smallest pixel (``proj:transform``); ``scl`` last."""
+    sizes = {}
+    for band in bands:
+        transform = (item.assets[band].extra_fields.get("proj:transform")
+                     if band in item.assets else None)
+        if transform:
+            sizes[band] = (band == "scl", abs(float(transform[0])))
+    if not sizes:
+        raise InputError(f"item {item.id} gives no proj:transform for any of {list(bands)}; "
+                         "load it with srlib.load_items(..., crs=, resolution=)")
+    return min(sizes, key=lambda b: (sizes[b][1], sizes[b][0], b))
+
+
+#: The least fraction of an AOI that the data must cover for a ``done`` product; less is
+#: delivered as ``partial``, with the fraction.
+MIN_AOI_COVERAGE = 0.95
+
+
+def aoi_coverage(items: Sequence[pystac.Item], aoi: Sequence[float]) -> float:
+    """Fraction of the AOI (lon/lat) covered by the union of the items' data footprints."""
+    area = geom_box(*aoi, "EPSG:4326")
+    union = _footprints(items)
+    if union is None or not area.area:
+        return 0.0
+    return float(min(1.0, (union & area).area / area.area))
+
+
+def _footprints(items: Sequence[pystac.Item]):
+    from odc.geo.geom import Geometry, unary_union
+
+    shapes = [Geometry(it.geometry, "EPSG:4326") if it.geometry else
+              geom_box(*it.bbox, "EPSG:4326") for it in items if it.geometry or it.bbox]
+    return unary_union(shapes) if shapes else None
+
+
+def grid_coverage(items: Sequence[pystac.Item], geobox: GeoBox) -> float:
+    """Fraction of ``geobox`` covered by the union of the items' data footprints."""
+    union = _footprints(items)
+    extent = geobox.extent
+    if union is None or not extent.area:
+        return 0.0
+    return float(min(1.0, (union.to_crs(geobox.crs) & extent).area / extent.area))
 
 
 def _item_geobox(item: pystac.Item, band: str = "red") -> GeoBox:
@@ -409,8 +473,13 @@ def _item_geobox(item: pystac.Item, band: str = "red") -> GeoBox:
     return GeoBox(tuple(shape), Affine(*transform[:6]), code)
 
 
-def _crop(geobox: GeoBox, bbox: tuple[float, float, float, float]) -> GeoBox:
-    """Return the part of ``geobox`` covering a lon/lat bbox, snapped outwards to pixels."""
+def _crop(geobox: GeoBox, bbox: tuple[float, float, float, float], *,
+          clamp: bool = True) -> GeoBox:
+    """Return the part of ``geobox`` covering a lon/lat bbox, snapped outwards to pixels.
+
+    ``clamp=False`` extends the grid (same CRS, same pixel alignment) past its edges where
+    the bbox goes on, for a mosaic of the neighbouring tiles.
+    """
     poly = geom_box(*bbox, "EPSG:4326").to_crs(geobox.crs)
     x0, y0, x1, y1 = poly.boundingbox
     inv = ~geobox.affine
@@ -418,10 +487,15 @@ def _crop(geobox: GeoBox, bbox: tuple[float, float, float, float]) -> GeoBox:
     r0, r1 = int(np.floor(min(rows))), int(np.ceil(max(rows)))
     c0, c1 = int(np.floor(min(cols))), int(np.ceil(max(cols)))
     h, w = geobox.shape
-    r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
-    if r1 <= r0 or c1 <= c0:
+    inside = max(r0, 0) < min(r1, h) and max(c0, 0) < min(c1, w)
+    if not inside:
         raise InputError(f"aoi {bbox} does not overlap the scene's grid")
-    return geobox[r0:r1, c0:c1]
+    if clamp:
+        return geobox[max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
+    from affine import Affine
+
+    affine = geobox.affine * Affine.translation(c0, r0)
+    return GeoBox((r1 - r0, c1 - c0), affine, geobox.crs)
 
 
 def load_items(
@@ -437,8 +511,9 @@ def load_items(
 ) -> xr.Dataset:
     """Load pystac Items lazily into a srlib scene (odc-stac).
 
-    By default the grid is the first item's finest band; ``bbox`` (lon/lat) crops it,
-    ``crs``/``resolution`` replace it, ``geobox`` sets it exactly.
+    By default the grid is the first item's finest band; ``bbox`` (lon/lat) crops it (and
+    extends it past the first item's edge where the bbox goes on, for the other items to
+    fill), ``crs``/``resolution`` replace it, ``geobox`` sets it exactly.
 
     Returns
     -------
@@ -456,15 +531,16 @@ def load_items(
     if len(offsets) > 1:
         raise InputError("items mix processing baselines before and after 04.00; load them "
                          "separately")
+    finest = _finest_band(items[0], bands)
     if geobox is None and crs is None and resolution is None:
-        geobox = _item_geobox(items[0])
+        geobox = _item_geobox(items[0], finest)
         if bbox is not None:
-            geobox = _crop(geobox, check_aoi(bbox))
+            geobox = _crop(geobox, check_aoi(bbox), clamp=False)
     elif geobox is None and crs is not None and resolution is not None and bbox is not None:
         geobox = GeoBox.from_bbox(geom_box(*check_aoi(bbox), "EPSG:4326").to_crs(crs)
                                   .boundingbox, crs, resolution=resolution)
     elif geobox is None:
-        base = _item_geobox(items[0])
+        base = _item_geobox(items[0], finest)
         if resolution is not None:
             base = base.zoom_to(resolution=resolution)
         geobox = _crop(base, check_aoi(bbox)) if bbox is not None else base
@@ -495,6 +571,10 @@ def load_items(
         datetime=first.datetime.isoformat() if first.datetime else "",
         processing_baseline=str(first.properties.get("s2:processing_baseline", "")),
     )
+    if bbox is not None:
+        ds.attrs["aoi"] = [float(v) for v in check_aoi(bbox)]
+        ds.attrs["aoi_coverage"] = round(aoi_coverage(items, bbox), 4)
+        ds.attrs["data_coverage"] = round(grid_coverage(items, geobox), 4)
     return ds
 
 
@@ -562,8 +642,7 @@ def load_s2(
         primary = candidates[s2_id]
     if aoi is None:
         return load_items([primary], bands=bands, resolution=resolution, chunks=chunks, s3=s3)
-    take = primary.properties.get("s2:datatake_id")
-    group = [primary] + [it for it in candidates if it is not primary and take is not None
-                         and it.properties.get("s2:datatake_id") == take]
+    group = [primary] + [it for it in candidates
+                         if it is not primary and _same_acquisition(primary, it)]
     return load_items(group, bands=bands, bbox=aoi, resolution=resolution, chunks=chunks,
                       s3=s3)
