@@ -501,7 +501,9 @@ def slurm_submit(profile: str, aoi: tuple[float, ...] | None, **kwargs) -> None:
 
 
 def _creation_options(values: tuple[str, ...]) -> dict[str, str]:
-    """``--co NAME=VALUE`` pairs as a dict (GDAL creation options, as rio cogeo takes)."""
+    """``--co NAME=VALUE`` pairs as a dict (GDAL creation options), checked."""
+    from srlib.product.cog import check_creation_options
+
     options = {}
     for value in values:
         name, sep, setting = value.partition("=")
@@ -509,7 +511,7 @@ def _creation_options(values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{value!r} is not NAME=VALUE (e.g. --co LEVEL=9)",
                                      param_hint="--co")
         options[name.strip().upper()] = setting.strip()
-    return options
+    return check_creation_options(options)
 
 
 @main.command()

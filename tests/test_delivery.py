@@ -312,3 +312,57 @@ def test_the_zarr_intermediate_is_kept_only_when_asked_or_for_aois(env, tmp_path
     (cog,) = (tmp_path / "b").glob("S2x10_*_v1.tif")
     assert not cog.with_suffix(".zarr").exists()
     assert CliRunner().invoke(main, args).stdout.startswith("skipped")  # still complete
+
+
+def test_values_that_can_never_work_are_refused_when_parsed(env, tmp_path, monkeypatch):
+    """Each is one line naming the problem and the fix, exit 1 or 2 (usage), no traceback,
+    and nothing is claimed, written or published."""
+    runner = CliRunner()
+    db_url = f"sqlite:///{tmp_path / 'q.sqlite'}"
+    db = MetadataDB(db_url)
+    rid = db.add_request("20200219", [float(v) for v in AOI])
+    dr = ["dr", "--date", "20200219", "--aoi", *AOI, "--catalog", env["url"],
+          "--out", str(tmp_path / "o")]
+    store = srlib.to_zarr(srlib.super_resolve(
+        srlib.sample_scene().isel(y=slice(0, 40), x=slice(0, 40))), tmp_path / "s.zarr")
+    usage = {  # click refuses them while parsing (exit 2)
+        "--version -3": [*dr, "--version", "-3"],
+        "--version 0": [*dr, "--version", "0"],
+        "--s2-id -1": [*dr, "--s2-id", "-1"],
+        "pdr --poll-interval -1": ["pdr", "--db", db_url, "--poll-interval", "-1"],
+        "pdr --lease 0": ["pdr", "--db", db_url, "--lease", "0"],
+        "pdr --max-attempts 0": ["pdr", "--db", db_url, "--max-attempts", "0"],
+        "pdr --backoff -5": ["pdr", "--db", db_url, "--backoff", "-5"],
+        "requeue --state claimed": ["requeue", "--db", db_url, "--state", "claimed"],
+        "--out is a file": [*dr[:-1], str(tmp_path / "q.sqlite")],
+    }
+    for name, args in usage.items():
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (name, result.output)
+        assert "Invalid value" in result.output, (name, result.output)
+    failures = {
+        "--co BLOCKSIZE=abc": ("cog", ["cog", str(store), str(tmp_path / "a.tif"),
+                                       "--co", "BLOCKSIZE=abc"]),
+        "--co unknown": ("cog", ["cog", str(store), str(tmp_path / "b.tif"), "--co", "FOO=1"]),
+        "quoted name": ("dr", [*dr, "--name", "S2 'x' {aoi}.tif"]),
+        "300-character name": ("dr", [*dr, "--name", "a" * 300 + "{aoi}.tif"]),
+        "1 px AOI": ("dr", ["dr", "--date", "20200219", "--aoi", "-11.5", "24.5", "-11.4999",
+                            "24.5001", "--catalog", env["url"], "--out", str(tmp_path / "o")]),
+        "requeue unknown id": ("requeue", ["requeue", "--db", db_url, "999"]),
+        "requeue nothing named": ("requeue", ["requeue", "--db", db_url]),
+        "slurm password in --dr-arg": ("slurm", [
+            "slurm", "render", "--profile", "poznan", "--date", "20200219", "--mgrs", "29RKH",
+            "--out", str(tmp_path), "--logs", str(tmp_path),
+            "--dr-arg=--db=postgresql+psycopg://u:p@ss@db/x"]),
+    }
+    for name, (command, args) in failures.items():
+        line = _one_line(runner.invoke(main, args), command)
+        assert "p@ss" not in line and "ss@db" not in line, (name, line)
+    assert "credentials file" in _one_line(runner.invoke(main, failures[
+        "slurm password in --dr-arg"][1]), "slurm")
+    monkeypatch.setenv("SRLIB_NETWORK_TIMEOUT", "soon")
+    assert "SRLIB_NETWORK_TIMEOUT" in _one_line(runner.invoke(main, dr), "dr")
+    monkeypatch.delenv("SRLIB_NETWORK_TIMEOUT")
+    assert db.request(rid)["status"] == "pending" and db.request(rid)["attempts"] == 0
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.tif"))
+    assert len(usage) + len(failures) + 1 == 18

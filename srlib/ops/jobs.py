@@ -55,6 +55,8 @@ log = logging.getLogger("srlib")
 DEFAULT_NAME = "S2x10_T{mgrs}_{date:%Y%m%d}_v{version}.tif"
 #: Default product file name of an AOI: ``aoi`` is a short key of the snapped bounds.
 DEFAULT_AOI_NAME = "S2x10_T{mgrs}_{date:%Y%m%d}_{aoi}_v{version}.tif"
+#: The smallest AOI, in input pixels a side (80 m at 10 m): QC cannot judge less.
+MIN_AOI_PX = 8
 #: Fields a name template may use.
 NAME_FIELDS = ("mgrs", "date", "version", "aoi", "request")
 
@@ -437,6 +439,10 @@ def _locate(job: DrRequest, model: ModelSpec, notifier: Notifier
         ds = load_s2(date=day, mgrs=job.mgrs, aoi=job.aoi, s2_id=job.s2_id,
                      product_id=job.product_id, catalog=job.catalog, **job.load_options)
     report_progress("load", 1, 1)
+    if job.aoi is not None and min(ds.sizes["y"], ds.sizes["x"]) < MIN_AOI_PX:
+        raise InputError(f"aoi {list(job.aoi)} covers only {ds.sizes['y']} x {ds.sizes['x']} "
+                         f"input pixels; a product needs at least {MIN_AOI_PX} x {MIN_AOI_PX} "
+                         "(its quality checks cannot judge less): enlarge the AOI")
     tile = ds.attrs.get("mgrs") or (job.mgrs or "AOI")
     key = aoi_key(ds.rio.crs, ds.rio.bounds()) if job.aoi is not None else None
     cog = Path(job.out) / product_name(template, mgrs=tile, date=day, version=job.version,

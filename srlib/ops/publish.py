@@ -1,7 +1,8 @@
 """Publishing products to S3 (boto3): staged, verified against the stored bytes, manifest last.
 
 Every file of a product is first uploaded to a staging key under
-``<prefix>/.incoming/<id>/`` with SHA-256 checksums (per part for multipart uploads), and
+``<prefix>/.incoming/<product>.<id>/`` (what an interrupted publish of the same product
+left there is removed first) with SHA-256 checksums (per part for multipart uploads), and
 each staged object is verified against what S3 itself reports for the stored bytes
 (``head_object(ChecksumMode="ENABLED")``: its size and its SHA-256, a checksum of the
 part checksums for a multipart object, recomputed here from the local file). Only when
@@ -174,7 +175,9 @@ def publish(
     for file in paths:
         if not file.is_file():
             raise InputError(f"{file} does not exist; nothing was published")
-    batch = uuid.uuid4().hex
+    stem = paths[0].stem if paths else "files"
+    _remove_stale_staging(client, target, stem)
+    batch = f"{stem}.{uuid.uuid4().hex}"
     total, sent = sum(f.stat().st_size for f in paths), 0
 
     def uploaded(n: int) -> None:
@@ -211,6 +214,25 @@ def publish(
         for _file, staging, _size, _sum in staged:
             _delete(client, target.bucket, staging)
     return published
+
+
+def _remove_stale_staging(client: S3Client, target: S3Target, stem: str) -> None:
+    """Delete what an interrupted publish of the same product left under ``.incoming/``.
+
+    One job makes a product at a time (:func:`srlib.ops.jobs.product_lock`), so staging
+    objects of the same product name are leftovers of a killed run.
+    """
+    prefix = target.key(f".incoming/{stem}.")
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=target.bucket,
+                                                                 Prefix=prefix)
+        stale = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    except Exception as err:
+        raise PublishError(f"cannot list s3://{target.bucket}/{prefix}: "
+                           f"{type(err).__name__}: {err}; nothing was published") from err
+    for key in stale:
+        log.info("removing s3://%s/%s, left by an interrupted publish", target.bucket, key)
+        _delete(client, target.bucket, key)
 
 
 def _delete(client: S3Client, bucket: str, key: str) -> None:
@@ -322,7 +344,10 @@ class LocalStore:
 
     def put(self, files: Sequence[Path]) -> dict[str, str]:
         """Stage, verify and move every file; nothing is moved unless all verify."""
-        staging = self.root / ".incoming" / uuid.uuid4().hex
+        stem = files[0].stem if files else "files"
+        for stale in (self.root / ".incoming").glob(f"{stem}.*"):  # a killed publish's
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = self.root / ".incoming" / f"{stem}.{uuid.uuid4().hex}"
         try:
             staging.mkdir(parents=True)
             staged = []

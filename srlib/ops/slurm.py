@@ -18,6 +18,7 @@ import json
 import math
 import shlex
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -162,6 +163,7 @@ def render_dr(profile: Profile, *, date: str, mgrs: str | None = None,
     """
     if (mgrs is None) == (aoi is None):
         raise InputError("pass exactly one of mgrs= or aoi=")
+    check_no_credentials(extra_args)
     model_args: list[str] = []
     if model and model != "bicubic":
         from ..models.card import is_card, load_card, read_card
@@ -258,6 +260,36 @@ def submit(script: str, *, log_dir: str, dependency: str | None = None) -> str:
     except subprocess.CalledProcessError as err:
         raise SrlibError(f"sbatch failed: {err.stderr.strip()}") from err
     return proc.stdout.strip().split(";")[0]
+
+
+def check_no_credentials(args: Sequence[str]) -> None:
+    """Refuse arguments that would write a credential into a batch script.
+
+    A URL with a user or password (``scheme://user:pass@host``), a ``password=`` or
+    ``--db`` with credentials, or an AWS key: a script is readable by others and kept in
+    the logs; credentials belong in the credentials file the job sources at run time.
+
+    Raises
+    ------
+    InputError
+        Naming the argument (its secret not shown) and the credentials file.
+    """
+    import re
+
+    from ..config import secret_values
+    from .notify import redact
+
+    password = re.compile(r"(?i)://[^\s/]*:[^\s]*@|\b(password|passwd|pwd|secret|token)\s*=")
+    for arg in args:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        risky = (password.search(value) or value.startswith(("AKIA", "ASIA"))
+                 or any(secret in value for secret in secret_values().values()))
+        if risky:
+            raise InputError(
+                f"--dr-arg {redact(arg)!r} would write a credential into the batch script, "
+                "which others can read; put it in the credentials file the job sources at "
+                "run time (${SRLIB_CREDENTIALS:-~/.config/srlib/credentials}, mode 600: "
+                "PG_URL=..., AWS_SECRET_ACCESS_KEY=...) and leave it out of --dr-arg")
 
 
 def render_all(profile: Profile, **kwargs: Any) -> tuple[str, str]:

@@ -211,6 +211,64 @@ def _stored_bytes(store: Path) -> int:
     return sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
 
 
+_YES_NO = ("YES", "NO")
+_RESAMPLINGS = ("NEAREST", "AVERAGE", "BILINEAR", "CUBIC", "CUBICSPLINE", "LANCZOS", "MODE",
+                "RMS")
+#: The GDAL COG driver's creation options a user may set, and the values each takes
+#: (a type, or the allowed words).
+COG_OPTIONS: dict[str, type | tuple[str, ...]] = {
+    "BLOCKSIZE": int, "LEVEL": int, "QUALITY": int, "OVERVIEW_QUALITY": int,
+    "OVERVIEW_COUNT": int, "MAX_Z_ERROR": float, "NUM_THREADS": int,
+    "COMPRESS": ("NONE", "LZW", "DEFLATE", "ZSTD", "LZMA", "PACKBITS", "JPEG", "WEBP", "LERC",
+                 "LERC_DEFLATE", "LERC_ZSTD", "JXL"),
+    "OVERVIEW_COMPRESS": ("AUTO", "NONE", "LZW", "DEFLATE", "ZSTD", "LZMA", "PACKBITS",
+                          "JPEG", "WEBP", "LERC", "LERC_DEFLATE", "LERC_ZSTD", "JXL"),
+    "PREDICTOR": ("YES", "NO", "STANDARD", "FLOATING_POINT"),
+    "OVERVIEW_PREDICTOR": ("YES", "NO", "STANDARD", "FLOATING_POINT"),
+    "BIGTIFF": ("YES", "NO", "IF_NEEDED", "IF_SAFER"),
+    "SPARSE_OK": ("TRUE", "FALSE", *_YES_NO), "STATISTICS": ("AUTO", *_YES_NO),
+    "GEOTIFF_VERSION": ("AUTO", "1.0", "1.1"),
+    "RESAMPLING": _RESAMPLINGS, "OVERVIEW_RESAMPLING": _RESAMPLINGS,
+}
+
+
+def check_creation_options(options: dict[str, Any]) -> dict[str, str]:
+    """Return COG creation options upper-cased and checked (:data:`COG_OPTIONS`).
+
+    Raises
+    ------
+    InputError
+        An unknown option, or a value the option does not take (named, with the choices).
+    """
+    out = {}
+    for name, value in options.items():
+        key, text = str(name).upper(), str(value).strip()
+        kind = COG_OPTIONS.get(key)
+        if kind is None:
+            raise InputError(f"unknown COG creation option {key}={text}; srlib takes "
+                             f"{', '.join(sorted(COG_OPTIONS))}")
+        if isinstance(kind, tuple):
+            ok = text.upper() in kind or (key == "NUM_THREADS" and text.upper() == "ALL_CPUS")
+            text = text.upper()
+        else:
+            try:
+                ok = kind(text) > 0 or (key == "MAX_Z_ERROR" and kind(text) == 0)
+            except ValueError:
+                ok = key == "NUM_THREADS" and text.upper() == "ALL_CPUS"
+                text = text.upper() if ok else text
+        if key == "BLOCKSIZE" and ok and (int(text) % 16 or int(text) > 4096):
+            ok = False
+        if not ok:
+            choices = (", ".join(kind) if isinstance(kind, tuple) else
+                       "a positive multiple of 16 up to 4096" if key == "BLOCKSIZE" else
+                       f"a positive {kind.__name__}" + (" or ALL_CPUS"
+                                                        if key == "NUM_THREADS" else ""))
+            raise InputError(f"COG creation option {key}={text!r} is not valid; {key} takes "
+                             f"{choices}")
+        out[key] = text
+    return out
+
+
 def to_cog(
     zarr_path: str | os.PathLike,
     cog_path: str | os.PathLike,
@@ -268,6 +326,7 @@ def to_cog(
     os.close(fd)
     tmp = Path(tmp_name)
     vrt = tmp.with_suffix(".vrt")
+    options = check_creation_options(options)
     profile = cog_profiles.get("lzw")
     creation = {
         "COMPRESS": profile["compress"].upper(),
