@@ -366,3 +366,57 @@ def test_values_that_can_never_work_are_refused_when_parsed(env, tmp_path, monke
     assert db.request(rid)["status"] == "pending" and db.request(rid)["attempts"] == 0
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.tif"))
     assert len(usage) + len(failures) + 1 == 18
+
+
+def test_four_workers_deliver_every_request_through_a_database_restart_and_sigterms(
+        env, tmp_path, pg_url):
+    """12 AOI requests, 4 pdr workers on PostgreSQL; mid-run the database restarts (down
+    3 s) and two workers get SIGTERM (a SLURM time limit). Their requests go back to
+    pending at once; fresh workers finish: every request delivered, each once."""
+    from .servers import restart_postgres
+
+    db = MetadataDB(pg_url)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE srlib_requests, srlib_runs RESTART IDENTITY")
+    boxes = [[-11.62 + 0.04 * i, 24.62 + 0.04 * j, -11.59 + 0.04 * i, 24.65 + 0.04 * j]
+             for i in range(4) for j in range(3)]
+    ids = [db.add_request("20200219", box) for box in boxes]
+    args = ["pdr", "--db", pg_url, "--once", "--catalog", env["url"], "--out",
+            str(tmp_path / "out"), "--publish", "s3://products/restart", "--backoff", "1"]
+
+    def start(name):
+        return subprocess.Popen([*SRLIB, *args, "--server", name], env=_worker_env(env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    workers = [start(f"w{n}") for n in range(4)]
+    deadline = time.time() + 300
+    while sum(r["status"] == "done" for r in (db.request(i) for i in ids)) < 2:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    workers[0].send_signal(signal.SIGTERM)
+    restart_postgres(pg_url, down_s=3.0)
+    db.engine.dispose()  # this test's own connections died with the server
+    workers[1].send_signal(signal.SIGTERM)
+    outs = [w.communicate(timeout=600) for w in workers]
+    stopped = [workers[0].returncode, workers[1].returncode]
+    assert stopped == [143, 143] or 0 in stopped, outs  # a worker may be done already
+    for (_out, err), proc in zip(outs, workers, strict=True):
+        if proc.returncode == 143:
+            lines = [ln for ln in err.splitlines() if ln.startswith("srlib pdr failed:")]
+            assert len(lines) == 1 and "SIGTERM" in lines[0], err
+    assert time.monotonic() - t0 < 600
+    rescue = start("rescuer")
+    _out, err = rescue.communicate(timeout=600)
+    assert rescue.returncode == 0, err
+    rows = [db.request(i) for i in ids]
+    assert [r["status"] for r in rows] == ["done"] * len(ids), [
+        (r["id"], r["status"], r["error"]) for r in rows]
+    keys = _keys(env["client"], "restart/")
+    assert len([k for k in keys if k.endswith(".manifest.json")]) == len(ids)
+    assert not [k for k in keys if "/.incoming/" in k]
+    with db.engine.connect() as conn:
+        runs = conn.exec_driver_sql("SELECT status, count(*) FROM srlib_runs GROUP BY status"
+                                    ).all()
+    assert "running" not in dict(runs), runs  # no run left running forever
+    db.engine.dispose()

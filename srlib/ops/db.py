@@ -518,6 +518,10 @@ class MetadataDB:
                               "not_before": self._db_now(conn) + dt.timedelta(seconds=wait)}
                 conn.execute(requests.update().where(where).values(lease_until=None,
                                                                    **values))
+                # a run the worker could not finish (stopped, or the database was down)
+                conn.execute(runs.update().where(sa.and_(
+                    runs.c.request_id == request_id, runs.c.status == "running")).values(
+                    status="interrupted", finished=self._db_now(conn), error=error))
                 return str(values["status"])
         state = self._db_call("release a request", _release)
         if state is None:
