@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from srlib.ops.notify import LogNotifier, WebhookNotifier, notifier_from_env, redact, step
 
@@ -49,27 +51,60 @@ def test_default_is_the_debug_log_the_caller_reports_the_error_once(monkeypatch,
 
 def test_redact_url_passwords():
     assert redact("postgresql+psycopg://srlib:hunter2@db:5432/x") == \
-        "postgresql+psycopg://srlib:***@db:5432/x"
+        "postgresql+psycopg://***@db:5432/x"
+    assert redact("s3://bucket/key@v2") == "s3://bucket/key@v2"  # a path, not credentials
+    assert redact("host=db password=hunter2 user=x") == "host=db password=*** user=x"
 
 
-def test_sigterm_becomes_an_error_that_fails_the_run(tmp_path):
+@given(user=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Cc")),
+                    min_size=1, max_size=12),
+       password=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Cc")),
+                        min_size=4, max_size=24))
+@settings(max_examples=300, deadline=None)
+def test_no_password_survives_redaction_whatever_it_holds(user, password):
+    """Unencoded '@', ':', '/', '#', '%', quotes, non-ASCII: the whole userinfo goes."""
+    assume(":" not in user and "@" not in user and "/" not in user)
+    for text in (f"postgresql+psycopg://{user}:{password}@db.example.org:5432/srlib",
+                 f"could not connect: 'https://{user}:{password}@hooks.example/x' failed"):
+        out = redact(text)
+        assert password not in out and "***@" in out
+
+
+def test_a_database_url_with_an_unencoded_at_works_and_never_shows_its_password(tmp_path):
+    from srlib.ops.db import DatabaseError, MetadataDB, normalise_url
+
+    url = normalise_url("postgresql+psycopg://srlib:p@ss:w/rd#1@127.0.0.1:9/x")
+    assert url == "postgresql+psycopg://srlib:p%40ss%3Aw%2Frd%231@127.0.0.1:9/x"
+    with pytest.raises(DatabaseError) as info:
+        MetadataDB("postgresql+psycopg://srlib:p@ss:w/rd#1@127.0.0.1:9/x", timeout_s=2)
+    text = str(info.value)
+    assert "127.0.0.1:9" in text and not any(part in text for part in ("p@ss", "ss:w", "rd#1",
+                                                                        "p%40ss", "srlib:"))
+
+
+def test_sigterm_becomes_an_error_that_interrupts_the_run(tmp_path):
     import signal
 
     import srlib
-    from srlib.cli import _terminate
     from srlib.ops.db import MetadataDB
     from srlib.ops.jobs import run_dr
+    from srlib.signals import _handler, _stop
 
     with pytest.raises(srlib.Terminated, match="SIGTERM"):
-        _terminate(signal.SIGTERM, None)
+        _handler(signal.SIGTERM, None)
+    _stop.clear()
     db = MetadataDB(f"sqlite:///{tmp_path / 'm.sqlite'}")
 
     class Stop:  # a catalogue whose search is interrupted by the batch system
         def __str__(self) -> str:
-            _terminate(signal.SIGTERM, None)
+            _handler(signal.SIGTERM, None)
             return ""
 
-    with pytest.raises(srlib.Terminated):
-        run_dr(date="20200219", mgrs="29RKH", catalog=Stop(), db=db, notifier=LogNotifier())
+    try:
+        with pytest.raises(srlib.Terminated):
+            run_dr(date="20200219", mgrs="29RKH", catalog=Stop(), db=db,
+                   notifier=LogNotifier())
+    finally:
+        _stop.clear()
     run = db.run(1)
-    assert run["status"] == "failed" and "Terminated" in run["error"]
+    assert run["status"] == "interrupted" and "Terminated" in run["error"]

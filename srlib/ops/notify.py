@@ -23,9 +23,10 @@ __all__ = ["LogNotifier", "Notifier", "WebhookNotifier", "notifier_from_env", "r
 
 log = logging.getLogger("srlib")
 
-#: A URL: its scheme, then everything up to the next blank or quote (the authority may
-#: hold unencoded ``@``, ``:`` or ``/`` in a password, so it is not parsed by the book).
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^\s'\"<>]*)")
+#: A URL: its scheme, then everything up to the next blank (the authority may hold
+#: unencoded ``@``, ``:``, ``/`` or quotes in a password, so it is not parsed by the book;
+#: redacting up to the token's last ``@`` errs towards hiding too much).
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)(\S*)")
 #: ``password=...`` in libpq-style connection strings and option lists.
 _KEY_VALUE = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)(\s*[=:]\s*)([^\s,;&'\"]+)")
 _registered: set[str] = set()
