@@ -332,7 +332,8 @@ class S3Store:
 class LocalStore:
     """A directory (shared storage on a cluster); checksums are SHA-256 hex digests.
 
-    Files are copied to ``.incoming/<id>/`` inside the directory, verified by re-reading
+    Files are copied to ``.incoming/<product>.<id>/`` inside the directory (leftovers of
+    an interrupted publish of the same product are removed first), verified by re-reading
     them, and renamed into place (atomic within one file system).
     """
 

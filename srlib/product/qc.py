@@ -512,9 +512,12 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     to the input band there (Wald's consistency property). Per band, over pixels valid in
     both: the bias (mean difference) and the mean absolute difference, in reflectance x
     10000. Thresholds (:data:`DEFAULT_THRESHOLDS`): ``|bias| <= max_consistency_bias``
-    (200, i.e. 0.02 reflectance) and ``mad <= max_consistency_mad`` (400). Bicubic
-    passes with a few units; a model run with wrong normalisation statistics fails with
-    biases in the thousands. Large scenes are compared on a grid coarsened by a power
+    (100, i.e. 0.01 reflectance), ``mad <= max_consistency_mad`` (200) and
+    ``mad_ratio <= max_band_mad_ratio`` (0.5): the band's MAD over its MAD against the
+    closest *other* input band, so a band must match its own input at least twice as
+    well as any other (swapped bands fail even where bands differ little). Bicubic
+    passes with a few units and ratios under 0.02; a model run with wrong normalisation
+    statistics fails with biases in the thousands. Large scenes are compared on a grid coarsened by a power
     of two (``consistency_pixels`` input pixels at most), read from the product's
     overviews.
     """
