@@ -517,9 +517,9 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     closest *other* input band, so a band must match its own input at least twice as
     well as any other (swapped bands fail even where bands differ little). Bicubic
     passes with a few units and ratios under 0.02; a model run with wrong normalisation
-    statistics fails with biases in the thousands. Large scenes are compared on a grid coarsened by a power
-    of two (``consistency_pixels`` input pixels at most), read from the product's
-    overviews.
+    statistics fails with biases in the thousands. Large scenes are compared on a grid
+    coarsened by a power of two (``consistency_pixels`` input pixels at most), read from
+    the product's overviews.
     """
     th = resolve_thresholds(thresholds)
     limit = (f"per band: |bias| <= {th['max_consistency_bias']:g}, mad <= "
