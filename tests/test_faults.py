@@ -172,3 +172,85 @@ def test_a_rerun_delivers_every_request_of_the_matrix(matrix, env):
         manifest = next(u for u in json.loads(row["outputs"]) if u.endswith(".manifest.json"))
         assert _whole(env["client"], prefix, manifest.removeprefix("s3://products/"))
     assert len(rows) == len(matrix["results"])
+
+
+# ------------------------------------------------------------ a server that never answers
+def _silent_server():
+    """A TCP server on loopback that accepts connections and never answers."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)  # keep it open, say nothing
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, held
+
+
+@pytest.fixture(scope="module")
+def hanging(tmp_path_factory):
+    """A STAC API whose item's assets live on a server that accepts and never answers."""
+    from .servers import CREDENTIALS, loopback_sources
+
+    server, held = _silent_server()
+    port = server.getsockname()[1]
+
+    def extra(_endpoint, item):
+        copy = json.loads(json.dumps(item))
+        copy["id"] = "S2A_29RKH_20200401_0_L2A"
+        copy["properties"]["datetime"] = "2020-04-01T11:34:25.405000Z"
+        for asset in copy["assets"].values():
+            name = asset["href"].rsplit("/", 1)[1]
+            asset["href"] = f"http://127.0.0.1:{port}/{name}"
+        return [copy]
+
+    work = tmp_path_factory.mktemp("hang")
+    env = {**_env(), **CREDENTIALS}
+    with loopback_sources(work, extra) as (url, endpoint, _item):
+        env.update(AWS_ENDPOINT_URL_S3=f"http://{endpoint}", AWS_VIRTUAL_HOSTING="FALSE")
+        yield url, env, work
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def _dr_hanging(url, env, out):
+    return [*SRLIB, "dr", "--date", "20200401", "--aoi", "-11.5", "24.5", "-11.45", "24.55",
+            "--catalog", url, "--out", str(out)]
+
+
+def test_an_asset_server_that_never_answers_fails_the_read_within_its_timeout(hanging):
+    url, env, work = hanging
+    t0 = time.monotonic()
+    proc = subprocess.run(_dr_hanging(url, env, work / "a"), capture_output=True, text=True,
+                          env={**env, "SRLIB_NETWORK_TIMEOUT": "2"}, timeout=300)
+    took = time.monotonic() - t0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("srlib dr failed:")]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "cannot read http://127.0.0.1" in lines[0] and "Traceback" not in proc.stderr
+    assert took < 120, took  # GDAL's retries of a 2 s timeout, not forever
+
+
+def test_sigterm_ends_a_job_stuck_in_a_read_within_seconds(hanging):
+    url, env, work = hanging
+    proc = subprocess.Popen(_dr_hanging(url, env, work / "b"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**env, "SRLIB_NETWORK_TIMEOUT": "600"})
+    time.sleep(12)  # loaded, and stuck reading the first asset
+    assert proc.poll() is None
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 15, err
+    lines = [ln for ln in err.splitlines() if "srlib dr failed" in ln or "srlib failed" in ln]
+    assert proc.returncode == 143 and len(lines) == 1 and "SIGTERM" in lines[0], err

@@ -41,7 +41,7 @@ from ..progress import active as progress_active
 from ..progress import watch_file
 from .encoding import OVERVIEWS, TILE
 from .pyramid import levels_needed
-from .zarr_store import build_overviews, cog_nodata, open_zarr, var_encoding
+from .zarr_store import build_overviews, cog_nodata, gdal_reads_blosc, open_zarr, var_encoding
 
 __all__ = ["COG_TILE", "build_overviews", "to_cog"]
 
@@ -63,6 +63,22 @@ def _store_levels(store: Path, ds: xr.Dataset) -> int:
                 f"{store} lacks overview level {k}; it was written by an older srlib or "
                 "interrupted: rerun srlib.to_zarr with the same input to complete it")
     return levels
+
+
+def _check_gdal_reads(store: Path, bands: list[str]) -> None:
+    """Refuse, before any work, a store whose codec this process's GDAL cannot decode."""
+    for band in bands:
+        try:
+            meta = json.loads((store / band / ".zarray").read_text())
+        except (OSError, ValueError):
+            continue
+        codec = (meta.get("compressor") or {}).get("id")
+        if codec == "blosc" and not gdal_reads_blosc():
+            raise InputError(
+                f"{store} is compressed with Blosc, which this GDAL ({rasterio.__gdal_version__}, "
+                f"rasterio {rasterio.__version__}) cannot read: rewrite the store here "
+                "(srlib.to_zarr picks a codec this GDAL reads), or install rasterio>=1.4.4 "
+                "(GDAL 3.10), e.g. pip install -U rasterio")
 
 
 def _remove_leftovers(target: Path) -> None:
@@ -319,6 +335,7 @@ def to_cog(
     if ds.rio.crs is None:
         raise SrlibError(f"{store} has no CRS; it was not written by srlib.to_zarr")
     levels = _store_levels(store, ds)
+    _check_gdal_reads(store, bands)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.tif",

@@ -58,14 +58,43 @@ def _progress_dir(path: Path) -> Path:
     return path.with_name(path.name + ".progress")
 
 
+@functools.lru_cache(maxsize=1)
+def gdal_reads_blosc() -> bool:
+    """Whether this process's GDAL reads Blosc-compressed Zarr (a real probe, cached).
+
+    The GDAL 3.10 inside rasterio 1.4.4's wheel does; the GDAL 3.9.3 of rasterio 1.4.3's
+    and the 3.8.4 of 1.3.10's do not (they read zlib and zstd).
+    """
+    import tempfile
+    import warnings
+
+    import rasterio
+
+    with tempfile.TemporaryDirectory(prefix="srlib-blosc-probe-") as tmp:
+        path = os.path.join(tmp, "probe.zarr")
+        array = zarr.open_array(path, mode="w", shape=(16, 16), chunks=(16, 16),
+                                dtype="int16", zarr_format=2, compressor=_BLOSC)
+        array[:] = np.arange(256, dtype="int16").reshape(16, 16)
+        try:
+            with warnings.catch_warnings(), rasterio.open(path) as src:
+                warnings.simplefilter("ignore")
+                return bool((src.read(1) == array[:]).all())
+        except (rasterio.errors.RasterioError, OSError):  # RasterioIOError is not a
+            return False  # RasterioError before rasterio 1.4
+
+
+_BLOSC = numcodecs.Blosc("lz4", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
 def default_compressor() -> numcodecs.abc.Codec:
-    """Blosc LZ4 level 5 with bit-shuffle, readable by GDAL.
+    """Blosc LZ4 level 5 with bit-shuffle, or Zstd level 1 where GDAL lacks Blosc.
 
     The store is an intermediate, so encoding speed matters more than size: on int16
     output LZ4 with bit-shuffle compresses about as well as zstd on Swin2SR output at a
-    fraction of the time (figures in benchmarks/README.md).
+    fraction of the time (figures in benchmarks/README.md). The COG is made from the
+    store by GDAL, so the store uses a codec this GDAL reads (:func:`gdal_reads_blosc`).
     """
-    return numcodecs.Blosc("lz4", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    return _BLOSC if gdal_reads_blosc() else numcodecs.Zstd(level=1)
 
 
 def product_token(sr: xr.Dataset) -> str:
