@@ -69,5 +69,9 @@ def hit(stage: str, path: str | os.PathLike | None = None) -> None:
         raise ConnectionResetError(errno.ECONNRESET, f"{os.strerror(errno.ECONNRESET)} "
                                    f"(at {stage})")
     elif fault == "hang":
+        import sys
+
+        sys.stderr.write(f"srlib failpoint: hanging at {stage}\n")
+        sys.stderr.flush()
         while True:
             time.sleep(3600)

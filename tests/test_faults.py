@@ -33,7 +33,7 @@ SRLIB = [sys.executable, "-m", "srlib.cli"]
 #: The stages a pdr job reaches on the way to a delivered product (notify: on failure)
 JOB_STAGES = [s for s in STAGES if s != "notify"]
 #: Fault -> what the worker process does
-SIGNAL_FAULTS = ("sigterm", "sigkill")
+SIGNAL_FAULTS = ("sigterm", "sigkill", "hang")
 RAISED_FAULTS = ("enospc", "network")
 
 
@@ -74,15 +74,39 @@ def _armed(stage: str, fault: str) -> str:
 SLOTS = 3
 
 
+def _hang_then_sigterm(args: list[str], env: dict[str, str]) -> tuple[int, str, float]:
+    """Run a worker until it hangs at its failpoint, SIGTERM it; return (rc, stderr, the
+    seconds from the signal to its exit)."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    seen = []
+    for line in proc.stderr:  # until the stage hangs
+        seen.append(line)
+        if "srlib failpoint: hanging at" in line:
+            break
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rest = proc.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rest = proc.communicate()[1] + "\n(still running 60 s after SIGTERM)"
+    return proc.returncode, "".join(seen) + rest, time.monotonic() - t0
+
+
 def _run_slot(db: MetadataDB, cells: list[tuple[int, str, str]], common: list[str],
               results: dict) -> None:
     for n, stage, fault in cells:
         rid = db.add_request("20200219", _box(n))  # the only claimable request
         t0 = time.monotonic()
-        proc = subprocess.run([*SRLIB, "pdr", *common, "--server", f"{stage}-{fault}"],
-                              env=_env(_armed(stage, fault)), capture_output=True,
-                              text=True, timeout=300)
-        results[(stage, fault)] = {"rid": rid, "rc": proc.returncode, "stderr": proc.stderr,
+        args = [*SRLIB, "pdr", *common, "--server", f"{stage}-{fault}"]
+        env = _env(_armed(stage, fault))
+        if fault == "hang":
+            rc, stderr, stop_s = _hang_then_sigterm(args, env)
+        else:
+            proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+            rc, stderr, stop_s = proc.returncode, proc.stderr, None
+        results[(stage, fault)] = {"rid": rid, "rc": rc, "stderr": stderr, "stop_s": stop_s,
                                    "row": db.request(rid), "seconds": time.monotonic() - t0,
                                    "db": db}
         with db.engine.begin() as conn:  # kept from the next cell until the rerun
@@ -126,9 +150,11 @@ def test_a_fault_at_any_stage_loses_nothing_and_says_one_line(matrix, env, stage
         assert row["status"] == "pending" and row["error"], row
         lines = [ln for ln in cell["stderr"].splitlines() if "srlib pdr failed" in ln]
         assert "Traceback" not in cell["stderr"]
-        if fault == "sigterm":
+        if fault in ("sigterm", "hang"):  # hang: stuck in the stage, then SIGTERM
             assert cell["rc"] == 143 and len(lines) == 1, cell["stderr"]
             assert "SIGTERM" in lines[0] and row["attempts"] == 0  # not counted
+            if fault == "hang":
+                assert cell["stop_s"] < 15, cell  # honoured within seconds
         else:
             assert cell["rc"] == 75, cell["stderr"]  # requests wait for a retry
             assert row["attempts"] == 1
