@@ -259,7 +259,7 @@ def test_an_asset_server_that_never_answers_fails_the_read_within_its_timeout(ha
     url, env, work = hanging
     t0 = time.monotonic()
     proc = subprocess.run(_dr_hanging(url, env, work / "a"), capture_output=True, text=True,
-                          env={**env, "SRLIB_NETWORK_TIMEOUT": "2"}, timeout=300)
+                          env={**env, "SRLIB_NETWORK_TIMEOUT": "1"}, timeout=300)
     took = time.monotonic() - t0
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("srlib dr failed:")]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
