@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from .errors import Terminated
@@ -85,8 +86,7 @@ def _watchdog(read_fd: int, grace_s: float) -> None:
             return
         if not any(b in (signal.SIGTERM, signal.SIGHUP) for b in data):
             continue
-        if threading.Event().wait(grace_s):  # pragma: no cover (never set)
-            return
+        time.sleep(grace_s)  # for the main thread to unwind on its own
         log.error("srlib: still running %.0f s after %s; releasing and exiting", grace_s,
                   _signal_name["name"])
         for callback in list(_callbacks):

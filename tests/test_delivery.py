@@ -114,14 +114,19 @@ def _worker_env(env):
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
-def test_twenty_aoi_requests_on_four_concurrent_workers_give_twenty_products(
-        env, tmp_path, pg_url):
+def _fresh_requests(pg_url, lon, lat, nx, ny):
+    """Empty the test database, then queue an nx x ny grid of AOIs (0.03 deg, 0.04 apart)."""
     db = MetadataDB(pg_url)
     with db.engine.begin() as conn:
         conn.exec_driver_sql("TRUNCATE srlib_requests, srlib_runs RESTART IDENTITY")
-    boxes = [[-11.60 + 0.04 * i, 24.50 + 0.04 * j, -11.57 + 0.04 * i, 24.53 + 0.04 * j]
-             for i in range(5) for j in range(4)]
-    ids = [db.add_request("20200219", box) for box in boxes]
+    boxes = [[lon + 0.04 * i, lat + 0.04 * j, lon + 0.03 + 0.04 * i, lat + 0.03 + 0.04 * j]
+             for i in range(nx) for j in range(ny)]
+    return db, [db.add_request("20200219", box) for box in boxes]
+
+
+def test_twenty_aoi_requests_on_four_concurrent_workers_give_twenty_products(
+        env, tmp_path, pg_url):
+    db, ids = _fresh_requests(pg_url, -11.60, 24.50, 5, 4)
     workers = [subprocess.Popen(
         [*SRLIB, "pdr", "--db", pg_url, "--once", "--server", f"w{n}", "--catalog", env["url"],
          "--out", str(tmp_path / "out"), "--publish", "s3://products/many"],
@@ -375,12 +380,7 @@ def test_four_workers_deliver_every_request_through_a_database_restart_and_sigte
     pending at once; fresh workers finish: every request delivered, each once."""
     from .servers import restart_postgres
 
-    db = MetadataDB(pg_url)
-    with db.engine.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE srlib_requests, srlib_runs RESTART IDENTITY")
-    boxes = [[-11.62 + 0.04 * i, 24.62 + 0.04 * j, -11.59 + 0.04 * i, 24.65 + 0.04 * j]
-             for i in range(4) for j in range(3)]
-    ids = [db.add_request("20200219", box) for box in boxes]
+    db, ids = _fresh_requests(pg_url, -11.62, 24.62, 4, 3)
     args = ["pdr", "--db", pg_url, "--once", "--catalog", env["url"], "--out",
             str(tmp_path / "out"), "--publish", "s3://products/restart", "--backoff", "1"]
 

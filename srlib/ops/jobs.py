@@ -30,7 +30,7 @@ from typing import Any
 
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 
-from ..errors import DiskSpaceError, InputError, ProductBusy, os_error_message
+from ..errors import DiskSpaceError, InputError, ProductBusy, is_transient, os_error_message
 from ..models import ModelSpec, load_model, provenance, spec_identity
 from ..product.derivatives import DERIVATIVES, write_derivatives
 from ..product.manifest import MANIFEST_SUFFIX, mismatch, verify_local, write_manifest
@@ -370,8 +370,6 @@ def _run_dr_recorded(job: DrRequest, spec: ModelSpec, notifier: Notifier,
     try:
         result = _run_dr(job, spec, notifier)
     except Exception as err:
-        from ..errors import is_transient
-
         report = getattr(err, "report", None)
         with contextlib.suppress(Exception), step("database", notifier, run=run_id):
             db.finish_run(run_id, "interrupted" if is_transient(err) else "failed",
@@ -690,7 +688,7 @@ def run_pdr(
         Counts of ``done``, ``partial``, ``skipped``, ``retry`` (put back to pending) and
         ``failed`` requests.
     """
-    from ..errors import Terminated, is_transient
+    from ..errors import Terminated
     from ..signals import check_stop, on_forced_exit
     from .db import LeaseLost
     from .notify import redact
@@ -723,8 +721,7 @@ def run_pdr(
                                       count=count)
 
         def forced_release(rid: int = rid) -> None:
-            db.release_request(rid, worker, "Terminated: the worker was stopped",
-                               max_attempts=max_attempts, count=False)
+            release(Terminated("the worker was stopped"), count=False, rid=rid)
 
         with on_forced_exit(forced_release), db.lease(rid, worker, lease_s) as lease:
             try:
@@ -748,10 +745,11 @@ def run_pdr(
                 raise
             except Exception as err:
                 message = redact(f"{type(err).__name__}: {err}")
+                transient = is_transient(err)
                 outcome = _end_request(db, rid, worker, err, message, release,
-                                       transient=is_transient(err))
+                                       transient=transient)
                 counts[outcome] += 1
-                if outcome == "failed" and is_transient(err):
+                if outcome == "failed" and transient:
                     notifier.notify("attempts", err, context={
                         "request": rid, "attempts": request.get("attempts"),
                         "worker": worker})

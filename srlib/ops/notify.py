@@ -28,7 +28,10 @@ log = logging.getLogger("srlib")
 #: redacting up to the token's last ``@`` errs towards hiding too much).
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)(\S*)")
 #: ``password=...`` in libpq-style connection strings and option lists.
-_KEY_VALUE = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)(\s*[=:]\s*)([^\s,;&'\"]+)")
+#: Words that name a secret in ``word=value`` settings (redacted here, refused by
+#: :func:`srlib.ops.slurm.check_no_credentials`).
+SECRET_WORDS = r"password|passwd|pwd|secret|token"
+_KEY_VALUE = re.compile(rf"(?i)\b({SECRET_WORDS})(\s*[=:]\s*)([^\s,;&'\"]+)")
 _registered: set[str] = set()
 
 

@@ -277,9 +277,9 @@ def check_no_credentials(args: Sequence[str]) -> None:
     import re
 
     from ..config import secret_values
-    from .notify import redact
+    from .notify import SECRET_WORDS, redact
 
-    password = re.compile(r"(?i)://[^\s/]*:[^\s]*@|\b(password|passwd|pwd|secret|token)\s*=")
+    password = re.compile(rf"(?i)://[^\s/]*:[^\s]*@|\b({SECRET_WORDS})\s*=")
     for arg in args:
         value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
         risky = (password.search(value) or value.startswith(("AKIA", "ASIA"))

@@ -283,8 +283,7 @@ def _full_resolution(src: rasterio.DatasetReader, th: QCThresholds) -> np.ndarra
 
 
 def _band_names(src: rasterio.DatasetReader) -> list[str]:
-    names = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
-    return names
+    return [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
 
 
 def _band_stats(values: np.ndarray, nodata: float) -> dict[str, float]:
@@ -565,9 +564,10 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
         ref = np.stack(da.compute(*coarse))
     value: dict[str, Any] = {}
     bad = []
+    means = [_block_mean(o.astype(np.float64), o != nodata, block) for o in out]
+    refs = [r[: means[0].shape[0], : means[0].shape[1]].astype(np.float64) for r in ref]
     for i, band in enumerate(bands):
-        mean = _block_mean(out[i].astype(np.float64), out[i] != nodata, block)
-        refs = [r[: mean.shape[0], : mean.shape[1]].astype(np.float64) for r in ref]
+        mean = means[i]
         both = np.isfinite(mean) & np.isfinite(refs[i])
         if not both.any():
             continue

@@ -433,14 +433,16 @@ MIN_AOI_COVERAGE = 0.95
 
 def aoi_coverage(items: Sequence[pystac.Item], aoi: Sequence[float]) -> float:
     """Fraction of the AOI (lon/lat) covered by the union of the items' data footprints."""
-    area = geom_box(*aoi, "EPSG:4326")
-    union = _footprints(items)
-    if union is None or not area.area:
-        return 0.0
-    return float(min(1.0, (union & area).area / area.area))
+    return _covered(_footprints(items), geom_box(*aoi, "EPSG:4326"))
+
+
+def grid_coverage(items: Sequence[pystac.Item], geobox: GeoBox) -> float:
+    """Fraction of ``geobox`` covered by the union of the items' data footprints."""
+    return _covered(_footprints(items), geobox.extent)
 
 
 def _footprints(items: Sequence[pystac.Item]):
+    """Return the union of the items' data footprints (lon/lat), or None."""
     from odc.geo.geom import Geometry, unary_union
 
     shapes = [Geometry(it.geometry, "EPSG:4326") if it.geometry else
@@ -448,13 +450,11 @@ def _footprints(items: Sequence[pystac.Item]):
     return unary_union(shapes) if shapes else None
 
 
-def grid_coverage(items: Sequence[pystac.Item], geobox: GeoBox) -> float:
-    """Fraction of ``geobox`` covered by the union of the items' data footprints."""
-    union = _footprints(items)
-    extent = geobox.extent
-    if union is None or not extent.area:
+def _covered(union, area) -> float:
+    """Fraction of the geometry ``area`` inside ``union`` (None: nothing covered)."""
+    if union is None or not area.area:
         return 0.0
-    return float(min(1.0, (union.to_crs(geobox.crs) & extent).area / extent.area))
+    return float(min(1.0, (union.to_crs(area.crs) & area).area / area.area))
 
 
 def _item_geobox(item: pystac.Item, band: str = "red") -> GeoBox:
@@ -573,8 +573,9 @@ def load_items(
     )
     if bbox is not None:
         ds.attrs["aoi"] = [float(v) for v in check_aoi(bbox)]
-        ds.attrs["aoi_coverage"] = round(aoi_coverage(items, bbox), 4)
-        ds.attrs["data_coverage"] = round(grid_coverage(items, geobox), 4)
+        union = _footprints(items)
+        ds.attrs["aoi_coverage"] = round(_covered(union, geom_box(*bbox, "EPSG:4326")), 4)
+        ds.attrs["data_coverage"] = round(_covered(union, geobox.extent), 4)
     return ds
 
 
