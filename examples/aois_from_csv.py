@@ -29,7 +29,8 @@ def main() -> int:
             name = row.get("name") or f"{row['date']} {aoi}"
             try:
                 result = run_dr(date=row["date"], aoi=aoi, out=args.out, publish=args.publish)
-                print(name, result.status, result.cog)
+                status = result.delivered if result.status == "done" else result.status
+                print(name, status, result.cog, result.reason or "")
             except srlib.SrlibError as err:
                 failed += 1
                 print(name, "FAILED", err, file=sys.stderr)
