@@ -178,9 +178,9 @@ def check_quality(
         The input scene the product was made from, for the ``consistency`` check.
     coverage : float, optional
         The fraction of the product's grid that the input data cover (their footprints;
-        ``attrs["data_coverage"]`` of an AOI scene): the ``coverage`` check fails a
-        product whose valid pixels cover less (minus ``coverage_tolerance``). Without it
-        the check only reports the covered fraction.
+        ``attrs["data_coverage"]`` of a scene loaded from STAC): the ``coverage`` check
+        fails a product whose valid pixels cover less (minus ``coverage_tolerance``).
+        Without it the check warns "not checked" and reports the covered fraction.
 
     Returns
     -------
@@ -368,7 +368,8 @@ def _coverage_check(covered: float, expected: float | None,
     """Check that the valid pixels cover as much of the grid as the input data do."""
     value = {"valid": round(covered, 4), "expected": expected}
     if expected is None:
-        return CheckResult("coverage", "pass", value, "reported", "no expectation given")
+        return CheckResult("coverage", "warn", value, "reported",
+                           "not checked: the data's coverage is not known here")
     limit = max(0.0, float(expected) - th.coverage_tolerance)
     return _result("coverage", covered >= limit, value, f">= {limit:.3f} of the grid",
                    "" if covered >= limit else "the product covers less than its data")

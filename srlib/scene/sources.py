@@ -14,7 +14,8 @@ Conventions, decided once here:
   tiles of the *same acquisition* (same datatake, else the same platform and relative
   orbit) that intersect the AOI are mosaicked onto that grid (reprojected when in
   another UTM zone; the first valid pixel wins). The fraction of the AOI that the
-  scenes' data footprints cover is recorded as ``attrs["aoi_coverage"]``: QC checks that
+  scenes' data footprints cover is recorded as ``attrs["aoi_coverage"]``, and the
+  fraction of the loaded grid (tile or AOI) as ``attrs["data_coverage"]``: QC checks that
   the product covers as much, and a job reports a product covering less than
   :data:`MIN_AOI_COVERAGE` of its AOI as ``partial``.
 - **Resampling.** 20 m bands are resampled to the 10 m grid **bilinearly** while loading;
@@ -571,11 +572,11 @@ def load_items(
         datetime=first.datetime.isoformat() if first.datetime else "",
         processing_baseline=str(first.properties.get("s2:processing_baseline", "")),
     )
+    union = _footprints(items)
+    ds.attrs["data_coverage"] = round(_covered(union, geobox.extent), 4)
     if bbox is not None:
         ds.attrs["aoi"] = [float(v) for v in check_aoi(bbox)]
-        union = _footprints(items)
         ds.attrs["aoi_coverage"] = round(_covered(union, geom_box(*bbox, "EPSG:4326")), 4)
-        ds.attrs["data_coverage"] = round(_covered(union, geobox.extent), 4)
     return ds
 
 
