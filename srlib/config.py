@@ -239,3 +239,14 @@ def _qc_thresholds(path: str | None) -> QCThresholds:
     if not isinstance(values, dict):
         raise InputError(f"SRLIB_QC_THRESHOLDS={path} must hold a JSON object of thresholds")
     return QCThresholds.from_mapping(values)
+
+
+def available_cpus() -> int:
+    """Return the CPUs this process may use, not the machine's count.
+
+    Its affinity (``taskset``, SLURM's ``--cpus-per-task``) and its cgroup quota, as
+    :func:`dask.system.cpu_count` reads them.
+    """
+    from dask.system import cpu_count
+
+    return max(1, cpu_count())

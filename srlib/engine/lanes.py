@@ -157,7 +157,7 @@ def _forward_prefetching(run: Runner, batches: Sequence[_T], make: Callable[[_T]
 def forward_all(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndarray],
                  consume: Callable[[_T, np.ndarray], None],
                  prepare: Callable[[np.ndarray], np.ndarray] = lambda r: r, *,
-                 lanes: int | None = None) -> None:
+                 lanes: int | None = None, ordered: bool = True) -> None:
     """Run every batch through the model and hand each result to ``consume``, in order.
 
     ``make`` builds a batch's input patches; ``prepare`` post-processes the model's
@@ -168,6 +168,9 @@ def forward_all(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndar
     reproducible. The lanes stop taking batches while ``lanes`` results wait, which bounds
     the memory that finished batches hold. ``lanes``: how many (default: one per usable
     core on the CPU; 0 runs the batches one after another in the calling thread).
+    ``ordered=False``: ``consume`` does not depend on the order (each batch writes its own
+    pixels), so the lanes call it themselves as each batch ends: the calling thread is
+    then no serial step that every lane waits for.
     """
     n = min(lane_count(run, lanes), len(batches))
     if n == 0 and run.on_device:
@@ -192,6 +195,9 @@ def forward_all(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndar
                 if batch is None:
                     return
                 result = prepare(run(make(batch)))
+                if not ordered:
+                    consume(batch, result)
+                    continue
                 with changed:
                     done[i] = result
                     changed.notify_all()
@@ -205,7 +211,7 @@ def forward_all(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndar
 
     futures = [pool.pool.submit(lane) for _ in range(n)]
     try:
-        for turn, batch in enumerate(batches):
+        for turn, batch in enumerate(batches if ordered else ()):
             with changed:
                 changed.wait_for(lambda: turn in done or failed.is_set())  # noqa: B023
                 if failed.is_set():

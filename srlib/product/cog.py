@@ -36,9 +36,11 @@ from rio_cogeo.cogeo import cog_validate
 from rio_cogeo.profiles import cog_profiles
 
 from ..bands import OUTPUT_BANDS, REFLECTANCE_SCALE, Quality
+from ..config import available_cpus
 from ..errors import IncompleteStoreError, InputError, SrlibError
 from ..progress import active as progress_active
 from ..progress import watch_file
+from .cog_tiles import Level, StoreArray, gdal_template, write_cog
 from .encoding import OVERVIEWS, TILE
 from .pyramid import levels_needed
 from .zarr_store import build_overviews, cog_nodata, gdal_reads_blosc, open_zarr, var_encoding
@@ -175,13 +177,14 @@ def _band_metadata(band: str, enc: object, stats: dict[str, float]) -> dict[str,
 
 
 def _vrt(store: Path, ds: xr.Dataset, bands: list[str], levels: int, *,
-         resampling: str | None = None) -> str:
+         resampling: str | None = None, template: bool = False) -> str:
     """Return the VRT that GDAL's COG driver copies.
 
     It holds the store's arrays, what each band declares, and the store's overview levels
-    (none when GDAL makes them with ``resampling``).
+    (none when GDAL makes them with ``resampling``). ``template``: a 1 x 1 raster with the
+    same declarations and no sources, whose COG gives srlib's writer its tags.
     """
-    h, w = ds.sizes["y"], ds.sizes["x"]
+    h, w = (1, 1) if template else (ds.sizes["y"], ds.sizes["x"])
     nodata = {cog_nodata(ds[b]) for b in bands}
     if len(nodata) != 1:
         raise SrlibError(f"bands {bands} have different nodata values {nodata}; a GeoTIFF "
@@ -211,6 +214,8 @@ def _vrt(store: Path, ds: xr.Dataset, bands: list[str], levels: int, *,
             ET.SubElement(vb, "UnitType").text = "1"
             ET.SubElement(vb, "Offset").text = "0"
             ET.SubElement(vb, "Scale").text = repr(REFLECTANCE_SCALE)
+        if template:
+            continue
         if enc.lut is not None:  # stored values differ from the COG's (quality's nodata)
             src = _source(vb, "ComplexSource", store, band, (h, w),
                           _GDAL_TYPES[str(ds[band].dtype)])
@@ -285,6 +290,36 @@ def check_creation_options(options: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+_ENGINES = ("auto", "srlib", "gdal")
+#: Creation options srlib's own writer honours (any other needs GDAL's COG driver).
+_WRITER_OPTIONS = {"NUM_THREADS", "BIGTIFF"}
+
+
+def _threads(threads: int | str) -> int:
+    """Threads for ``threads`` ("ALL_CPUS": the CPUs this process may use)."""
+    if str(threads).upper() == "ALL_CPUS":
+        return available_cpus()
+    return max(1, int(threads))
+
+
+def _is_big(bigtiff: str, raw_bytes: int) -> bool:
+    """Whether to write BigTIFF, GDAL's way: IF_SAFER from 2 GB raw, IF_NEEDED from 4."""
+    mode = bigtiff.upper()
+    if mode in ("YES", "NO"):
+        return mode == "YES"
+    return raw_bytes > (2**31 if mode == "IF_SAFER" else 2**32 - 2**26)
+
+
+def _levels(store: Path, ds: xr.Dataset, bands: list[str], levels: int) -> list[Level]:
+    """Return the full resolution and each overview level, as the writer reads them."""
+    encs = [var_encoding(ds[b]) for b in bands]
+    out = [Level([StoreArray(store / b) for b in bands], [e.to_cog for e in encs])]
+    for k in range(1, levels + 1):
+        out.append(Level([StoreArray(store / OVERVIEWS / str(k) / b) for b in bands],
+                         [np.asarray] * len(bands)))
+    return out
+
+
 def to_cog(
     zarr_path: str | os.PathLike,
     cog_path: str | os.PathLike,
@@ -292,6 +327,7 @@ def to_cog(
     threads: int | str = "ALL_CPUS",
     bigtiff: str = "IF_SAFER",
     overview_resampling: str = "average",
+    engine: str = "auto",
     **options: Any,
 ) -> Path:
     """Convert a complete srlib Zarr store into a validated Cloud-Optimized GeoTIFF.
@@ -310,7 +346,9 @@ def to_cog(
         Target file. Written as a hidden temporary file beside it and renamed into place
         only when complete and ``cog_validate`` passes: a crash never leaves a file here.
     threads : int or "ALL_CPUS"
-        GDAL compression threads.
+        Threads that read, predict and compress tiles. ``ALL_CPUS``: the CPUs this
+        process may use (its affinity, e.g. ``taskset`` or SLURM's ``--cpus-per-task``,
+        and its cgroup quota), not the machine's.
     bigtiff : str
         GDAL ``BIGTIFF`` option.
     overview_resampling : {"average", "nearest", "mode"}
@@ -318,6 +356,13 @@ def to_cog(
         by majority). ``nearest`` or ``mode``: GDAL builds the overviews with that one
         method for every band (both keep quality codes whole); others are refused, as they
         would average the quality codes.
+    engine : {"auto", "srlib", "gdal"}
+        ``srlib``: srlib's tile-parallel writer (:mod:`srlib.product.cog_tiles`), which
+        uses every core. ``gdal``: GDAL's COG driver over a VRT of the store, which
+        takes any creation option but copies from one thread. ``auto`` (default):
+        srlib's writer for the standard profile, GDAL's when ``overview_resampling`` or
+        a creation option other than ``NUM_THREADS``/``BIGTIFF`` asks for it. Both give
+        the same pixels, overviews and metadata.
     **options
         Further GDAL COG creation options (e.g. ``level=9``).
 
@@ -328,6 +373,16 @@ def to_cog(
     if overview_resampling not in ("average", "nearest", "mode"):
         raise InputError(f"overview_resampling={overview_resampling!r}: use 'average' (srlib's "
                          "pyramid), 'nearest' or 'mode'; others would average quality codes")
+    if engine not in _ENGINES:
+        raise InputError(f"engine={engine!r}: use one of {', '.join(_ENGINES)}")
+    options = check_creation_options(options)
+    needs_gdal = sorted(set(options) - _WRITER_OPTIONS)
+    if overview_resampling != "average":
+        needs_gdal.append(f"overview_resampling={overview_resampling}")
+    if engine == "srlib" and needs_gdal:
+        raise InputError(f"srlib's COG writer does not take {', '.join(needs_gdal)}: pass "
+                         "engine='gdal' (or 'auto')")
+    use_gdal = engine == "gdal" or bool(needs_gdal)
     store = Path(zarr_path).resolve()
     target = Path(cog_path)
     ds = open_zarr(store)
@@ -335,7 +390,8 @@ def to_cog(
     if ds.rio.crs is None:
         raise SrlibError(f"{store} has no CRS; it was not written by srlib.to_zarr")
     levels = _store_levels(store, ds)
-    _check_gdal_reads(store, bands)
+    if use_gdal:
+        _check_gdal_reads(store, bands)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.tif",
@@ -343,8 +399,9 @@ def to_cog(
     os.close(fd)
     tmp = Path(tmp_name)
     vrt = tmp.with_suffix(".vrt")
-    options = check_creation_options(options)
     profile = cog_profiles.get("lzw")
+    threads = options.pop("NUM_THREADS", threads)
+    bigtiff = options.pop("BIGTIFF", bigtiff)
     creation = {
         "COMPRESS": profile["compress"].upper(),
         "PREDICTOR": "YES",
@@ -352,25 +409,45 @@ def to_cog(
         "NUM_THREADS": str(threads),
         "BIGTIFF": bigtiff,
         "OVERVIEWS": "FORCE_USE_EXISTING",
-        **{k.upper(): str(v) for k, v in options.items()},
+        **options,
     }
     resampling = None
     if overview_resampling != "average":  # GDAL's overviews, not the store's
         resampling = overview_resampling.upper()
         creation.update(OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=resampling)
     try:
-        vrt.write_text(_vrt(store, ds, bands, levels, resampling=resampling))
         # measured: a 15.6 GB COG from a 17 GB store
         expected = 0.92 * _stored_bytes(store) if progress_active() else 0.0
-        with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=512), \
-                watch_file("cog", lambda: tmp, expected):
-            rio_copy(str(vrt), str(tmp), driver="COG", **creation)
+        with watch_file("cog", lambda: tmp, expected):
+            if use_gdal:
+                vrt.write_text(_vrt(store, ds, bands, levels, resampling=resampling))
+                with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=512):
+                    rio_copy(str(vrt), str(tmp), driver="COG", **creation)
+            else:
+                _write_tiles(store, ds, bands, levels, tmp, creation, _threads(threads))
         valid, errors, _warnings = cog_validate(str(tmp), quiet=True)
         if not valid:
-            raise SrlibError(f"GDAL wrote an invalid COG for {store}: {errors}")
+            raise SrlibError(f"{'GDAL' if use_gdal else 'srlib'} wrote an invalid COG for "
+                             f"{store}: {errors}")
         tmp.chmod(0o644)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
         vrt.unlink(missing_ok=True)
     return target
+
+
+def _write_tiles(store: Path, ds: xr.Dataset, bands: list[str], levels: int, tmp: Path,
+                 creation: dict[str, str], threads: int) -> None:
+    """Write the COG with srlib's tile-parallel writer (:mod:`.cog_tiles`)."""
+    dtypes = {var_encoding(ds[b]).cog_dtype for b in bands}
+    if len(dtypes) != 1:
+        raise SrlibError(f"bands {bands} have different COG dtypes {dtypes}; a GeoTIFF holds "
+                         "one: write them to separate COGs")
+    (dtype,) = dtypes
+    stack = _levels(store, ds, bands, levels)
+    raw = sum(np.prod(level.shape) for level in stack) * len(bands) * np.dtype(dtype).itemsize
+    big = _is_big(creation["BIGTIFF"], int(raw))
+    ghost, tags = gdal_template(_vrt(store, ds, bands, levels, template=True), creation, big)
+    write_cog(tmp, stack, ghost=ghost, tags=tags, big=big, tile=COG_TILE,
+              fill=cog_nodata(ds[bands[0]]), dtype=dtype, threads=threads)
