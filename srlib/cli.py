@@ -148,15 +148,22 @@ def _flush_subnormals() -> None:
     flush_subnormals()
 
 
-def _load_model(model: str, checkpoint: str | None, stats: str | None):
-    """Return the model spec of ``--model/--checkpoint/--stats`` (errors name the fix)."""
+def _load_model(model: str, checkpoint: str | None, stats: str | None, *,
+                compile_model: bool = False):
+    """Return the model spec of ``--model/--checkpoint/--stats/--compile``.
+
+    Errors name the fix.
+    """
+    import dataclasses
+
     import srlib
 
     if (checkpoint or stats) and model != "swin2sr":
         raise srlib.ModelError("--checkpoint and --stats are a shortcut for --model swin2sr "
                                "in its default configuration; for anything else give a "
                                "model card (.json) as --model")
-    return srlib.load_model(model, checkpoint=checkpoint, stats=stats)
+    spec = srlib.load_model(model, checkpoint=checkpoint, stats=stats)
+    return dataclasses.replace(spec, compile=True) if compile_model else spec
 
 
 def _open_db(db_url: str | None):
@@ -176,10 +183,13 @@ def _open_db(db_url: str | None):
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="Run the model through torch.compile (compiled once per worker; the "
+                   "time is logged). Same as the model card's compile field.")
 @click.option("--force", is_flag=True, help="Recompute even if the product exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the QC report as JSON.")
 def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: str | None,
-         device: str | None, force: bool, as_json: bool) -> None:
+         device: str | None, compile_model: bool, force: bool, as_json: bool) -> None:
     """Super-resolve the bundled sample into OUT/S2x10_<sample>.tif and run QC."""
     _flush_subnormals()
     import srlib
@@ -190,7 +200,7 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
     from srlib.product.pipeline import remove_product
     from srlib.progress import job_progress, job_stages
 
-    spec = _load_model(model, checkpoint, stats)
+    spec = _load_model(model, checkpoint, stats, compile_model=compile_model)
     resolve_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     cog = out_dir / f"S2x10_{sample}.tif"
@@ -269,12 +279,15 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 @click.option("--devices", default=None,
               help="Comma-separated devices, one worker each (cuda:0,cuda:2; cpu,cpu "
                    "stands in for GPUs).")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="Run the model through torch.compile (compiled once per worker; the "
+                   "time is logged). Same as the model card's compile field.")
 def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
        product_id: str | None, model: str, checkpoint: str | None, stats: str | None,
        out_dir: Path, publish: str | None, force: bool, catalog: str | None,
        name_template: str | None, product_version: int, device: str | None,
        db_url: str | None, server: str | None, keep_zarr: bool | None, dry_run: bool,
-       as_json: bool, gpus: int | None, devices: str | None) -> None:
+       as_json: bool, gpus: int | None, devices: str | None, compile_model: bool) -> None:
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
     _flush_subnormals()
     from srlib.config import DEFAULT_DATABASE_URL, Settings
@@ -285,7 +298,7 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
     from srlib.ops.publish import object_store
     from srlib.scene.sources import EARTH_SEARCH
 
-    spec = _load_model(model, checkpoint, stats)
+    spec = _load_model(model, checkpoint, stats, compile_model=compile_model)
     resolve_device(device)
     if gpus is not None and devices:
         raise click.UsageError("give --gpus or --devices, not both")
@@ -376,12 +389,15 @@ def _plan_text(plan: dict) -> str:
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--device", default=None)
+@click.option("--compile", "compile_model", is_flag=True,
+              help="Run the model through torch.compile (compiled once per worker; the "
+                   "time is logged). Same as the model card's compile field.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float,
         lease_s: float, max_requests: int | None, max_attempts: int, backoff_s: float,
         out_dir: Path,
         publish: str | None, catalog: str | None, model: str, checkpoint: str | None,
-        stats: str | None, device: str | None, as_json: bool) -> None:
+        stats: str | None, device: str | None, compile_model: bool, as_json: bool) -> None:
     """Process pending AOI requests from the metadata database."""
     _flush_subnormals()
     import socket
@@ -390,7 +406,7 @@ def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float
     from srlib.ops.notify import notifier_from_env, step
     from srlib.scene.sources import EARTH_SEARCH
 
-    spec = _load_model(model, checkpoint, stats)
+    spec = _load_model(model, checkpoint, stats, compile_model=compile_model)
     with step("database", notifier_from_env()):
         db = _open_db(db_url)
     counts = run_pdr(db, worker=server or f"{socket.gethostname()}:{os.getpid()}", once=once,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -279,3 +280,92 @@ def test_every_gpu_of_the_node_gives_the_bytes_of_one(tmp_path, scene, tiny_swin
         every = srlib.open_zarr(srlib.to_zarr(sr, tmp_path / "n.zarr"))
     for var in one.data_vars:
         np.testing.assert_array_equal(one[var].values, every[var].values)
+
+
+# ------------------------------------------------- fused attention and torch.compile
+
+def _randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model.eval()
+
+
+def _attention(model: torch.nn.Module, sdpa: bool) -> None:
+    for module in model.modules():
+        if hasattr(module, "sdpa"):
+            module.sdpa = sdpa
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(embed_dim=12, depths=(2,), num_heads=(2,), window_size=8, img_size=16),  # one window
+    dict(embed_dim=24, depths=(2, 2), num_heads=(2, 3), window_size=8, img_size=32),
+    dict(embed_dim=60, depths=(6, 6, 6, 6), num_heads=(6, 6, 6, 6), window_size=8,
+         img_size=64),  # SWIN2SR_LIGHT
+])
+def test_fused_attention_gives_the_reference_attentions_outputs(cfg):
+    """SDPA (the default) against the reference's explicit softmax, shifted windows too."""
+    model = _randomised(Swin2SR(in_chans=10, out_chans=4, upscale=10, mlp_ratio=2.0,
+                                upsampler="pixelshuffledirect", **cfg))
+    side = cfg["img_size"]
+    x = torch.randn(2, 10, side, side, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        _attention(model, False)
+        reference = model(x)
+        _attention(model, True)
+        fused = model(x)
+        torch.testing.assert_close(fused, reference, rtol=0, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the mixed precision path runs
+            low = model(x)
+    assert low.dtype == torch.bfloat16 and (low.float() - reference).abs().max() < 0.1
+    fresh = Swin2SR(in_chans=10, out_chans=4, upscale=10, upsampler="pixelshuffledirect",
+                    embed_dim=12, depths=(1,), num_heads=(2,), window_size=8, img_size=16)
+    assert all(m.sdpa for m in fresh.modules() if hasattr(m, "sdpa"))  # the default
+
+
+def test_compiled_model_matches_eager_and_reports_its_compile_time():
+    """torch.compile (inductor, on the CPU) against the eager module, float32."""
+    from srlib.models import Compiled, compile_seconds, loaded_module
+
+    cfg = dict(img_size=16, window_size=8, embed_dim=12, depths=(2,), num_heads=(2,),
+               mlp_ratio=2.0, upsampler="pixelshuffledirect", resi_connection="1conv")
+    spec = srlib.load_model("swin2sr", random_weights=True, **cfg)
+    compiled_spec = dataclasses.replace(spec, compile=True)
+    assert compile_seconds(compiled_spec, "cpu") is None  # not compiled in this process yet
+    eager = loaded_module(spec, "cpu")
+    compiled = loaded_module(compiled_spec, "cpu")
+    assert isinstance(compiled, Compiled) and compiled.module is not eager
+    x = torch.randn(3, 10, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x), eager(x), rtol=0, atol=1e-5)
+    assert compile_seconds(compiled_spec, "cpu") > 0
+    assert loaded_module(compiled_spec, "cpu") is compiled  # once per process and device
+    # a compiled product is another product: it never resumes an eager store
+    assert srlib.models.spec_identity(compiled_spec) != srlib.models.spec_identity(spec)
+
+
+def test_compile_from_the_card_the_cli_and_the_api(tmp_path):
+    from click.testing import CliRunner
+
+    from srlib.cli import _load_model, main
+    from srlib.models.card import write_model_card
+
+    spec = srlib.load_model("swin2sr", random_weights=True, img_size=16, window_size=8,
+                            embed_dim=12, depths=(1,), num_heads=(2,))
+    assert not spec.compile
+    bicubic = srlib.load_model("bicubic")
+    card = write_model_card(dataclasses.replace(bicubic, compile=True), tmp_path / "card.json")
+    assert json.loads(card.read_text())["compile"] is True
+    assert srlib.load_model(str(card)).compile
+    data = json.loads(card.read_text())
+    data["compile"] = "yes"
+    card.write_text(json.dumps(data))
+    with pytest.raises(srlib.ModelError, match="compile must be true or false"):
+        srlib.load_model(str(card))
+    assert _load_model("bicubic", None, None, compile_model=True).compile
+    for command in ("demo", "dr", "pdr"):
+        assert "--compile" in CliRunner().invoke(main, [command, "--help"]).output
+    sr = srlib.super_resolve(synthetic_scene((24, 24)), spec, compile=True)
+    eager = srlib.super_resolve(synthetic_scene((24, 24)), spec)
+    assert sr.red.data.name != eager.red.data.name  # the compiled kernel is in the graph

@@ -26,6 +26,9 @@ _PEAKS: dict[tuple[str, int], int] = {}
 def _measure_on_meta(spec: ModelSpec, patch: int) -> int:
     """Largest module output (elements per sample) in a meta-device forward pass."""
     module = copy.deepcopy(spec.build()).to("meta")
+    for m in module.modules():  # fused attention (SDPA) hides its attention map from the
+        if hasattr(m, "sdpa"):  # hooks, and its math backend makes one too: measure the
+            m.sdpa = False      # explicit path
     peak = 0
 
     def hook(_mod: torch.nn.Module, _inp: object, out: object) -> None:

@@ -22,7 +22,15 @@ from . import torchscript  # noqa: F401  (registers the architecture)
 from .bicubic import Bicubic, BicubicConfig
 from .card import is_card, load_card, write_model_card
 from .registry import BuildRequest, architectures, get_architecture, register_architecture
-from .spec import ModelSpec, loaded_module, module_token, provenance, spec_identity
+from .spec import (
+    Compiled,
+    ModelSpec,
+    compile_seconds,
+    loaded_module,
+    module_token,
+    provenance,
+    spec_identity,
+)
 from .stats import BandStats, Stats, default_s2_stats, read_stats
 from .swin2sr import Swin2SR, Swin2SRConfig
 
@@ -39,6 +47,8 @@ __all__ = [
     "architectures",
     "get_architecture",
     "load_model",
+    "Compiled",
+    "compile_seconds",
     "loaded_module",
     "provenance",
     "read_stats",

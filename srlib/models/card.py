@@ -23,7 +23,8 @@ patch geometry where it differs from the architecture's defaults. Example::
     }
 
 Optional: ``description``, ``overlap``, ``halo``, ``blend``, ``rate_mpx_per_s`` (output
-megapixels per second measured on a GPU, used for SLURM time limits).
+megapixels per second measured on a GPU, used for SLURM time limits), ``compile``
+(``true``: run the model through ``torch.compile``, as ``--compile`` does).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ __all__ = ["CARD_FIELDS", "is_card", "load_card", "read_card", "shipped_cards",
 
 _REQUIRED = ("name", "version", "architecture", "scale", "bands_in", "bands_out", "stats")
 _OPTIONAL = ("config", "checkpoint", "sha256", "patch_size", "overlap", "halo", "blend",
-             "description", "rate_mpx_per_s")
+             "description", "rate_mpx_per_s", "compile")
 #: Every field a card may have.
 CARD_FIELDS = (*_REQUIRED, *_OPTIONAL)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -94,6 +96,9 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
                          "'.', '_' or '-'")
     if not isinstance(card["scale"], int) or card["scale"] < 1:
         raise ModelError(f"model card {path}: scale must be a positive integer")
+    if not isinstance(card.get("compile", False), bool):
+        raise ModelError(f"model card {path}: compile must be true or false, got "
+                         f"{card['compile']!r}")
     return card
 
 
@@ -139,7 +144,8 @@ def load_card(path: str | os.PathLike) -> ModelSpec:
         patch_size=card.get("patch_size"), overlap=card.get("overlap"), halo=card.get("halo"),
         blend=card.get("blend"), checkpoint=checkpoint, name=card["name"],
         version=str(card["version"]), checkpoint_sha256=sha)
-    return arch.build_spec(config, request)
+    spec = arch.build_spec(config, request)
+    return replace(spec, compile=True) if card.get("compile") else spec
 
 
 def write_model_card(spec: ModelSpec, path: str | os.PathLike, *,
@@ -183,5 +189,7 @@ def write_model_card(spec: ModelSpec, path: str | os.PathLike, *,
         card["description"] = description
     if rate_mpx_per_s:
         card["rate_mpx_per_s"] = rate_mpx_per_s
+    if spec.compile:
+        card["compile"] = True
     path.write_text(json.dumps(card, indent=2) + "\n")
     return path

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -13,7 +15,8 @@ import torch
 from ..errors import ModelError
 from .stats import Stats
 
-__all__ = ["ModelSpec", "loaded_module", "module_token", "provenance", "spec_identity"]
+__all__ = ["Compiled", "ModelSpec", "compile_seconds", "loaded_module", "module_token",
+           "provenance", "spec_identity"]
 
 Blend = Literal["trim", "feather"]
 
@@ -66,6 +69,10 @@ class ModelSpec:
         Absolute path of the weights file.
     checkpoint_sha256 : str
         SHA-256 of the weights file (verified before loading when a card gives it).
+    compile : bool
+        Run the module through ``torch.compile`` (compiled once per worker process and
+        device, on its first batch; the time it took is logged and kept, see
+        :func:`compile_seconds`).
     """
 
     name: str
@@ -85,6 +92,7 @@ class ModelSpec:
     version: str = ""
     checkpoint: str | None = None
     checkpoint_sha256: str = ""
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if len(self.stats.input.bands) != len(self.bands_in):
@@ -103,25 +111,71 @@ class ModelSpec:
             raise ModelError(f"{self.name}: patch_size {self.patch_size} must exceed 2 * halo")
 
 
-_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
+_CACHE: dict[tuple[str, str, bool], torch.nn.Module | Compiled] = {}
 _LOCK = threading.Lock()
+log = logging.getLogger("srlib")
 
 
-def loaded_module(spec: ModelSpec, device: str) -> torch.nn.Module:
+class Compiled:
+    """A module run through ``torch.compile``, with the seconds its compilations took.
+
+    torch compiles on the first call with each new input shape (a block's last, smaller
+    batch; a trim model's edge patches), then marks the shape dynamic. Those first calls
+    run one at a time, so that threads (CPU lanes) wait for one compilation rather than
+    compile the same graph at once; the time they take is added to :attr:`seconds`.
+    """
+
+    def __init__(self, module: torch.nn.Module, name: str) -> None:
+        self.module = module
+        self.name = name
+        self.compiled = torch.compile(module)
+        self.seconds = 0.0
+        self._shapes: set[tuple[int, ...]] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the compiled module (compiling first, one thread at a time, for a new shape)."""
+        shape = tuple(x.shape)
+        if shape not in self._shapes:
+            with self._lock:
+                if shape not in self._shapes:
+                    t0 = time.perf_counter()
+                    out = self.compiled(x)
+                    took = time.perf_counter() - t0
+                    self.seconds += took
+                    self._shapes.add(shape)
+                    log.info("compiled %s for input %s in %.1f s", self.name, shape, took)
+                    return out
+        return self.compiled(x)
+
+
+def loaded_module(spec: ModelSpec, device: str) -> torch.nn.Module | Compiled:
     """Return the spec's module on ``device``, building it once per process.
 
     Dask workers call this from every task; the first call builds the model and moves it
-    to the device, later calls (other blocks, other threads) reuse it.
+    to the device, later calls (other blocks, other threads) reuse it. With
+    ``spec.compile``, the module is wrapped in :class:`Compiled`.
     """
-    key = (spec.token, device)
+    key = (spec.token, device, spec.compile)
     module = _CACHE.get(key)
     if module is None:
         with _LOCK:
             module = _CACHE.get(key)
             if module is None:
                 module = spec.build().eval().to(device)
+                if spec.compile:
+                    module = Compiled(module, spec.name)
                 _CACHE[key] = module
     return module
+
+
+def compile_seconds(spec: ModelSpec, device: str) -> float | None:
+    """Return the seconds this process spent compiling the spec's module for ``device``.
+
+    None when it was not compiled in this process.
+    """
+    module = _CACHE.get((spec.token, device, True))
+    return module.seconds if isinstance(module, Compiled) else None
 
 
 def state_token(module: torch.nn.Module, *parts: object) -> str:
@@ -203,4 +257,6 @@ def spec_identity(spec: ModelSpec) -> str:
              repr(spec.stats), spec.blend, spec.patch_size, spec.overlap, spec.halo)
     if spec.version or spec.checkpoint_sha256:  # (older identities stay as they were)
         parts = (*parts, spec.version, spec.checkpoint_sha256)
+    if spec.compile:  # compiled kernels round differently (within 1e-5 in float32)
+        parts = (*parts, "compiled")
     return f"{spec.name}-{hashlib.sha256(repr(parts).encode()).hexdigest()[:16]}"

@@ -113,6 +113,9 @@ class WindowAttention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(dim, dim)
         self.softmax = nn.Softmax(dim=-1)
+        #: attention through torch's fused scaled_dot_product_attention (same outputs to
+        #: float rounding); False: the explicit softmax(QK^T)V of the reference code
+        self.sdpa = True
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend within windows: ``x`` is ``(windows * batch, tokens, dim)``."""
@@ -122,17 +125,43 @@ class WindowAttention(nn.Module):
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias)
         q, k, v = qkv.reshape(bw, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        attn = attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.heads)
         bias_pos = table[self.relative_position_index.view(-1)].view(n, n, -1)
-        attn = attn + 16 * torch.sigmoid(bias_pos.permute(2, 0, 1)).unsqueeze(0)
+        position = 16 * torch.sigmoid(bias_pos.permute(2, 0, 1))  # heads, n, n
+        scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+        if self.sdpa:
+            return self._fused(q, k, v, scale, position, mask)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * scale
+        attn = attn + position.unsqueeze(0)
         if mask is not None:
             nw = mask.shape[0]
             attn = attn.view(bw // nw, nw, self.heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.heads, n, n)
         attn = self.softmax(attn)
         return self.proj((attn @ v).transpose(1, 2).reshape(bw, n, c))
+
+    def _fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
+               position: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attend as :meth:`forward` does, through ``scaled_dot_product_attention``.
+
+        Swin V2's cosine attention: the per-head logit scale goes into the normalised
+        queries (SDPA's own ``scale`` is 1), the position bias and the shift mask are its
+        additive ``attn_mask``, broadcast over the windows of each image.
+        """
+        bw, heads, n, d = q.shape
+        q = F.normalize(q, dim=-1) * scale
+        k = F.normalize(k, dim=-1)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=position.to(q.dtype),
+                                                 scale=1.0)
+        else:
+            nw = mask.shape[0]
+            shape = (bw // nw, nw, heads, n, d)
+            bias = (position.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)  # nw, heads, n, n
+            out = F.scaled_dot_product_attention(q.view(shape), k.view(shape), v.view(shape),
+                                                 attn_mask=bias, scale=1.0).view(bw, heads, n, d)
+        return self.proj(out.transpose(1, 2).reshape(bw, n, heads * d))
 
 
 def _shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
