@@ -2,7 +2,7 @@
 
 GDAL's COG driver copies its source from one thread and only compresses in parallel,
 so the COG stage barely used the cores it was given (1.4x from 8x the cores on a GPU
-node; benchmarks/cog_split.py). This writer does the whole per-tile work in a pool of
+node; benchmarks/write_split.py). This writer does the whole per-tile work in a pool of
 threads that release the GIL: each task reads the tile's chunks of every band straight
 from the srlib Zarr store (format 2, decoded by numcodecs), maps stored values to the
 COG's (quality's nodata), applies TIFF's horizontal predictor and compresses with LZW
