@@ -1,11 +1,15 @@
 """GPU benchmark: patches/s, achieved TFLOP/s, GPU busy fraction, projected full tile.
 
-Runs in under 5 minutes on one GPU; writes ``gpu.json`` to ``$OUT`` (or
-``benchmarks/results``). On a machine without CUDA it says so and exits 0.
+Runs in under 5 minutes on one GPU at the default sizes; writes ``gpu.json`` to ``$OUT``
+(or ``benchmarks/results``). On a machine without CUDA it says so and exits 0. Then, for
+each ``--split`` size, :func:`split.measure` on CUDA with the light config, eager and
+compiled: read, tight loop, compute only (and its ratio to the tight loop), Zarr, COG,
+write MB/s per core against the LZW floor, and the GPU's busy fraction in each stage
+(``--split 2048 5490`` adds a quarter tile).
 
 Usage::
 
-    python benchmarks/gpu.py [--size 2048] [--seconds 20]
+    python benchmarks/gpu.py [--size 2048] [--seconds 20] [--split 2048 5490]
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="input side in pixels")
     parser.add_argument("--seconds", type=float, default=20.0, help="tight-loop duration")
+    parser.add_argument("--split", type=int, nargs="*", default=[2048],
+                        help="input sides for the stage split (split.py)")
     args = parser.parse_args()
     out_dir = Path(os.environ.get("OUT", HERE / "results"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +127,13 @@ def main() -> None:
                   gpu_busy_fraction_zarr_stage=sampler.busy(t0, t1),
                   projected_full_tile_s=(t2 - t0) * tile_factor)
     (out_dir / "gpu.json").write_text(json.dumps(result, indent=2))
+    from split import measure
+
+    for side in args.split:
+        row = measure("cuda", side, "swin2sr-light", compiled=True)
+        row["projected_full_tile_s"] = (row["zarr_s"] + row["cog_s"]) * (10980 / side) ** 2
+        result.setdefault("split", []).append(row)
+        (out_dir / "gpu.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

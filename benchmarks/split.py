@@ -24,6 +24,7 @@ Usage: python benchmarks/split.py [--device cpu] [--size 256] [--model swin2sr-l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -56,16 +57,17 @@ def _patches(spec, ds) -> list:
     p, halo = spec.patch_size, spec.halo
     scene = (np.stack(arrays).astype(np.float32) - mean) / std
     scene = np.nan_to_num(scene)
-    pad = halo if spec.blend == "feather" else 0
-    scene = np.pad(scene, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    side = scene.shape[1] - 2 * pad
+    side = scene.shape[1]
+    scene = np.pad(scene, ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
     if spec.blend == "feather":
         origins = patch_grid(0, side, p, p - spec.overlap)
         return [scene[:, py + halo: py + halo + p, px + halo: px + halo + p]
                 for py in origins for px in origins]
-    step = p - 2 * halo
-    return [scene[:, y: y + p, x: x + p] for y in range(0, side - p + 1, step)
-            for x in range(0, side - p + 1, step)]
+    from srlib.engine.stitching import _even_tiles
+
+    tiles = _even_tiles(side, p - 2 * halo)  # trim: the kernel's tiles of the scene
+    return [scene[:, y0: y1 + 2 * halo, x0: x1 + 2 * halo] for y0, y1 in tiles
+            for x0, x1 in tiles]
 
 
 def _tight(spec, patches: list, device: str, precision: str) -> tuple[float, int]:
@@ -84,7 +86,11 @@ def _tight(spec, patches: list, device: str, precision: str) -> tuple[float, int
                        y_starts=(0,), x_starts=(0,), post="host")
     run = Runner(cfg)
     bs = run.batch_size(p)
-    batches = [patches[i: i + bs] for i in range(0, len(patches), bs)]
+    shapes: dict[tuple, list] = {}
+    for patch in patches:  # batches of one shape each, as the kernel makes them
+        shapes.setdefault(patch.shape, []).append(patch)
+    batches = [group[i: i + bs] for group in shapes.values()
+               for i in range(0, len(group), bs)]
 
     def make(batch: list) -> np.ndarray:
         return np.ascontiguousarray(np.stack(batch), dtype=np.float32)
@@ -125,6 +131,18 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also measure compiled")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args()
+    row = measure(args.device, args.size, args.model, precision=args.precision,
+                  compiled=args.compile)
+    print(json.dumps(row, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(row, indent=2))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "split.json").write_text(json.dumps(row, indent=2))
+
+
+def measure(device: str, size: int, model: str, *, precision: str = "bf16",
+            compiled: bool = False) -> dict:
+    """Measure each stage for ``model`` on a ``size``² input on ``device`` (see above)."""
 
     import dask.array as da
     import numpy as np
@@ -135,37 +153,36 @@ def main() -> None:
     from srlib.config import available_cpus
     from srlib.models import compile_seconds
 
-    cuda = args.device.startswith("cuda")
+    cuda = device.startswith("cuda")
     sampler = None
     if cuda:
         from gpu import BusySampler
 
         sampler = BusySampler()
     srlib.flush_subnormals()
-    spec = model_spec(args.model)
-    ds = make_input(args.size)
+    spec = model_spec(model)
+    ds = make_input(size)
     t0 = time.perf_counter()
     ds.compute()
-    row: dict = {"device": args.device, "model": args.model, "size": args.size,
+    row: dict = {"device": device, "model": model, "size": size,
                  "cpus": available_cpus(), "read_s": time.perf_counter() - t0}
     patches = _patches(spec, ds)
     counter = _count_patches()
     marks: dict[str, tuple[float, float]] = {}
     work = Path(tempfile.mkdtemp(prefix="srlib-split-"))
-    variants = [False, True] if args.compile else [False]
+    variants = [False, True] if compiled else [False]
     try:
         with sampler or nullcontext():
-            for compiled in variants:
-                tag = "compiled" if compiled else "eager"
-                run_spec = srlib.load_model(spec) if not compiled else \
-                    __import__("dataclasses").replace(spec, compile=True)
-                t_tight, bs = _tight(run_spec, patches, args.device, args.precision)
+            for compile_it in variants:
+                tag = "compiled" if compile_it else "eager"
+                run_spec = dataclasses.replace(spec, compile=compile_it)
+                t_tight, bs = _tight(run_spec, patches, device, precision)
                 row[f"tight_{tag}_s"] = t_tight
                 row["batch"] = bs
-                if compiled:
-                    row["compile_s"] = compile_seconds(run_spec, args.device) or 0.0
-                sr = srlib.super_resolve(ds, run_spec, device=args.device,
-                                         precision=args.precision)
+                if compile_it:
+                    row["compile_s"] = compile_seconds(run_spec, device) or 0.0
+                sr = srlib.super_resolve(ds, run_spec, device=device,
+                                         precision=precision)
                 counter["patches"] = 0
                 t0 = time.perf_counter()
                 da.store([sr[v].data for v in sr.data_vars], [_Sink()] * len(sr.data_vars),
@@ -177,8 +194,8 @@ def main() -> None:
                 per_patch = t_tight / len(patches)
                 row[f"compute_vs_tight_{tag}"] = (t1 - t0) / (per_patch * counter["patches"])
             t0 = time.perf_counter()
-            store = srlib.to_zarr(srlib.super_resolve(ds, spec, device=args.device,
-                                                      precision=args.precision),
+            store = srlib.to_zarr(srlib.super_resolve(ds, spec, device=device,
+                                                      precision=precision),
                                   work / "p.zarr")
             t1 = time.perf_counter()
             srlib.to_cog(store, work / "p.tif")
@@ -206,12 +223,7 @@ def main() -> None:
                write_of_floor=floor_s / write_s)
     if sampler is not None:
         row["gpu_busy"] = {k: sampler.busy(*v) for k, v in marks.items()}
-    row = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
-    print(json.dumps(row, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(row, indent=2))
-    os.environ.get("OUT") and Path(os.environ["OUT"], "split.json").write_text(
-        json.dumps(row, indent=2))
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
 
 
 if __name__ == "__main__":
