@@ -8,6 +8,7 @@ interpretation, scale/offset, statistics, quality codes, compression) must be th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -149,3 +150,48 @@ def test_a_missing_chunk_file_is_named(tmp_path):
     (path / "red" / "0.1").unlink()
     with pytest.raises(IncompleteStoreError, match=r"red/0\.1 is missing.*rerun srlib.to_zarr"):
         StoreArray(path / "red").read(0, 10, 500, 520)
+
+
+def test_tiles_compressed_while_the_store_is_written_give_the_same_file(tmp_path,
+                                                                         monkeypatch):
+    """to_zarr(cog_tiles=True) compresses the COG's full resolution meanwhile; to_cog
+    copies those tiles, and the file is byte for byte the one made from the store."""
+    from srlib.product import cog_tiles
+    from srlib.product.zarr_store import spill_dir
+
+    sr = srlib.super_resolve(synthetic_scene((107, 131), seed=5), chunks=52)
+    plain = srlib.to_zarr(sr, tmp_path / "plain.zarr")
+    ahead = srlib.to_zarr(sr, tmp_path / "ahead.zarr", cog_tiles=True)
+    assert not spill_dir(plain).exists()
+    indexes = sorted(spill_dir(ahead).glob("*.json"))
+    assert len(indexes) == 9  # 1070 x 1310 px in regions of 512 px: 3 x 3
+    reads = []
+    original = cog_tiles.StoreArray.read
+    monkeypatch.setattr(cog_tiles.StoreArray, "read",
+                        lambda self, *a: reads.append(self.path) or original(self, *a))
+    expect = srlib.to_cog(plain, tmp_path / "plain.tif").read_bytes()
+    full_res = {plain / b for b in ("red", "green", "blue", "nir", "quality")}
+    assert full_res <= set(reads)
+    reads.clear()
+    assert srlib.to_cog(ahead, tmp_path / "ahead.tif").read_bytes() == expect
+    assert not [r for r in reads if r.parent == ahead]  # no full-resolution tile re-made
+    # tiles of another store (or torn) are never taken: those tiles are made again
+    meta = json.loads(indexes[0].read_text())
+    indexes[0].write_text(json.dumps({**meta, "store_id": "another"}))
+    indexes[1].write_text("{torn")
+    reads.clear()
+    assert srlib.to_cog(ahead, tmp_path / "again.tif").read_bytes() == expect
+    assert {r for r in reads if r.parent == ahead} == {ahead / b for b in
+                                                      ("red", "green", "blue", "nir",
+                                                       "quality")}
+
+
+def test_the_pipeline_overlaps_the_cog_and_cleans_up(tmp_path):
+    from srlib.product.zarr_store import spill_dir
+
+    report = srlib.super_resolve_to_cog(synthetic_scene((60, 60)), tmp_path / "p.tif")
+    assert report.passed
+    store = tmp_path / "p.zarr"
+    assert store.exists() and not spill_dir(store).exists()  # copied, then removed
+    srlib.product.pipeline.remove_product(tmp_path / "p.tif")
+    assert not store.exists()

@@ -38,6 +38,7 @@ from ..product.pipeline import super_resolve_to_cog
 from ..product.qc import check_quality
 from ..product.quicklook import QUICKLOOKS, quicklook_path, write_quicklooks
 from ..product.stac_item import describe_product
+from ..product.zarr_store import remove_store
 from ..progress import job_progress, job_stages
 from ..progress import report as report_progress
 from ..scene.sources import EARTH_SEARCH, MIN_AOI_COVERAGE, load_s2, parse_date
@@ -610,7 +611,7 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
         with step("publish", notifier, product=name, destination=publish):
             result.published = publish_product(cog, report, publish, extra=extra)
     if not job.keeps_zarr:
-        shutil.rmtree(cog.with_suffix(".zarr"), ignore_errors=True)
+        remove_store(cog.with_suffix(".zarr"))
     return result
 
 

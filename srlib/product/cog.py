@@ -40,10 +40,17 @@ from ..config import available_cpus
 from ..errors import IncompleteStoreError, InputError, SrlibError
 from ..progress import active as progress_active
 from ..progress import watch_file
-from .cog_tiles import Level, StoreArray, gdal_template, write_cog
+from .cog_tiles import Level, SpilledTiles, StoreArray, gdal_template, write_cog
 from .encoding import OVERVIEWS, TILE
 from .pyramid import levels_needed
-from .zarr_store import build_overviews, cog_nodata, gdal_reads_blosc, open_zarr, var_encoding
+from .zarr_store import (
+    build_overviews,
+    cog_nodata,
+    gdal_reads_blosc,
+    open_zarr,
+    spill_dir,
+    var_encoding,
+)
 
 __all__ = ["COG_TILE", "build_overviews", "to_cog"]
 
@@ -313,7 +320,10 @@ def _is_big(bigtiff: str, raw_bytes: int) -> bool:
 def _levels(store: Path, ds: xr.Dataset, bands: list[str], levels: int) -> list[Level]:
     """Return the full resolution and each overview level, as the writer reads them."""
     encs = [var_encoding(ds[b]) for b in bands]
-    out = [Level([StoreArray(store / b) for b in bands], [e.to_cog for e in encs])]
+    ahead = SpilledTiles(spill_dir(store), str(ds.attrs.get("srlib_store_id", "")), bands,
+                         COG_TILE)
+    out = [Level([StoreArray(store / b) for b in bands], [e.to_cog for e in encs],
+                 ahead if len(ahead) else None)]
     for k in range(1, levels + 1):
         out.append(Level([StoreArray(store / OVERVIEWS / str(k) / b) for b in bands],
                          [np.asarray] * len(bands)))

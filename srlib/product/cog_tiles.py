@@ -39,7 +39,7 @@ from rasterio.shutil import copy as rio_copy
 from ..errors import IncompleteStoreError, SrlibError
 from ..signals import check_stop
 
-__all__ = ["StoreArray", "gdal_template", "write_cog"]
+__all__ = ["CODEC", "SpilledTiles", "StoreArray", "encode_tile", "gdal_template", "write_cog"]
 
 # TIFF field types and their sizes; the tags srlib sets itself
 _TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
@@ -98,12 +98,71 @@ class StoreArray:
         return out
 
 
+#: How the tiles are encoded (recorded with tiles compressed ahead of the COG).
+CODEC = "lzw+horizontal-predictor/contig/1"
+
+
+def encode_tile(planes: list[np.ndarray], tile: int, fill: int, dtype: str) -> bytes:
+    """Return one COG tile: the bands' planes (COG values) interleaved, padded, compressed.
+
+    The one encoding both the writer and :func:`srlib.to_zarr`'s tiles made ahead use,
+    so a tile compressed early is the byte-identical tile.
+    """
+    block = np.full((tile, tile, len(planes)), fill, dtype)
+    for i, plane in enumerate(planes):
+        block[:plane.shape[0], :plane.shape[1], i] = plane
+    return imagecodecs.lzw_encode(imagecodecs.delta_encode(block, axis=1))
+
+
+class SpilledTiles:
+    """Full-resolution tiles compressed ahead, while the store was written.
+
+    :func:`srlib.to_zarr` with ``cog_tiles=True`` writes, beside the store
+    (``NAME.zarr.cogtiles/``), each region's tiles (``R.bin``) and their index
+    (``R.json``, written last: its presence proves the tiles). Only indexes of this very
+    store (its ``srlib_store_id``), bands in this order, this tile and this codec count;
+    any tile not found is made from the store.
+    """
+
+    def __init__(self, folder: Path, store_id: str, bands: list[str], tile: int) -> None:
+        self.where: dict[tuple[int, int], tuple[Path, int, int]] = {}
+        if not store_id or not folder.is_dir():
+            return
+        for index in folder.glob("*.json"):
+            try:
+                meta = json.loads(index.read_text())
+                ok = (meta["store_id"] == store_id and meta["bands"] == bands
+                      and meta["tile"] == tile and meta["codec"] == CODEC)
+                tiles = meta["tiles"] if ok else {}
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a torn index: those tiles are made again
+            data = index.with_suffix(".bin")
+            for key, (offset, size) in tiles.items():
+                ty, tx = (int(v) for v in key.split("-"))
+                self.where[(ty, tx)] = (data, int(offset), int(size))
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def get(self, ty: int, tx: int) -> bytes | None:
+        """Return tile (ty, tx) as compressed ahead, or None."""
+        found = self.where.get((ty, tx))
+        if found is None:
+            return None
+        path, offset, size = found
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(size)
+        return data if len(data) == size else None
+
+
 @dataclass(frozen=True)
 class Level:
     """One image of the COG: its arrays (one per band) and how stored values map."""
 
     arrays: list[StoreArray]
     to_cog: list[Callable[[np.ndarray], np.ndarray]]
+    spilled: SpilledTiles | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -165,13 +224,16 @@ def _tile_count(shape: tuple[int, int], tile: int) -> tuple[int, int]:
 
 def _tile_bytes(level: Level, ty: int, tx: int, tile: int, fill: int, dtype: str) -> bytes:
     """Read, map, predict and compress one tile of every band (runs in a worker thread)."""
+    if level.spilled is not None:
+        ahead = level.spilled.get(ty, tx)
+        if ahead is not None:
+            return ahead
     h, w = level.shape
     y0, x0 = ty * tile, tx * tile
     y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
-    block = np.full((tile, tile, len(level.arrays)), fill, dtype)
-    for i, (array, to_cog) in enumerate(zip(level.arrays, level.to_cog, strict=True)):
-        block[:y1 - y0, :x1 - x0, i] = to_cog(array.read(y0, y1, x0, x1))
-    return imagecodecs.lzw_encode(imagecodecs.delta_encode(block, axis=1))
+    return encode_tile([to_cog(array.read(y0, y1, x0, x1))
+                        for array, to_cog in zip(level.arrays, level.to_cog, strict=True)],
+                       tile, fill, dtype)
 
 
 class _Layout:

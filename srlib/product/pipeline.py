@@ -20,7 +20,7 @@ from ..models import load_model, provenance
 from .cog import to_cog
 from .qc import QCReport, check_quality
 from .stac_item import describe_product
-from .zarr_store import holds_product, is_complete, to_zarr
+from .zarr_store import holds_product, is_complete, remove_store, spill_dir, to_zarr
 
 __all__ = ["super_resolve_to_cog"]
 
@@ -96,12 +96,13 @@ def super_resolve_to_cog(
     check_disk_space(sr, zarr_path, cog_path, store_done=resume and is_complete(zarr_path))
     log.info("super-resolving %s px into %s", dict(sr.sizes), zarr_path)
     with _stage("inference"):
-        to_zarr(sr, zarr_path, resume=resume)
+        to_zarr(sr, zarr_path, resume=resume, cog_tiles=True)  # COG tiles made meanwhile
     t1 = time.perf_counter()
     log.info("writing COG %s", cog_path)
     try:
         with _stage("writing"):
             to_cog(zarr_path, staging)
+        shutil.rmtree(spill_dir(zarr_path), ignore_errors=True)  # copied into the COG
         t2 = time.perf_counter()
         inference_key = "gpu_s" if device.type == "cuda" else "cpu_s"
         timings = {inference_key: t1 - t0, "zarr_s": t1 - t0, "cog_s": t2 - t1,
@@ -157,7 +158,8 @@ def check_disk_space(sr: xr.Dataset, zarr_path: Path, cog_path: Path, *,
         Naming the estimated sizes, the free space and the path.
     """
     cog_bytes = estimate_bytes(sr)
-    zarr_bytes = 0 if store_done else cog_bytes
+    # the store, and the full resolution's COG tiles compressed beside it meanwhile
+    zarr_bytes = 0 if store_done else cog_bytes + cog_bytes * 3 // 4
     needs: dict[Path, int] = {}
     for path, size in ((zarr_path, zarr_bytes), (cog_path, cog_bytes)):
         folder = existing_folder(path)
@@ -199,4 +201,4 @@ def remove_product(cog_path: str | os.PathLike) -> None:
     cog_path = Path(cog_path)
     cog_path.unlink(missing_ok=True)
     cog_path.with_suffix(".qc.json").unlink(missing_ok=True)
-    shutil.rmtree(cog_path.with_suffix(".zarr"), ignore_errors=True)
+    remove_store(cog_path.with_suffix(".zarr"))

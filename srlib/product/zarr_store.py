@@ -45,7 +45,8 @@ from .encoding import ENCODINGS, OVERVIEWS, TILE, Encoding, encoding
 from .pyramid import levels_needed
 
 __all__ = ["ZARR_TILE", "build_overviews", "default_compressor", "holds_product",
-           "is_complete", "missing_chunks", "open_zarr", "to_zarr"]
+           "is_complete", "missing_chunks", "open_zarr", "remove_store", "spill_dir",
+           "to_zarr"]
 
 #: Zarr chunk side: the COG's internal tile, so that regions and tiles align.
 ZARR_TILE = TILE
@@ -56,6 +57,24 @@ MIN_LOCAL_CHUNK = 64
 def _progress_dir(path: Path) -> Path:
     """Region markers live beside the store (Zarr readers warn about foreign entries)."""
     return path.with_name(path.name + ".progress")
+
+
+def spill_dir(path: str | os.PathLike) -> Path:
+    """Where ``to_zarr(cog_tiles=True)`` puts the COG tiles it compresses ahead."""
+    path = Path(path)
+    return path.with_name(path.name + ".cogtiles")
+
+
+def remove_store(path: str | os.PathLike) -> None:
+    """Delete a store with what lives beside it (region markers, COG tiles made ahead)."""
+    path = Path(path)
+    for folder in (path, _progress_dir(path), spill_dir(path)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def cog_order(names: list[str]) -> list[str]:
+    """Variables in the order the COG's bands take (:data:`ENCODINGS`' first)."""
+    return [v for v in ENCODINGS if v in names] + [v for v in names if v not in ENCODINGS]
 
 
 @functools.lru_cache(maxsize=1)
@@ -212,9 +231,52 @@ def _chunk_keys(array_dir: str, y: slice, x: slice) -> list[str]:
             for ix in range(x.start // cx, -(-x.stop // cx))]
 
 
+def _spill_tiles(path: str, store_id: str, region: tuple[slice, slice], marker: str,
+                 encodings: dict[str, Encoding], blocks: dict[str, np.ndarray]) -> None:
+    """Compress the region's full-resolution COG tiles now, beside the store.
+
+    The block is in memory and the model is busy with the next ones: the COG's main cost
+    (LZW of the full resolution) overlaps inference instead of following it.
+    :func:`srlib.to_cog` then copies these tiles (:class:`.cog_tiles.SpilledTiles`).
+    Skipped where the COG could not take them as they are (mixed dtypes or nodata,
+    a region not on the tile grid).
+    """
+    from .cog_tiles import CODEC, encode_tile
+
+    names = cog_order(list(blocks))
+    encs = [encodings[n] for n in names]
+    y, x = region
+    if len({(e.cog_dtype, e.cog_nodata) for e in encs}) != 1 or y.start % ZARR_TILE \
+            or x.start % ZARR_TILE:
+        return
+    planes = [e.to_cog(blocks[n]) for e, n in zip(encs, names, strict=True)]
+    folder = spill_dir(path)
+    folder.mkdir(exist_ok=True)
+    name = folder / Path(marker).name
+    tiles: dict[str, list[int]] = {}
+    t = ZARR_TILE
+    with open(name.with_suffix(".bin"), "wb") as fh:
+        for ty in range(y.start // t, -(-y.stop // t)):
+            for tx in range(x.start // t, -(-x.stop // t)):
+                ys = slice(ty * t - y.start, min((ty + 1) * t, y.stop) - y.start)
+                xs = slice(tx * t - x.start, min((tx + 1) * t, x.stop) - x.start)
+                data = encode_tile([p[ys, xs] for p in planes], t, encs[0].cog_nodata,
+                                   encs[0].cog_dtype)
+                tiles[f"{ty}-{tx}"] = [fh.tell(), len(data)]
+                fh.write(data)
+    index = {"store_id": store_id, "bands": names, "tile": t, "codec": CODEC,
+             "tiles": tiles}
+    tmp = name.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index))
+    os.replace(tmp, name.with_suffix(".json"))
+
+
 def _write_region(path: str, store_id: str, region: tuple[slice, slice], marker: str,
-                  levels: int, encodings: dict[str, Encoding], **blocks: np.ndarray) -> int:
+                  levels: int, encodings: dict[str, Encoding], cog_tiles: bool = False,
+                  **blocks: np.ndarray) -> int:
     written: dict[str, list[str]] = {}
+    if cog_tiles:
+        _spill_tiles(path, store_id, region, marker, encodings, blocks)
     for name, block in blocks.items():
         _put(os.path.join(path, name), store_id, region, block)
         written[name] = _chunk_keys(os.path.join(path, name), *region)
@@ -475,6 +537,7 @@ def to_zarr(
     chunks: int | None = None,
     compressor: numcodecs.abc.Codec | None = None,
     resume: bool = True,
+    cog_tiles: bool = False,
 ) -> Path:
     """Stream a lazy super-resolved Dataset into a chunked Zarr store, resumably.
 
@@ -492,6 +555,13 @@ def to_zarr(
     resume : bool
         Continue an interrupted store of the same product (default). ``False`` deletes an
         existing store and starts again.
+    cog_tiles : bool
+        Also compress each region's full-resolution COG tiles as it is written, beside
+        the store (``NAME.cogtiles/``), for :func:`srlib.to_cog` to copy: the COG's main
+        cost then overlaps inference (on a GPU node, the CPUs compress while the GPU
+        runs the next blocks). Costs about half the raw full resolution on disk until
+        the store is removed (:func:`remove_store`). :func:`srlib.super_resolve_to_cog`
+        and ``srlib dr`` turn it on.
 
     Returns
     -------
@@ -512,8 +582,7 @@ def to_zarr(
     token = product_token(sr)
     progress = _progress_dir(path)
     if path.exists() and not resume:
-        shutil.rmtree(path)
-        shutil.rmtree(progress, ignore_errors=True)
+        remove_store(path)
     if path.exists():
         attrs = _root_attrs(path)
         if attrs.get("srlib_product") != token:
@@ -528,6 +597,7 @@ def to_zarr(
                 return path
             _reopen_damaged(path, missing, first_chunks=sr[next(iter(sr.data_vars))].chunks)
     else:
+        shutil.rmtree(spill_dir(path), ignore_errors=True)  # another store's tiles
         _create_store(path, sr, token, tile, compressor or default_compressor())
 
     store_id = str(_root_attrs(path).get("srlib_store_id", ""))
@@ -537,7 +607,8 @@ def to_zarr(
     if not (path / OVERVIEWS).exists():
         _create_overview_arrays(path, sr, levels, first.chunks,
                                 compressor or default_compressor())
-    groups = _region_tasks(path, sr, store_id, levels, source_ends)
+    groups = _region_tasks(path, sr, store_id, levels, source_ends,
+                           cog_tiles=cog_tiles and tile == ZARR_TILE)
     total = len(ychunks) * len(xchunks)
     done = total - sum(len(g) for g in groups.values())
     report("inference", done, total, "regions")
@@ -612,7 +683,8 @@ def _create_store(path: Path, sr: xr.Dataset, token: str, tile: int,
 
 
 def _region_tasks(path: Path, sr: xr.Dataset, store_id: str, levels: int,
-                  source_ends: list[np.ndarray] | None) -> dict[tuple[int, int], list]:
+                  source_ends: list[np.ndarray] | None, *, cog_tiles: bool = False
+                  ) -> dict[tuple[int, int], list]:
     """Delayed writes of the regions without a valid marker, by the model block they cut."""
     ychunks, xchunks = sr[next(iter(sr.data_vars))].chunks
     ystarts, xstarts = np.cumsum((0, *ychunks)), np.cumsum((0, *xchunks))
@@ -637,7 +709,7 @@ def _region_tasks(path: Path, sr: xr.Dataset, store_id: str, levels: int,
             region = (slice(int(ystarts[iy]), int(ystarts[iy + 1])),
                       slice(int(xstarts[ix]), int(xstarts[ix + 1])))
             job = _RegionJob(str(path), store_id, region, str(marker), levels, encodings,
-                             names)
+                             names, cog_tiles)
             layer[(name, iy, ix)] = (_write_packed, job, *(keys[v][iy][ix] for v in names))
             members.setdefault(_source_block(source_ends, region), []).append((name, iy, ix))
     graph = HighLevelGraph.from_collections(name, layer, dependencies=list(arrays.values()))
@@ -656,11 +728,13 @@ class _RegionJob:
     levels: int
     encodings: dict[str, Encoding]
     names: tuple[str, ...]
+    cog_tiles: bool = False
 
 
 def _write_packed(job: _RegionJob, *blocks: np.ndarray) -> int:
     return _write_region(job.path, job.store_id, job.region, job.marker, job.levels,
-                         job.encodings, **dict(zip(job.names, blocks, strict=True)))
+                         job.encodings, job.cog_tiles,
+                         **dict(zip(job.names, blocks, strict=True)))
 
 
 def _complete(path: Path, sr: xr.Dataset, levels: int, tile: int) -> None:
