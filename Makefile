@@ -31,7 +31,8 @@ test: install
 # The COG path on the GDALs inside the lowest rasterio wheels pyproject allows (3.8.4 in
 # 1.3.10, 3.9.3 in 1.4.3): each wheel in its own folder put first on the path.
 GDAL_WHEELS ?= 1.3.10 1.4.3
-GDAL_TESTS   = cog_is_valid or super_resolve_to_cog_writes or cli_demo_and_qc or crash_during_cog
+GDAL_TESTS   = cog_is_valid or super_resolve_to_cog_writes or cli_demo_and_qc or crash_during_cog \
+               or gdal_drivers_file or pixel_for_pixel or compressed_while
 test-gdal: install
 	@for v in $(GDAL_WHEELS); do \
 	  $(BIN)/python -m pip install -q --no-deps --target .gdal/rasterio-$$v rasterio==$$v \
@@ -40,7 +41,7 @@ test-gdal: install
 	    assert rasterio.__version__ == '$$v'; print('GDAL', rasterio.__gdal_version__, \
 	    'from rasterio', rasterio.__version__)" || exit 1; \
 	  PYTHONPATH=.gdal/rasterio-$$v $(BIN)/python -m pytest -q -p no:cacheprovider \
-	    tests/test_output.py -k "$(GDAL_TESTS)" || exit 1; \
+	    tests/test_output.py tests/test_cog_tiles.py -k "$(GDAL_TESTS)" || exit 1; \
 	done
 
 bench: install
