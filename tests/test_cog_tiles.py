@@ -186,12 +186,20 @@ def test_tiles_compressed_while_the_store_is_written_give_the_same_file(tmp_path
                                                        "quality")}
 
 
-def test_the_pipeline_overlaps_the_cog_and_cleans_up(tmp_path):
+def test_the_pipeline_overlaps_the_cog_and_cleans_up(tmp_path, monkeypatch):
     from srlib.product.zarr_store import spill_dir
 
-    report = srlib.super_resolve_to_cog(synthetic_scene((60, 60)), tmp_path / "p.tif")
-    assert report.passed
+    made = []
+    original = srlib.product.zarr_store._spill_tiles
+    monkeypatch.setattr(srlib.product.zarr_store, "_spill_tiles",
+                        lambda *a: made.append(a[2]) or original(*a))
+    report = srlib.super_resolve_to_cog(synthetic_scene((60, 60)), tmp_path / "p.tif",
+                                        cog_tiles=True)
+    assert report.passed and made
     store = tmp_path / "p.zarr"
     assert store.exists() and not spill_dir(store).exists()  # copied, then removed
+    made.clear()  # on the CPU the default is off: compression would compete with the model
+    srlib.super_resolve_to_cog(synthetic_scene((60, 60), seed=1), tmp_path / "q.tif")
+    assert made == []
     srlib.product.pipeline.remove_product(tmp_path / "p.tif")
     assert not store.exists()

@@ -561,7 +561,7 @@ def to_zarr(
         cost then overlaps inference (on a GPU node, the CPUs compress while the GPU
         runs the next blocks). Costs about half the raw full resolution on disk until
         the store is removed (:func:`remove_store`). :func:`srlib.super_resolve_to_cog`
-        and ``srlib dr`` turn it on.
+        and ``srlib dr`` turn it on when the model runs on a GPU.
 
     Returns
     -------
