@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,14 +130,25 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     allowed = sorted(os.sched_getaffinity(0))
     rows = []
-    for n in (int(c) for c in args.cpus.split(",")):
-        cpus = ",".join(str(c) for c in allowed[:n])
-        out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__, "--measure",
-                              store, work], check=True, capture_output=True, text=True)
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        row["same_pixels"] = _same_pixels(os.path.join(work, f"cog-srlib-{row['cpus']}.tif"),
-                                          os.path.join(work, f"cog-gdal-{row['cpus']}.tif"))
-        rows.append(row)
+    try:
+        for n in (int(c) for c in args.cpus.split(",")):
+            cpus = ",".join(str(c) for c in allowed[:n])
+            out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__,
+                                  "--measure", store, work], check=True, capture_output=True,
+                                 text=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["same_pixels"] = _same_pixels(
+                os.path.join(work, f"cog-srlib-{row['cpus']}.tif"),
+                os.path.join(work, f"cog-gdal-{row['cpus']}.tif"))
+            rows.append(row)
+            for path in Path(work).iterdir():  # ~4 GB a row: keep only the shared store
+                if path.name != "demo.zarr":
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     base = rows[0]
     print(f"raw: {base['full_mb']} MB at full resolution, {base['raw_mb']} MB with overviews")
     print("| CPUs | to_zarr s | to_cog srlib s | to_cog gdal s | read s | floor s |"
