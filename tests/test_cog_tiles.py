@@ -120,6 +120,9 @@ def test_options_the_writer_does_not_take_go_to_gdal_or_are_refused(store, tmp_p
         srlib.to_cog(store, tmp_path / "x.tif", engine="srlib", overview_resampling="mode")
     with pytest.raises(InputError, match="engine="):
         srlib.to_cog(store, tmp_path / "x.tif", engine="fast")
+    for bad in (0, -2, "many"):
+        with pytest.raises(InputError, match="positive number or 'ALL_CPUS'"):
+            srlib.to_cog(store, tmp_path / "x.tif", threads=bad)
     assert not (tmp_path / "x.tif").exists()
 
 

@@ -306,7 +306,14 @@ def _threads(threads: int | str) -> int:
     """Threads for ``threads`` ("ALL_CPUS": the CPUs this process may use)."""
     if str(threads).upper() == "ALL_CPUS":
         return available_cpus()
-    return max(1, int(threads))
+    try:
+        count = int(threads)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise InputError(f"threads={threads!r}: give a positive number or 'ALL_CPUS' (the "
+                         "CPUs this process may use)")
+    return count
 
 
 def _is_big(bigtiff: str, raw_bytes: int) -> bool:
@@ -393,6 +400,7 @@ def to_cog(
         raise InputError(f"srlib's COG writer does not take {', '.join(needs_gdal)}: pass "
                          "engine='gdal' (or 'auto')")
     use_gdal = engine == "gdal" or bool(needs_gdal)
+    _threads(options.get("NUM_THREADS", threads))  # a bad count fails here, before any work
     store = Path(zarr_path).resolve()
     target = Path(cog_path)
     ds = open_zarr(store)
