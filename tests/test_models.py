@@ -324,7 +324,7 @@ def test_fused_attention_gives_the_reference_attentions_outputs(cfg):
     assert all(m.sdpa for m in fresh.modules() if hasattr(m, "sdpa"))  # the default
 
 
-def test_compiled_model_matches_eager_and_reports_its_compile_time():
+def test_compiled_model_matches_eager_and_reports_its_compile_time(tmp_path):
     """torch.compile (inductor, on the CPU) against the eager module, float32."""
     from srlib.models import Compiled, compile_seconds, loaded_module
 
@@ -341,6 +341,13 @@ def test_compiled_model_matches_eager_and_reports_its_compile_time():
         torch.testing.assert_close(compiled(x), eager(x), rtol=0, atol=1e-5)
     assert compile_seconds(compiled_spec, "cpu") > 0
     assert loaded_module(compiled_spec, "cpu") is compiled  # once per process and device
+    # a compiled run reports its compile time with the product's other timings (random
+    # weights fail QC's consistency with the input, which does not matter here)
+    with pytest.raises(srlib.QCFailed) as failed:
+        srlib.super_resolve_to_cog(synthetic_scene((24, 24)), tmp_path / "p.tif",
+                                   model=spec, compile=True, device="cpu")
+    timings = failed.value.report.timings
+    assert timings["compile_s"] == compile_seconds(compiled_spec, "cpu") > 0
     # a compiled product is another product: it never resumes an eager store
     assert srlib.models.spec_identity(compiled_spec) != srlib.models.spec_identity(spec)
 

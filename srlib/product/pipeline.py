@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import xarray as xr
 from ..engine.kernel import resolve_device
 from ..engine.superres import super_resolve
 from ..errors import DiskSpaceError, QCFailed, add_step
-from ..models import load_model, provenance
+from ..models import compile_seconds, load_model, provenance
 from .cog import to_cog
 from .qc import QCReport, check_quality
 from .stac_item import describe_product
@@ -115,6 +116,10 @@ def super_resolve_to_cog(
         inference_key = "gpu_s" if device.type == "cuda" else "cpu_s"
         timings = {inference_key: t1 - t0, "zarr_s": t1 - t0, "cog_s": t2 - t1,
                    "total_s": t2 - t0}
+        if options.get("compile", spec.compile):  # compiled in this process (not on workers)
+            compiled = compile_seconds(replace(spec, compile=True), str(device))
+            if compiled is not None:
+                timings["compile_s"] = compiled
         with _stage("qc"):
             report = check_quality(staging, timings=timings, thresholds=thresholds, source=ds,
                                    coverage=ds.attrs.get("data_coverage"))
