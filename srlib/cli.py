@@ -134,7 +134,7 @@ def main(ctx: click.Context) -> None:
 
     ctx.obj = ctx.obj or {}
     _setup_logging(bool(ctx.obj.get("verbose")), bool(ctx.obj.get("quiet")))
-    install()
+    install(command=ctx.invoked_subcommand)
 
 
 def _flush_subnormals() -> None:

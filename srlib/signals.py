@@ -41,6 +41,7 @@ _stop = threading.Event()
 _signal_name = {"name": "SIGTERM"}
 _callbacks: list[Callable[[], None]] = []
 _installed = {"done": False}
+_command = {"name": ""}
 
 
 def stop_requested() -> bool:
@@ -84,25 +85,58 @@ def _watchdog(read_fd: int, grace_s: float) -> None:
             return
         if not data:
             return
-        if not any(b in (signal.SIGTERM, signal.SIGHUP) for b in data):
+        signums = [b for b in data if b in (signal.SIGTERM, signal.SIGHUP)]
+        if not signums:
             continue
-        time.sleep(grace_s)  # for the main thread to unwind on its own
+        # The kernel may hand the signal to any thread. Python runs its handler in the
+        # main thread, but only once that thread runs Python code again: a main thread
+        # asleep in a system call (a read, a lock, a sleep) would not notice. Sending the
+        # signal to the main thread itself interrupts that call (EINTR), so the handler
+        # runs and raises there at once.
+        time.sleep(0.2)
+        if not _stop.is_set():
+            with contextlib.suppress(Exception):
+                signal.pthread_kill(threading.main_thread().ident, signums[0])
+        time.sleep(max(grace_s - 0.2, 0.0))  # for the main thread to unwind on its own
         log.error("srlib: still running %.0f s after %s; releasing and exiting", grace_s,
                   _signal_name["name"])
+        with contextlib.suppress(Exception):
+            log.warning("srlib: where each thread was when the process was ended:\n%s",
+                        _stacks())
         for callback in list(_callbacks):
             with contextlib.suppress(Exception):
                 callback()
         with contextlib.suppress(Exception):
-            sys.stderr.write(f"srlib failed: stopped by {_signal_name['name']}; a stage did "
+            name = f"srlib {_command['name']}".rstrip()
+            sys.stderr.write(f"{name} failed: stopped by {_signal_name['name']}; a stage did "
                              f"not end within {grace_s:.0f} s, the process was ended\n")
             sys.stderr.flush()
         os._exit(EXIT_TERMINATED)
 
 
-def install(*, grace_s: float = 10.0) -> None:
-    """Handle SIGTERM and SIGHUP as described in the module docstring (main thread only)."""
+def _stacks() -> str:
+    """Return the stack of every other thread, for a process that would not stop."""
+    import traceback
+
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        if ident == threading.get_ident():
+            continue
+        stack = "".join(traceback.format_stack(frame, limit=12))
+        parts.append(f"thread {names.get(ident, ident)}:\n{stack}")
+    return "\n".join(parts)
+
+
+def install(*, grace_s: float = 10.0, command: str | None = None) -> None:
+    """Handle SIGTERM and SIGHUP as described in the module docstring (main thread only).
+
+    ``command`` names the subcommand in the line printed when the watchdog ends the
+    process (``srlib pdr failed: ...``), the same line a failing command prints.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
+    _command["name"] = command or ""
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGHUP, _handler)
     if _installed["done"]:

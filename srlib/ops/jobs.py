@@ -38,7 +38,7 @@ from ..product.pipeline import super_resolve_to_cog
 from ..product.qc import check_quality
 from ..product.quicklook import QUICKLOOKS, quicklook_path, write_quicklooks
 from ..product.stac_item import describe_product
-from ..product.zarr_store import remove_store
+from ..product.zarr_store import remove_store, wait_for_writers
 from ..progress import job_progress, job_stages
 from ..progress import report as report_progress
 from ..scene.sources import EARTH_SEARCH, MIN_AOI_COVERAGE, load_s2, parse_date
@@ -141,27 +141,48 @@ def check_output_dir(out: str | os.PathLike) -> Path:
     return out
 
 
+#: Seconds a job waits for another job's lock on its product before giving up. A job
+#: stopped by SIGTERM holds it until its last region write ends (at most the signal
+#: watchdog's 10 s grace, then the process is ended and the lock goes with it).
+LOCK_WAIT_S = 60.0
+
+
 @contextlib.contextmanager
-def product_lock(cog: Path) -> Iterator[None]:
+def product_lock(cog: Path, *, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Hold an exclusive lock on ``cog``'s product for the block (one job per product).
+
+    Waits up to ``wait_s`` seconds for a job holding it to end. On the way out, waits
+    for this process's threads still writing the product's Zarr store (a job that fails
+    or is stopped unwinds before them), so that the next job never writes beside them.
 
     Raises
     ------
     ProductBusy
-        Another job (named in the message) holds it: a transient cause, retried later.
+        Another job (named in the message) still holds it after ``wait_s``: a transient
+        cause, retried later.
     """
     import fcntl
     import socket
+    import time
+
+    from ..signals import check_stop
 
     lock = cog.with_name(f".{cog.name}.lock")
+    deadline = time.monotonic() + wait_s
     with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise ProductBusy(f"another srlib job ({holder}) is making {cog} now; wait for "
-                              "it to finish, or use another --out") from None
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "another process"
+                    raise ProductBusy(f"another srlib job ({holder}) has been making {cog} "
+                                      f"for the last {wait_s:.0f} s; wait for it to finish, "
+                                      "or use another --out") from None
+                check_stop()
+                time.sleep(0.25)
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
@@ -169,6 +190,7 @@ def product_lock(cog: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            wait_for_writers(cog.with_suffix(".zarr"))
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 

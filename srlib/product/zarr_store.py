@@ -17,12 +17,16 @@ writer can tear a chunk), so it ends with the same bytes as an uninterrupted run
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import shutil
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,14 +270,58 @@ def _spill_tiles(path: str, store_id: str, region: tuple[slice, slice], marker: 
                 fh.write(data)
     index = {"store_id": store_id, "bands": names, "tile": t, "codec": CODEC,
              "tiles": tiles}
-    tmp = name.with_suffix(".json.tmp")
+    tmp = name.with_suffix(f".json.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(index))
     os.replace(tmp, name.with_suffix(".json"))
+
+
+#: Region writes running in this process, per store (see :func:`wait_for_writers`)
+_inflight: collections.Counter[str] = collections.Counter()
+_inflight_changed = threading.Condition()
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    key = os.path.abspath(path)
+    with _inflight_changed:
+        _inflight[key] += 1
+    try:
+        yield
+    finally:
+        with _inflight_changed:
+            _inflight[key] -= 1
+            if _inflight[key] <= 0:
+                del _inflight[key]
+                _inflight_changed.notify_all()
+
+
+def wait_for_writers(path: str | os.PathLike, timeout: float | None = None) -> bool:
+    """Wait until no thread of this process writes a region of the store at ``path``.
+
+    A job stopped by a signal (or failing) unwinds its main thread while the threads
+    computing its blocks finish the region they hold; whoever makes the product next
+    must not start before they are done. Regions not started yet never start (each
+    checks :func:`srlib.signals.check_stop` first). Returns ``False`` on timeout.
+    """
+    key = os.path.abspath(path)
+    with _inflight_changed:
+        return _inflight_changed.wait_for(lambda: not _inflight.get(key), timeout)
 
 
 def _write_region(path: str, store_id: str, region: tuple[slice, slice], marker: str,
                   levels: int, encodings: dict[str, Encoding], cog_tiles: bool = False,
                   **blocks: np.ndarray) -> int:
+    from ..signals import check_stop
+
+    check_stop()  # a stopped job starts no new region
+    with _writing(path):
+        return _write_region_now(path, store_id, region, marker, levels, encodings,
+                                 cog_tiles, blocks)
+
+
+def _write_region_now(path: str, store_id: str, region: tuple[slice, slice], marker: str,
+                      levels: int, encodings: dict[str, Encoding], cog_tiles: bool,
+                      blocks: dict[str, np.ndarray]) -> int:
     written: dict[str, list[str]] = {}
     if cog_tiles:
         _spill_tiles(path, store_id, region, marker, encodings, blocks)
@@ -299,7 +347,7 @@ def _write_region(path: str, store_id: str, region: tuple[slice, slice], marker:
     from ..failpoints import hit
 
     hit("zarr", marker)
-    tmp = marker + ".tmp"
+    tmp = f"{marker}.{os.getpid()}-{threading.get_ident()}.tmp"  # unique per writer
     with open(tmp, "w") as fh:
         json.dump({"chunks": written}, fh)
     os.replace(tmp, marker)
