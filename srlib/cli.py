@@ -137,6 +137,12 @@ def main(ctx: click.Context) -> None:
     install(command=ctx.invoked_subcommand)
 
 
+_compile_option = click.option(
+    "--compile", "compile_model", is_flag=True,
+    help="Run the model through torch.compile (compiled once per worker; the time is "
+         "logged). Same as the model card's compile field.")
+
+
 def _flush_subnormals() -> None:
     """Flush subnormal floats to zero (:func:`srlib.flush_subnormals`); huge pages.
 
@@ -187,9 +193,7 @@ def _open_db(db_url: str | None):
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
-@click.option("--compile", "compile_model", is_flag=True,
-              help="Run the model through torch.compile (compiled once per worker; the "
-                   "time is logged). Same as the model card's compile field.")
+@_compile_option
 @click.option("--force", is_flag=True, help="Recompute even if the product exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the QC report as JSON.")
 def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: str | None,
@@ -283,9 +287,7 @@ def demo(out_dir: Path, sample: str, model: str, checkpoint: str | None, stats: 
 @click.option("--devices", default=None,
               help="Comma-separated devices, one worker each (cuda:0,cuda:2; cpu,cpu "
                    "stands in for GPUs).")
-@click.option("--compile", "compile_model", is_flag=True,
-              help="Run the model through torch.compile (compiled once per worker; the "
-                   "time is logged). Same as the model card's compile field.")
+@_compile_option
 def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
        product_id: str | None, model: str, checkpoint: str | None, stats: str | None,
        out_dir: Path, publish: str | None, force: bool, catalog: str | None,
@@ -393,9 +395,7 @@ def _plan_text(plan: dict) -> str:
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--device", default=None)
-@click.option("--compile", "compile_model", is_flag=True,
-              help="Run the model through torch.compile (compiled once per worker; the "
-                   "time is logged). Same as the model card's compile field.")
+@_compile_option
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def pdr(server: str | None, db_url: str | None, once: bool, poll_interval: float,
         lease_s: float, max_requests: int | None, max_attempts: int, backoff_s: float,

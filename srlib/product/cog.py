@@ -298,8 +298,6 @@ def check_creation_options(options: dict[str, Any]) -> dict[str, str]:
 
 
 _ENGINES = ("auto", "srlib", "gdal")
-#: Creation options srlib's own writer honours (any other needs GDAL's COG driver).
-_WRITER_OPTIONS = {"NUM_THREADS", "BIGTIFF"}
 
 
 def _threads(threads: int | str) -> int:
@@ -393,14 +391,16 @@ def to_cog(
     if engine not in _ENGINES:
         raise InputError(f"engine={engine!r}: use one of {', '.join(_ENGINES)}")
     options = check_creation_options(options)
-    needs_gdal = sorted(set(options) - _WRITER_OPTIONS)
+    threads = options.pop("NUM_THREADS", threads)
+    bigtiff = options.pop("BIGTIFF", bigtiff)
+    workers = _threads(threads)  # a bad count fails here, before any work
+    needs_gdal = sorted(options)  # what srlib's writer does not take
     if overview_resampling != "average":
         needs_gdal.append(f"overview_resampling={overview_resampling}")
     if engine == "srlib" and needs_gdal:
         raise InputError(f"srlib's COG writer does not take {', '.join(needs_gdal)}: pass "
                          "engine='gdal' (or 'auto')")
     use_gdal = engine == "gdal" or bool(needs_gdal)
-    _threads(options.get("NUM_THREADS", threads))  # a bad count fails here, before any work
     store = Path(zarr_path).resolve()
     target = Path(cog_path)
     ds = open_zarr(store)
@@ -418,8 +418,6 @@ def to_cog(
     tmp = Path(tmp_name)
     vrt = tmp.with_suffix(".vrt")
     profile = cog_profiles.get("lzw")
-    threads = options.pop("NUM_THREADS", threads)
-    bigtiff = options.pop("BIGTIFF", bigtiff)
     creation = {
         "COMPRESS": profile["compress"].upper(),
         "PREDICTOR": "YES",
@@ -442,7 +440,7 @@ def to_cog(
                 with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=512):
                     rio_copy(str(vrt), str(tmp), driver="COG", **creation)
             else:
-                _write_tiles(store, ds, bands, levels, tmp, creation, _threads(threads))
+                _write_tiles(store, ds, bands, levels, tmp, creation, workers)
         valid, errors, _warnings = cog_validate(str(tmp), quiet=True)
         if not valid:
             raise SrlibError(f"{'GDAL' if use_gdal else 'srlib'} wrote an invalid COG for "

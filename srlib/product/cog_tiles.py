@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import imagecodecs
-import numcodecs
 import numpy as np
 from rasterio.shutil import copy as rio_copy
 
 from ..errors import IncompleteStoreError, SrlibError
 from ..signals import check_stop
+from .zarr_store import array_layout
 
 __all__ = ["CODEC", "SpilledTiles", "StoreArray", "encode_tile", "gdal_template", "write_cog"]
 
@@ -61,17 +61,13 @@ class StoreArray:
     """
 
     def __init__(self, path: Path) -> None:
-        meta = json.loads((path / ".zarray").read_text())
-        if meta.get("filters") or meta.get("order", "C") != "C" or len(meta["shape"]) != 2:
+        layout = array_layout(path)
+        if layout is None:
             raise SrlibError(f"{path} is not a 2-D C-ordered array without filters, as "
                              "srlib.to_zarr writes them; rewrite the store with srlib.to_zarr")
         self.path = path
-        self.shape: tuple[int, int] = tuple(meta["shape"])  # type: ignore[assignment]
-        self.chunks: tuple[int, int] = tuple(meta["chunks"])  # type: ignore[assignment]
-        self.dtype = np.dtype(meta["dtype"])
-        self.sep = meta.get("dimension_separator") or "."
-        compressor = meta.get("compressor")
-        self.codec = numcodecs.get_codec(compressor) if compressor else None
+        self.shape, self.chunks, self.dtype = layout.shape, layout.chunks, layout.dtype
+        self.sep, self.codec = layout.sep, layout.codec
 
     def _chunk(self, iy: int, ix: int) -> np.ndarray:
         key = self.path / f"{iy}{self.sep}{ix}"

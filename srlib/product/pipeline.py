@@ -8,7 +8,6 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +116,7 @@ def super_resolve_to_cog(
         timings = {inference_key: t1 - t0, "zarr_s": t1 - t0, "cog_s": t2 - t1,
                    "total_s": t2 - t0}
         if options.get("compile", spec.compile):  # compiled in this process (not on workers)
-            compiled = compile_seconds(replace(spec, compile=True), str(device))
+            compiled = compile_seconds(spec, str(device))
             if compiled is not None:
                 timings["compile_s"] = compiled
         with _stage("qc"):

@@ -170,8 +170,8 @@ def _array(path: str, store_id: str) -> zarr.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class _ArrayMeta:
-    """What writing a format-2 array's chunk files directly needs (from ``.zarray``)."""
+class ArrayLayout:
+    """What reading or writing a format-2 array's chunk files directly needs."""
 
     shape: tuple[int, int]
     chunks: tuple[int, int]
@@ -181,16 +181,25 @@ class _ArrayMeta:
     codec: numcodecs.abc.Codec | None
 
 
-@functools.lru_cache(maxsize=256)
-def _meta(path: str, store_id: str) -> _ArrayMeta | None:
-    """Return an array's layout if srlib writes its chunks itself (2-D, C order, no filters)."""
+def array_layout(path: str | os.PathLike) -> ArrayLayout | None:
+    """Return a format-2 array's layout from its ``.zarray``, or None.
+
+    None where srlib does not handle the chunk files itself: only 2-D, C-ordered arrays
+    without filters (what :func:`to_zarr` writes).
+    """
     meta = json.loads(Path(path, ".zarray").read_text())
     if meta.get("filters") or meta.get("order", "C") != "C" or len(meta["shape"]) != 2:
         return None
     compressor = meta.get("compressor")
-    return _ArrayMeta(tuple(meta["shape"]), tuple(meta["chunks"]), np.dtype(meta["dtype"]),
-                      meta.get("fill_value") or 0, meta.get("dimension_separator") or ".",
-                      numcodecs.get_codec(compressor) if compressor else None)
+    return ArrayLayout(tuple(meta["shape"]), tuple(meta["chunks"]), np.dtype(meta["dtype"]),
+                       meta.get("fill_value") or 0, meta.get("dimension_separator") or ".",
+                       numcodecs.get_codec(compressor) if compressor else None)
+
+
+@functools.lru_cache(maxsize=256)
+def _meta(path: str, store_id: str) -> ArrayLayout | None:
+    """:func:`array_layout`, read once per store (``store_id``) and array."""
+    return array_layout(path)
 
 
 def _put(path: str, store_id: str, region: tuple[slice, slice], block: np.ndarray) -> None:
@@ -892,8 +901,7 @@ def _reopen_damaged(path: Path, missing: dict[str, list[str]],
 def _open(path: Path) -> xr.Dataset:
     ds = xr.open_zarr(path, mask_and_scale=False, consolidated=True)
     ds = ds[[v for v in ds.data_vars if v != OVERVIEWS]]
-    order = [v for v in ENCODINGS if v in ds.data_vars]
-    return ds[order + [v for v in ds.data_vars if v not in order]]
+    return ds[cog_order(list(ds.data_vars))]
 
 
 def open_zarr(path: str | os.PathLike) -> xr.Dataset:
