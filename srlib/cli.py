@@ -545,7 +545,8 @@ def _creation_options(values: tuple[str, ...]) -> dict[str, str]:
               help="average: srlib's pyramid (reflectance mean of valid pixels, quality "
                    "mode); nearest or mode: GDAL's, the same for every band.")
 @click.option("--threads", default="ALL_CPUS", show_default=True,
-              help="GDAL threads (a number or ALL_CPUS).")
+              help="Threads that compress tiles (a number, or ALL_CPUS: the CPUs this "
+                   "process may use).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def cog(zarr_path: Path, out: Path, creation: tuple[str, ...], overview_resampling: str,
         threads: str, as_json: bool) -> None:
