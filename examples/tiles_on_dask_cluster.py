@@ -3,11 +3,12 @@
 Run: python examples/tiles_on_dask_cluster.py 20250731 24MWV 24MVV [--publish s3://b/p]
      [--slurm-profile poznan --jobs 4]
 
-Each tile is one `srlib.ops.run_dr` job; the cluster (a LocalCluster, or with
---slurm-profile a dask_jobqueue.SLURMCluster whose jobs each hold one GPU) executes the
-dask graphs of every job. The model is loaded once per worker, and on GPU workers each
-holds the worker resource GPU=1, so no GPU ever runs two model tasks at once. --out must
-be on storage that every node sees.
+The tiles are one campaign (`srlib.ops.run_campaign`): each tile's whole `run_dr` job
+(inference, Zarr, COG, QC, STAC Item, publishing) runs as one task on a worker of the
+cluster (a LocalCluster, or with --slurm-profile a dask_jobqueue.SLURMCluster whose jobs
+each hold one GPU), as many at once as the cluster has worker threads; the client only
+submits and collects. A failing tile is reported and the others finish. --out must be on
+storage that every node sees.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import dask
 from distributed import Client, LocalCluster
 
-from srlib.ops import dask_cluster, load_profile, run_dr
+from srlib.ops import dask_cluster, load_profile, run_campaign
 
 
 def main() -> None:
@@ -38,10 +39,12 @@ def main() -> None:
         # MALLOC_TRIM_THRESHOLD_ made srlib's CPU path 1.4-1.5x slower; examples/HPC.md)
         dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
         cluster = LocalCluster(n_workers=2, threads_per_worker=1)
-    with cluster, Client(cluster):
-        for tile in args.tiles:
-            result = run_dr(date=args.date, mgrs=tile, out=args.out, publish=args.publish)
-            print(tile, result.status, result.cog, *result.published)
+    with cluster, Client(cluster) as client:
+        outcomes = run_campaign([{"date": args.date, "mgrs": t} for t in args.tiles],
+                                client=client, out=args.out, publish=args.publish,
+                                on_outcome=lambda o: print(o.line()))
+    if any(o.status == "failed" for o in outcomes):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

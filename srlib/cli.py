@@ -341,6 +341,94 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
         click.echo(f"published: {uri}")
 
 
+@main.command()
+@_verbosity
+@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="A .csv (header: date,mgrs or date,min_lon,min_lat,max_lon,"
+                                 "max_lat) or JSON file of requests.")
+@click.option("--date", "dates", multiple=True,
+              help="Acquisition date, YYYYMMDD (repeat: every date with every --mgrs/--aoi).")
+@click.option("--mgrs", "tiles", multiple=True, help="Whole MGRS tile (repeat for several).")
+@click.option("--aoi", "aois", nargs=4, type=float, multiple=True,
+              metavar="MIN_LON MIN_LAT MAX_LON MAX_LAT", help="AOI (repeat for several).")
+@click.option("--scheduler", default=None,
+              help="Address of a running dask scheduler (tcp://host:8786). Default: a local "
+                   "cluster of --workers processes.")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Local cluster: worker processes (default: 1).")
+@click.option("--threads-per-worker", default=1, show_default=True,
+              type=click.IntRange(min=1), help="Local cluster: threads of each worker.")
+@click.option("--max-in-flight", default=None, type=click.IntRange(min=1),
+              help="Jobs at once (default: one per worker thread).")
+@click.option("--model", default="bicubic", show_default=True,
+              help="A model card (.json), 'bicubic', or 'swin2sr' with --checkpoint/--stats.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("out"), show_default=True,
+              help="Output directory, at the same path on every worker.")
+@click.option("--publish", default=None,
+              help="s3://bucket/prefix, or a directory, to publish to after QC.")
+@click.option("--force", is_flag=True, help="Redo products that exist.")
+@click.option("--catalog", default=None, help="STAC API (default: Earth Search v1).")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
+@click.option("--db", "db_url", default=None,
+              help="Record every run in this database (default: $PG_URL if set).")
+@_compile_option
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+def campaign(requests_file: str | None, dates: tuple[str, ...], tiles: tuple[str, ...],
+             aois: tuple[tuple[float, ...], ...], scheduler: str | None, workers: int | None,
+             threads_per_worker: int, max_in_flight: int | None, model: str,
+             checkpoint: str | None, stats: str | None, out_dir: Path,
+             publish: str | None, force: bool, catalog: str | None, device: str | None,
+             db_url: str | None, compile_model: bool, as_json: bool) -> None:
+    """Run many dr jobs at once on a dask cluster: every stage of each on a worker.
+
+    One line per request as it ends; exit status 1 when any failed (the others are done).
+    """
+    _flush_subnormals()
+    from srlib.config import DEFAULT_DATABASE_URL, Settings
+    from srlib.ops.campaign import read_requests, run_campaign
+    from srlib.ops.publish import object_store
+    from srlib.scene.sources import EARTH_SEARCH
+
+    requests = read_requests(requests_file) if requests_file else []
+    if (tiles or aois) and not dates:
+        raise click.UsageError("--mgrs/--aoi need --date")
+    requests += [{"date": d, "mgrs": t} for d in dates for t in tiles]
+    requests += [{"date": d, "aoi": list(a)} for d in dates for a in aois]
+    if not requests:
+        raise click.UsageError("no requests: give --requests FILE, or --date with --mgrs "
+                               "or --aoi")
+    if scheduler and workers:
+        raise click.UsageError("give --scheduler or --workers, not both")
+    spec = _load_model(model, checkpoint, stats, compile_model=compile_model)
+    if publish:
+        object_store(publish)
+    db = db_url or (Settings.from_env().database_url
+                    if Settings.from_env().database_url != DEFAULT_DATABASE_URL else None)
+    client = None
+    if scheduler:
+        from distributed import Client
+
+        client = Client(scheduler)
+    outcomes = run_campaign(
+        requests, client=client, workers=workers or (None if client else 1),
+        threads_per_worker=threads_per_worker, max_in_flight=max_in_flight, db=db,
+        on_outcome=None if as_json else lambda o: click.echo(o.line()),
+        model=spec, out=out_dir.resolve(), publish=publish, force=force,
+        catalog=catalog or EARTH_SEARCH, device=device)
+    failed = sum(o.status == "failed" for o in outcomes)
+    if as_json:
+        click.echo(json.dumps([o.to_dict() for o in outcomes], indent=2))
+    else:
+        counts = {s: sum(o.status == s for o in outcomes)
+                  for s in ("done", "partial", "skipped", "failed")}
+        click.echo("campaign: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    if failed:
+        raise SystemExit(1)
+
+
 def _plan_text(plan: dict) -> str:
     """``srlib dr --dry-run``'s plan, one fact per line."""
     scene, out, disk = plan["scene"], plan["output"], plan["disk"]
@@ -604,6 +692,38 @@ def stac(cog_path: Path, href_base: str | None, sources: tuple[str, ...],
     item = describe_product(cog_path, attrs=attrs, href=href)[-1]
     update_record(cog_path, item)  # a complete product stays complete
     click.echo(item.read_text() if as_json else str(item))
+
+
+@main.command()
+@_verbosity
+@click.option("--job", "job_id", required=True, help="The SLURM job id of the dr job.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("out"), show_default=True, help="The job's output directory.")
+@click.option("--db", "db_url", default=None,
+              help="The database the job recorded its runs in (default: $PG_URL if set).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def finalise(job_id: str, out_dir: Path, db_url: str | None, as_json: bool) -> None:
+    """Check exactly a SLURM job's products, record its usage, remove its leftovers.
+
+    One line per product, then the job's usage; exit status 1 when the job made no
+    product or any product or run failed.
+    """
+    from srlib.config import DEFAULT_DATABASE_URL, Settings
+    from srlib.ops.finalise import finalise_job
+
+    db = None
+    if db_url or Settings.from_env().database_url != DEFAULT_DATABASE_URL:
+        db = _open_db(db_url)
+    done = finalise_job(job_id, out=out_dir, db=db)
+    if as_json:
+        click.echo(json.dumps({"job": done.job, "usage": done.usage, "lines": done.lines,
+                               "failed": done.failed, "products": list(map(str, done.products)),
+                               "removed": list(map(str, done.removed))}, indent=2))
+    else:
+        for line in done.lines:
+            click.echo(line)
+    if not done.ok:
+        raise SystemExit(1)
 
 
 @main.command()

@@ -30,12 +30,15 @@ must never be printed, for redaction.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .bands import TILE
@@ -241,12 +244,48 @@ def _qc_thresholds(path: str | None) -> QCThresholds:
     return QCThresholds.from_mapping(values)
 
 
+#: A cap on the CPUs of the running job (set by :func:`limit_cpus`), per thread/context
+_CPU_CAP: contextvars.ContextVar[int | None] = contextvars.ContextVar("srlib_cpu_cap",
+                                                                     default=None)
+
+
 def available_cpus() -> int:
     """Return the CPUs this process may use, not the machine's count.
 
     Its affinity (``taskset``, SLURM's ``--cpus-per-task``) and its cgroup quota, as
-    :func:`dask.system.cpu_count` reads them.
+    :func:`dask.system.cpu_count` reads them; inside :func:`limit_cpus`, at most its cap
+    (a campaign's job gets its dask worker's threads, not the whole node).
     """
     from dask.system import cpu_count
 
-    return max(1, cpu_count())
+    cap = _CPU_CAP.get()
+    return max(1, min(cpu_count(), cap) if cap else cpu_count())
+
+
+@contextlib.contextmanager
+def limit_cpus(n: int | None) -> Iterator[None]:
+    """Cap :func:`available_cpus` at ``n`` in this thread for the block (``None``: no cap)."""
+    token = _CPU_CAP.set(n)
+    try:
+        yield
+    finally:
+        _CPU_CAP.reset(token)
+
+
+def distributed_client() -> Any:
+    """Return the ``dask.distributed`` client computations go to, or ``None``.
+
+    ``None`` without distributed, without a client, or where dask's ``scheduler`` is set
+    to a local one (a campaign's job runs on its worker's threads, see
+    :mod:`srlib.ops.campaign`, though the worker could reach the cluster).
+    """
+    import dask
+
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None

@@ -142,12 +142,24 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         assert (dr["JobState"], dr["ExitCode"]) == ("COMPLETED", "0:0"), dr_log
         assert (final["JobState"], final["ExitCode"]) == ("COMPLETED", "0:0"), fin_log
         assert final["StartTime"] >= dr["EndTime"]  # chained after dr
-        assert "finalised: 1 product(s) pass QC" in fin_log
+        (manifest,) = out.glob("S2x10_T29RKH_20200219_*_v1.manifest.json")
+        name = manifest.name.removesuffix(".manifest.json")
+        # the finalisation checked exactly that job's product and recorded its usage
+        assert f"ok     {name}.tif: QC passed, manifest complete" in fin_log, fin_log
+        print(fin_log)
+        summary = [ln for ln in fin_log.splitlines() if ln.startswith(f"job {job} ")]
+        assert summary and "COMPLETED: 1 product(s), 0 failed; elapsed" in summary[0], fin_log
+        assert json.loads(manifest.read_text())["job"]["slurm_job"] == job
+        item = json.loads((out / f"{name}.stac.json").read_text())["properties"]
+        assert item["srlib:slurm_job"] == job and item["srlib:usage"]["source"] in (
+            "sacct", "scontrol")
+        assert item["srlib:usage"]["elapsed_s"] >= 1 and item["processing:lineage"]
+        published = s3_client(endpoint).get_object(
+            Bucket="products", Key=f"slurm/{name}.stac.json")["Body"].read()
+        assert json.loads(published)["properties"]["srlib:slurm_job"] == job
         print(f"dr job {job}: {dr['JobState']} {dr['ExitCode']} ({dr['RunTime']}); "
               f"finalisation {fin}: {final['JobState']} {final['ExitCode']}, "
               f"started {final['StartTime']} after dr ended {dr['EndTime']}")
-        (manifest,) = out.glob("S2x10_T29RKH_20200219_*_v1.manifest.json")
-        name = manifest.name.removesuffix(".manifest.json")
         assert json.loads((out / f"{name}.qc.json").read_text())["passed"] is True
         keys = [o["Key"] for o in s3_client(endpoint).list_objects_v2(
             Bucket="products", Prefix="slurm/")["Contents"]]
@@ -160,13 +172,18 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         assert slurm_job(job2, cluster)["JobState"] == "COMPLETED"
         assert slurm_job(fin2, cluster)["JobState"] == "COMPLETED"
         assert "skipped:" in (logs / f"srlib-dr-aoi-20200219-{job2}.out").read_text()
+        fin2_log = (logs / f"srlib-finalise-{fin2}.out").read_text()
+        assert f"ok     {name}.tif" in fin2_log  # the product it found done is its product
         # no scene that day: dr fails, its finalisation still runs (afterany) and fails
         args[args.index("20200219")] = "20200102"
-        args[args.index(str(out))] = str(tmp_path / "empty")
+        # (in the same --out: the finalisation looks at its job's products, not at the
+        # product of the first job lying there)
         job3, fin3 = submit()
         assert slurm_job(job3, cluster)["JobState"] == "FAILED"
         assert slurm_job(fin3, cluster)["JobState"] == "FAILED"
-        assert "no product in" in (logs / f"srlib-finalise-{fin3}.out").read_text()
+        fin3_log = (logs / f"srlib-finalise-{fin3}.out").read_text()
+        assert f"no product of job {job3}" in fin3_log
+        assert "FAILED 20200102" in fin3_log and "NoSceneFound" in fin3_log, fin3_log
         dr3_log = (logs / f"srlib-dr-aoi-20200102-{job3}.out").read_text()
         assert "srlib dr failed: no sentinel-2-l2a scene" in dr3_log  # one line, no traceback
         assert "Traceback" not in dr3_log

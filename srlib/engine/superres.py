@@ -174,12 +174,12 @@ def _cluster_gpu_resources(device: str | torch.device | None) -> dict[str, float
     """``{"GPU": 1}`` where the active distributed client's workers advertise GPUs."""
     if device is not None and torch.device(device).type == "cpu":
         return None
-    try:
-        from distributed import default_client
+    from ..config import distributed_client
 
-        workers = default_client().scheduler_info(n_workers=-1)["workers"].values()
-    except (ImportError, ValueError):  # no distributed, or no client
+    client = distributed_client()
+    if client is None:
         return None
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
     return {"GPU": 1} if any("GPU" in w.get("resources", {}) for w in workers) else None
 
 

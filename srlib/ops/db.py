@@ -352,6 +352,23 @@ class MetadataDB:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one()
             return dict(row)
 
+    def runs_of_job(self, job_id: str) -> list[dict[str, Any]]:
+        """Return the runs of SLURM job ``job_id`` (their inputs record ``slurm_job``)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs).where(
+                runs.c.inputs.like(f'%"slurm_job": "{job_id}"%')).order_by(runs.c.id))
+            found = [dict(r) for r in rows.mappings()]
+        return [r for r in found if json.loads(r["inputs"]).get("slurm_job") == str(job_id)]
+
+    def add_usage(self, run_id: int, usage: dict[str, Any]) -> None:
+        """Record a batch job's usage (``sacct``) with a run's timings, as ``slurm``."""
+        with self.engine.begin() as conn:
+            text = conn.execute(sa.select(runs.c.timings).where(runs.c.id == run_id)).scalar()
+            timings = json.loads(text) if text else {}
+            timings["slurm"] = usage
+            conn.execute(runs.update().where(runs.c.id == run_id).values(
+                timings=json.dumps(timings)))
+
     # -- requests
     def add_request(self, date: str, aoi: list[float] | tuple[float, ...]) -> int:
         """Queue a pending AOI request (validated: a bad one is refused); return its id."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import re
@@ -334,7 +335,17 @@ class DrRequest:
         return {"date": str(self.date), "mgrs": self.mgrs,
                 "aoi": list(self.aoi) if self.aoi else None, "s2_id": self.s2_id,
                 "product_id": self.product_id, "publish": self.publish,
-                "request": self.request}
+                "request": self.request, **batch_job()}
+
+
+def batch_job() -> dict[str, str]:
+    """Return the batch job this process runs in (``{"slurm_job": id}``), or ``{}``.
+
+    Recorded with its runs and products, so that ``srlib finalise --job`` finds exactly
+    them.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    return {"slurm_job": job} if job else {}
 
 
 def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
@@ -380,9 +391,47 @@ def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
             return _run_dr_recorded(job, spec, notifier, db)
 
 
+#: Folder in ``out`` of the batch jobs' journals: one JSON line per dr run of the job
+JOURNAL_DIR = ".srlib-jobs"
+
+
+def journal_path(out: str | os.PathLike, job_id: str) -> Path:
+    """Return the journal of SLURM job ``job_id``'s runs in ``out`` (``srlib finalise``)."""
+    return Path(out) / JOURNAL_DIR / f"{job_id}.jsonl"
+
+
+def _journal(job: DrRequest, entry: dict[str, Any]) -> None:
+    """Append a run's outcome to its batch job's journal (nothing outside a batch job)."""
+    batch = batch_job().get("slurm_job")
+    if not batch:
+        return
+    path = journal_path(job.out, batch)
+    line = json.dumps({**entry, "inputs": job.inputs()}, default=str) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:  # one short append: whole lines from parallel runs
+            fh.write(line)
+    except OSError as err:
+        log.warning("could not journal the run in %s: %s", path, err)
+
+
 def _run_dr_recorded(job: DrRequest, spec: ModelSpec, notifier: Notifier,
                      db: RunRecorder | None) -> JobResult:
-    """Run the job, recording the run in ``db`` when given."""
+    """Run the job, recording the run in ``db`` when given and in its batch job's journal."""
+    from .notify import redact
+
+    try:
+        result = _run_dr_in_db(job, spec, notifier, db)
+    except BaseException as err:
+        _journal(job, {"status": "failed", "error": redact(f"{type(err).__name__}: {err}")})
+        raise
+    status = result.delivered if result.status == "done" else result.status
+    _journal(job, {"status": status, "product": result.cog.name if result.cog else None})
+    return result
+
+
+def _run_dr_in_db(job: DrRequest, spec: ModelSpec, notifier: Notifier,
+                  db: RunRecorder | None) -> JobResult:
     if db is None:
         return _run_dr(job, spec, notifier)
     from .notify import redact
@@ -628,7 +677,8 @@ def _make_product(job: DrRequest, ds: Any, cog: Path, identity: dict[str, Any],
     result.files = [cog, cog.with_suffix(".qc.json"), *extra]
     with step("manifest", notifier, product=name):
         result.manifest = write_manifest(cog, result.files, identity=identity, qc=result.qc,
-                                         model=provenance(model))
+                                         model=provenance(model),
+                                         job={**batch_job(), "keep_zarr": job.keeps_zarr})
     if publish:
         with step("publish", notifier, product=name, destination=publish):
             result.published = publish_product(cog, report, publish, extra=extra)

@@ -99,6 +99,10 @@ class LogNotifier:
         """Log the failure."""
         log.debug("%s", _message(step, error, table, context))
 
+    def summary(self, text: str) -> None:
+        """Log a report that is not a failure (a finalisation's summary)."""
+        log.debug("%s", redact(text))
+
 
 class WebhookNotifier:
     """POST ``{"text": ...}`` to a Slack-compatible incoming webhook; also log.
@@ -125,6 +129,14 @@ class WebhookNotifier:
         except Exception as err:
             log.error("could not send the failure notification: %s", redact(str(err)))
             return
+        self._post(text, "failure notification")
+
+    def summary(self, text: str) -> None:
+        """Send a report that is not a failure (a finalisation's summary)."""
+        log.info("%s", redact(text))
+        self._post(redact(text), "summary")
+
+    def _post(self, text: str, what: str) -> None:
         body = json.dumps({"text": text}).encode()
         request = urllib.request.Request(self._url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
@@ -132,7 +144,7 @@ class WebhookNotifier:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()
         except Exception as err:
-            log.error("could not send the failure notification: %s", redact(str(err)))
+            log.error("could not send the %s: %s", what, redact(str(err)))
 
 
 def notifier_from_env() -> Notifier:

@@ -213,37 +213,21 @@ def gres_with(gres: str, gpus: int) -> str:
 def render_finalise(profile: Profile, *, out: str, log_dir: str, runtime: str = "venv",
                     image: str | None = None, venv: str | None = None,
                     account: str | None = None) -> str:
-    """Render a short CPU job that checks every product in ``out``.
+    """Render a short CPU job running ``srlib finalise`` for the dr job it follows.
 
-    Chain it after the dr job with ``afterany``: it runs whether dr succeeded or not, and
-    fails (non-zero) when no product is there, a COG has no manifest (an unfinished
-    product) or any product fails QC.
+    Chain it after the dr job with ``afterany`` (:func:`submit_all`, which passes the dr
+    job's id as ``SRLIB_DR_JOB``): it runs whether dr succeeded or not, checks exactly
+    the products that job made, records its usage, removes its leftovers
+    (:mod:`srlib.ops.finalise`) and fails (non-zero) when the job made no product or
+    any failed.
     """
     srlib = _runner(runtime, image, venv, [out, log_dir])
     cpu_only = replace(profile, gres="", cpus_per_task=1)
     lines = _header(cpu_only, "srlib-finalise", log_dir, "00:30:00",
                     min(16, profile.node_memory_gb), account)
-    lines += ["shopt -s nullglob",
-              "checked=0 failed=0",
-              f"for cog in {shlex.quote(out)}/S2x10_*_v*.tif; do",
-              '    [[ "$cog" == *_*_*_v*_* ]] && continue  # derivatives (NDVI, RGB, ...)',
-              "    checked=$((checked + 1))",
-              '    if [ ! -f "${cog%.tif}.manifest.json" ]; then',
-              '        echo "$cog has no manifest: the product is unfinished" >&2',
-              "        failed=$((failed + 1))",
-              "        continue",
-              "    fi",
-              f'    {srlib} qc "$cog" || failed=$((failed + 1))',
-              "done",
-              'if [ "$checked" -eq 0 ]; then',
-              f'    echo "no product in {out}: see the dr job\'s log" >&2',
-              "    exit 1",
-              "fi",
-              'if [ "$failed" -gt 0 ]; then',
-              '    echo "$failed of $checked product(s) fail QC" >&2',
-              "    exit 1",
-              "fi",
-              'echo "finalised: $checked product(s) pass QC"']
+    lines += ['job="${SRLIB_DR_JOB:?set SRLIB_DR_JOB to the dr job id (srlib slurm submit '
+              'does)}"',
+              f'{srlib} finalise --job "$job" --out {shlex.quote(out)}']
     return "\n".join(lines) + "\n"
 
 
@@ -251,8 +235,8 @@ def submit(script: str, *, log_dir: str, dependency: str | None = None) -> str:
     """``sbatch`` a script (after creating ``log_dir``); return the job id."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     cmd = ["sbatch", "--parsable"]
-    if dependency:
-        cmd.append(f"--dependency=afterany:{dependency}")
+    if dependency:  # the finalisation: after the dr job, told its id
+        cmd += [f"--dependency=afterany:{dependency}", f"--export=ALL,SRLIB_DR_JOB={dependency}"]
     try:
         proc = subprocess.run(cmd, input=script, capture_output=True, text=True, check=True)
     except FileNotFoundError as err:

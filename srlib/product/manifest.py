@@ -47,6 +47,7 @@ def write_manifest(
     identity: Mapping[str, Any],
     qc: Mapping[str, Any],
     model: Mapping[str, Any] | None = None,
+    job: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the manifest of a product whose files are all written (call it last).
 
@@ -63,6 +64,8 @@ def write_manifest(
         manifest.
     model : mapping, optional
         The model's identity (name and token).
+    job : mapping, optional
+        The batch job that made it (``{"slurm_job": id}``), for ``srlib finalise``.
 
     Returns
     -------
@@ -80,6 +83,8 @@ def write_manifest(
                    # the coverage check, so that a skipped AOI product still says how much
                    "checks": [c for c in qc.get("checks", []) if c.get("name") == "coverage"]},
             "created": datetime.now(UTC).isoformat(timespec="seconds"), "files": records}
+    if job:
+        body["job"] = dict(job)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(body, indent=2, default=str))
     os.replace(tmp, target)

@@ -520,12 +520,12 @@ def _remove_partials(path: Path) -> None:
 
 def _threads() -> int:
     """Threads of the active scheduler (a distributed client's, or this machine's)."""
-    try:
-        from distributed import get_client
+    from ..config import available_cpus, distributed_client
 
-        return max(1, sum(get_client().nthreads().values()))
-    except (ImportError, ValueError):
-        return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    client = distributed_client()
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return int(dask.config.get("num_workers", None) or available_cpus())
 
 
 def _source_block(source_ends: list[np.ndarray] | None,
@@ -693,13 +693,12 @@ def _compute_wave(wave: list, done: int, total: int) -> int:
     if not progress_active():
         dask.compute(*wave)
         return done + len(wave)
-    try:
-        from distributed import as_completed, get_client
+    from ..config import distributed_client
 
-        client = get_client()
-    except (ImportError, ValueError):
-        client = None
+    client = distributed_client()
     if client is not None:
+        from distributed import as_completed
+
         for future in as_completed(client.compute(wave)):
             future.result()  # raises the task's error
             done += 1
