@@ -9,7 +9,7 @@ fresh output folder; the clusters are started before the clock. Reports jobs/hou
 speed-up from 1 to 2 workers, and, from a per-node rate (``--node-tiles-per-hour``, the
 GPU-node figure of benchmarks/README.md), the projection for K nodes.
 
-Usage: python benchmarks/campaign.py [--jobs 8] [--km 4] [--out FILE]
+Usage: python benchmarks/campaign.py [--jobs 8] [--km 7] [--out FILE]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def measure(workers: int, requests: list[dict], url: str, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=8)
-    parser.add_argument("--km", type=float, default=4.0, help="AOI side (km)")
+    parser.add_argument("--km", type=float, default=7.0, help="AOI side (km)")
     parser.add_argument("--node-tiles-per-hour", type=float, default=2.4,
                         help="one GPU node's whole-tile rate (25 min/tile measured on the "
                              "H200 node before #24: 2.4/h)")
