@@ -6,7 +6,7 @@ Run: python examples/tiles_on_dask_cluster.py 20250731 24MWV 24MVV [--publish s3
 The tiles are one campaign (`srlib.ops.run_campaign`): each tile's whole `run_dr` job
 (inference, Zarr, COG, QC, STAC Item, publishing) runs as one task on a worker of the
 cluster (a LocalCluster, or with --slurm-profile a dask_jobqueue.SLURMCluster whose jobs
-each hold one GPU), as many at once as the cluster has worker threads; the client only
+each hold one GPU), one job per worker at a time; the client only
 submits and collects. A failing tile is reported and the others finish. --out must be on
 storage that every node sees.
 """

@@ -359,7 +359,7 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
 @click.option("--threads-per-worker", default=1, show_default=True,
               type=click.IntRange(min=1), help="Local cluster: threads of each worker.")
 @click.option("--max-in-flight", default=None, type=click.IntRange(min=1),
-              help="Jobs at once (default: one per worker thread).")
+              help="Jobs at once (default: one per worker, on all its threads).")
 @click.option("--model", default="bicubic", show_default=True,
               help="A model card (.json), 'bicubic', or 'swin2sr' with --checkpoint/--stats.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)

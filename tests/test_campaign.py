@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -81,6 +82,8 @@ def test_every_stage_ran_on_the_workers_both_of_them(campaign):
     workers = {o.worker for o in campaign["outcomes"]}
     assert all(w and not w.endswith(here) for w in workers), workers
     assert len(workers) == 2  # the jobs were spread over both worker processes
+    spans = sorted((o.started, o.ended) for o in campaign["outcomes"])
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), spans  # two at once
 
 
 def test_one_failing_job_leaves_the_others_done_reported_recorded_notified(campaign, env):
@@ -97,14 +100,16 @@ def test_one_failing_job_leaves_the_others_done_reported_recorded_notified(campa
     assert "20200102" in texts and "qc" in texts.lower()
 
 
-def test_a_rerun_campaign_skips_what_is_done_and_redoes_nothing(campaign, env):
+def test_a_rerun_campaign_skips_what_is_done_one_job_in_flight_at_most(campaign, env):
     from srlib.ops.campaign import run_campaign
 
     before = {p.name: p.stat().st_mtime_ns for p in campaign["many"].glob("*.tif")}
-    again = run_campaign([{"date": "20200219", "aoi": box} for box in BOXES], workers=1,
-                         out=campaign["many"], catalog=env["url"],
+    again = run_campaign([{"date": "20200219", "aoi": box} for box in BOXES], workers=2,
+                         max_in_flight=1, out=campaign["many"], catalog=env["url"],
                          publish="s3://products/campaign")
     assert [o.status for o in again] == ["skipped"] * 3
+    spans = sorted((o.started, o.ended) for o in again)
+    assert all(b[0] >= a[1] for a, b in itertools.pairwise(spans)), spans  # one at a time
     assert {p.name: p.stat().st_mtime_ns for p in campaign["many"].glob("*.tif")} == before
 
 

@@ -113,8 +113,9 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
     with loopback_sources(tmp_path / "stac") as (url, endpoint, _item):
         s3_client(endpoint).create_bucket(Bucket="products")
         creds = tmp_path / "credentials"
+        meta = tmp_path / "meta.sqlite"  # the jobs' database, as PG_URL would name it
         creds.write_text(f"AWS_ACCESS_KEY_ID=slurmtest\nAWS_SECRET_ACCESS_KEY={secret}\n"
-                         "AWS_DEFAULT_REGION=us-east-1\n")
+                         f"AWS_DEFAULT_REGION=us-east-1\nPG_URL=sqlite:///{meta}\n")
         creds.chmod(0o600)
         profile = _node_profile(tmp_path, cluster["partition"])
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -154,6 +155,11 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         assert item["srlib:slurm_job"] == job and item["srlib:usage"]["source"] in (
             "sacct", "scontrol")
         assert item["srlib:usage"]["elapsed_s"] >= 1 and item["processing:lineage"]
+        from srlib.ops.db import MetadataDB
+
+        (run,) = MetadataDB(f"sqlite:///{meta}").runs_of_job(job)
+        assert run["status"] == "done"
+        assert json.loads(run["timings"])["slurm"]["elapsed_s"] >= 1  # usage on the run row
         published = s3_client(endpoint).get_object(
             Bucket="products", Key=f"slurm/{name}.stac.json")["Body"].read()
         assert json.loads(published)["properties"]["srlib:slurm_job"] == job

@@ -10,7 +10,7 @@ submits and collects, so a login node's few cores never bound the campaign, and 
 one job writes its COG on a worker's CPUs, another job's model runs on the same
 worker's GPU (the process's lanes serialise the model; see :mod:`srlib.engine.lanes`).
 
-At most ``max_in_flight`` jobs run at once (default: one per worker thread). Each job's
+At most ``max_in_flight`` jobs run at once (default: one per worker, on all its threads). Each job's
 outcome is independent: a job that fails is notified and recorded by its own
 :func:`~srlib.ops.run_dr` (as any ``dr`` job) and reported in its :class:`Outcome`; the
 others go on. Skip, resume and manifest rules are ``run_dr``'s, per product.
@@ -52,6 +52,8 @@ class Outcome:
     error: str | None = None
     worker: str | None = None  # host:pid of the process that ran every stage
     seconds: float = 0.0
+    started: float | None = None  # when the job started and ended (Unix time, worker's)
+    ended: float | None = None
 
     def line(self) -> str:
         """One line for the terminal: what, status, where it went or why it failed."""
@@ -147,7 +149,7 @@ def _task(request: dict[str, Any], options: dict[str, Any], db_url: str | None
     from .jobs import run_dr
     from .notify import redact
 
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), time.time()
     here = f"{socket.gethostname()}:{os.getpid()}"
     threads = _worker_threads()
     _size_lanes(threads)
@@ -159,11 +161,12 @@ def _task(request: dict[str, Any], options: dict[str, Any], db_url: str | None
             result = run_dr(**options, **request, db=db)
     except Exception as err:  # reported by run_dr's steps already; the campaign goes on
         return Outcome(request, "failed", error=redact(f"{type(err).__name__}: {err}"),
-                       worker=here, seconds=time.monotonic() - t0)
+                       worker=here, seconds=time.monotonic() - t0, started=started,
+                       ended=time.time())
     status = result.delivered if result.status == "done" else result.status
     return Outcome(request, status, cog=str(result.cog) if result.cog else None,
                    published=list(result.published), worker=here,
-                   seconds=time.monotonic() - t0)
+                   seconds=time.monotonic() - t0, started=started, ended=time.time())
 
 
 def _worker_threads() -> int | None:
@@ -224,8 +227,10 @@ def run_campaign(requests: Iterable[Mapping[str, Any]], *, client: Any = None,
     workers, threads_per_worker : int
         The ``LocalCluster`` started when there is no client.
     max_in_flight : int, optional
-        Jobs running at once (default: the cluster's worker threads). Each holds one
-        product's blocks in memory.
+        Jobs running at once (default: one per worker, each on all the worker's threads
+        and its GPU; workers that join later count). Each job goes to the least busy
+        worker and holds one product's blocks in memory; more than one per worker lets a
+        job's COG stage overlap another's inference on a GPU worker.
     db : str, optional
         Database URL: every job records its run there (workers open it themselves).
     on_outcome : callable, optional
@@ -256,29 +261,36 @@ def run_campaign(requests: Iterable[Mapping[str, Any]], *, client: Any = None,
         raise InputError(f"max_in_flight must be at least 1, got {max_in_flight}")
     outcomes: list[Outcome | None] = [None] * len(todo)
     with _client(client, workers, threads_per_worker) as cl:
-        limit = max_in_flight or max(1, sum(cl.nthreads().values()))
-        log.info("campaign: %d request(s) on %d worker(s), %d at a time", len(todo),
-                 len(cl.nthreads()), limit)
+        cl.wait_for_workers(1)  # a SLURMCluster's jobs may still be queued
         pending = iter(enumerate(todo))
-        index: dict[Any, int] = {}
+        index: dict[Any, tuple[int, str]] = {}
+        load: dict[str, int] = {}
         running = as_completed()
 
-        def submit_next() -> bool:
-            nxt = next(pending, None)
-            if nxt is None:
-                return False
-            n, request = nxt
-            future = cl.submit(_task, request, options, db, pure=False,
-                               key=f"srlib-campaign-{n}-{os.urandom(4).hex()}")
-            index[future.key] = n
-            running.add(future)
-            return True
+        def fill() -> None:
+            """Submit jobs until ``max_in_flight`` run, each to the least busy worker."""
+            for addr in cl.scheduler_info(n_workers=-1)["workers"]:
+                load.setdefault(addr, 0)  # workers that joined since
+            limit = max_in_flight or max(1, len(load))
+            while sum(load.values()) < limit:
+                nxt = next(pending, None)
+                if nxt is None:
+                    return
+                n, request = nxt
+                addr = min(load, key=load.__getitem__)
+                future = cl.submit(_task, request, options, db, pure=False,
+                                   key=f"srlib-campaign-{n}-{os.urandom(4).hex()}",
+                                   workers=[addr], allow_other_workers=True)
+                load[addr] += 1
+                index[future.key] = (n, addr)
+                running.add(future)
 
-        for _ in range(limit):
-            if not submit_next():
-                break
+        log.info("campaign: %d request(s) on %d worker(s)", len(todo),
+                 len(cl.scheduler_info(n_workers=-1)["workers"]))
+        fill()
         for future in running:
-            n = index[future.key]
+            n, addr = index.pop(future.key)
+            load[addr] -= 1
             try:
                 outcome = future.result()
             except Exception as err:  # the worker died (KilledWorker) or could not run it
@@ -288,5 +300,5 @@ def run_campaign(requests: Iterable[Mapping[str, Any]], *, client: Any = None,
             if on_outcome is not None:
                 on_outcome(outcome)
             check_stop()
-            submit_next()
+            fill()
     return [o for o in outcomes if o is not None]
