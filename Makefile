@@ -25,6 +25,7 @@ demo: install
 test: install
 	scripts/test-services
 	$(BIN)/ruff check srlib tests benchmarks examples docs
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 	$(MAKE) test-gdal
 

@@ -696,6 +696,48 @@ def stac(cog_path: Path, href_base: str | None, sources: tuple[str, ...],
 
 @main.command()
 @_verbosity
+@click.argument("model", default="bicubic")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--scene", "scenes", multiple=True,
+              help="A bundled sample (29RKH, bigearthnet) or a STAC Item (.json); repeat "
+                   "for several (default: 29RKH).")
+@click.option("--baselines", default=",".join(("bicubic", "lanczos", "nearest")),
+              show_default=True, help="Comma-separated: bicubic, lanczos, nearest.")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: auto).")
+@click.option("--crop", default=256, show_default=True, type=click.IntRange(min=32),
+              help="Side (input px) of the centre crop for consistency and speed.")
+@click.option("--write-card", is_flag=True,
+              help="Record the figures in the model card (its metrics field).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench(model: str, checkpoint: str | None, stats: str | None, scenes: tuple[str, ...],
+          baselines: str, device: str | None, crop: int, write_card: bool,
+          as_json: bool) -> None:
+    """Judge a model against baselines: Wald's protocol, consistency, speed, memory.
+
+    MODEL is a model card (.json), 'bicubic', or 'swin2sr' with --checkpoint/--stats.
+    """
+    _flush_subnormals()
+    import srlib
+    from srlib.bench import bench as run_bench
+    from srlib.bench import table, to_json
+
+    spec = _load_model(model, checkpoint, stats)
+    chosen = [b.strip() for b in baselines.split(",") if b.strip()]
+    results = run_bench(spec, scenes=scenes or ("29RKH",), baselines=chosen,
+                        device=device, crop=crop)
+    if write_card:
+        from srlib.models.card import is_card, record_metrics
+
+        if not is_card(model):
+            raise srlib.InputError(f"--write-card needs a model card (.json), not {model!r}")
+        path = record_metrics(model, [r.to_dict() for r in results])
+        logging.getLogger("srlib").info("recorded the figures in %s", path)
+    click.echo(to_json(results) if as_json else table(results))
+
+
+@main.command()
+@_verbosity
 @click.option("--job", "job_id", required=True, help="The SLURM job id of the dr job.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out"), show_default=True, help="The job's output directory.")

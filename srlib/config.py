@@ -106,7 +106,7 @@ class QCThresholds:
     consistency_pixels: int = 1024 * 1024
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, object],
+    def from_mapping(cls, values: Mapping[str, Any],
                      base: QCThresholds | None = None) -> QCThresholds:
         """Override ``base`` (default: the defaults) with ``values``, checked.
 
@@ -121,7 +121,7 @@ class QCThresholds:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise InputError(f"unknown QC thresholds {unknown}; known: {sorted(known)}")
-        out: dict[str, object] = {}
+        out: dict[str, Any] = {}
         for name, value in values.items():
             default = getattr(base, name)
             field_type = str(known[name].type)
@@ -130,14 +130,14 @@ class QCThresholds:
                     ok = value is None or (not isinstance(value, bool) and float(value) >= 0)
                     value = None if value is None else float(value)
                 elif isinstance(default, tuple):
-                    lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
+                    lo, hi = (float(v) for v in value)
                     ok = lo <= hi
                     value = (lo, hi)
                 elif isinstance(default, str):
                     ok = isinstance(value, str)
                 else:
-                    ok = not isinstance(value, bool) and float(value) >= 0  # type: ignore[arg-type]
-                    value = type(default)(value)  # type: ignore[call-arg]
+                    ok = not isinstance(value, bool) and float(value) >= 0
+                    value = type(default)(value)
             except (TypeError, ValueError):
                 ok = False
             if not ok:
@@ -146,7 +146,7 @@ class QCThresholds:
             out[name] = value
         return replace(base, **out)
 
-    def __getitem__(self, name: str) -> object:
+    def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
 
     def to_dict(self) -> dict[str, object]:

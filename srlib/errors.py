@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 __all__ = [
     "STEP_NOTE",
@@ -91,7 +92,7 @@ class QCFailed(SrlibError):
         The :class:`srlib.product.qc.QCReport` that failed.
     """
 
-    def __init__(self, failed: list[str], report: object | None = None) -> None:
+    def __init__(self, failed: list[str], report: Any = None) -> None:
         self.failed = list(failed)
         self.report = report
         super().__init__(

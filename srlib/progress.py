@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TextIO
 
 __all__ = ["JOB_STAGES", "Progress", "job_progress", "job_stages", "report", "watch_file"]
@@ -229,7 +230,7 @@ def watch_file(stage: str, path: Callable[[], os.PathLike], expected: float, *,
     def poll() -> None:
         while not stop.wait(interval):
             try:
-                size = float(path().stat().st_size)
+                size = float(Path(path()).stat().st_size)
             except OSError:
                 continue
             report(stage, min(size, 0.99 * expected), expected, "bytes")

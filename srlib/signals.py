@@ -95,8 +95,10 @@ def _watchdog(read_fd: int, grace_s: float) -> None:
         # runs and raises there at once.
         time.sleep(0.2)
         if not _stop.is_set():
+            main = threading.main_thread().ident
             with contextlib.suppress(Exception):
-                signal.pthread_kill(threading.main_thread().ident, signums[0])
+                if main is not None:
+                    signal.pthread_kill(main, signums[0])
         time.sleep(max(grace_s - 0.2, 0.0))  # for the main thread to unwind on its own
         log.error("srlib: still running %.0f s after %s; releasing and exiting", grace_s,
                   _signal_name["name"])

@@ -23,6 +23,7 @@ def test_every_imported_package_is_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = _names(project["dependencies"])
     declared |= _names(project["optional-dependencies"]["distributed"])
+    declared |= _names(project["optional-dependencies"]["bench"])  # srlib bench's metrics
     modules = set()
     for path in (ROOT / "srlib").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -61,8 +62,9 @@ def test_environment_yml_matches_pyproject_runtime_dependencies():
     text = (ROOT / "environment.yml").read_text()
     listed = _names([line.strip().lstrip("- ").strip() for line in text.splitlines()
                      if line.strip().startswith("- ") and ":" not in line])
-    runtime = _names(project["dependencies"]) | _names(
-        project["optional-dependencies"]["distributed"])
+    extras = project["optional-dependencies"]
+    runtime = _names(project["dependencies"]) | _names(extras["distributed"]) | _names(
+        extras["bench"])
     aliases = {"psycopg": "psycopg", "torch": "pytorch"}  # conda-forge names
     missing = {r for r in runtime if r not in listed and aliases.get(r) not in listed}
     assert not missing, f"environment.yml lacks {missing}"

@@ -180,6 +180,16 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         assert "skipped:" in (logs / f"srlib-dr-aoi-20200219-{job2}.out").read_text()
         fin2_log = (logs / f"srlib-finalise-{fin2}.out").read_text()
         assert f"ok     {name}.tif" in fin2_log  # the product it found done is its product
+        # leftovers: a killed conversion's temp file goes; the AOI's store (kept by
+        # default, for its derivatives) stays
+        temp = out / f".{name}.tif.x1y2.tmp.tif"
+        temp.write_bytes(b"\0" * 1024)
+        again = subprocess.run([str(Path(sys.prefix) / "bin" / "srlib"), "finalise", "--job",
+                                job, "--out", str(out)], capture_output=True, text=True,
+                               env={**env, "PG_URL": f"sqlite:///{meta}"})
+        assert again.returncode == 0, again.stderr
+        assert "removed 1 leftover(s)" in again.stdout and not temp.exists(), again.stdout
+        assert (out / f"{name}.zarr").is_dir()
         # no scene that day: dr fails, its finalisation still runs (afterany) and fails
         args[args.index("20200219")] = "20200102"
         # (in the same --out: the finalisation looks at its job's products, not at the

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import BatchSizeError
 from ..models.spec import ModelSpec
+from ..models.swin2sr import WindowAttention
 
 __all__ = ["INDEX_LIMIT", "max_safe_batch", "peak_elements", "plan_batch_size"]
 
@@ -26,9 +27,11 @@ _PEAKS: dict[tuple[str, int], int] = {}
 def _measure_on_meta(spec: ModelSpec, patch: int) -> int:
     """Largest module output (elements per sample) in a meta-device forward pass."""
     module = copy.deepcopy(spec.build()).to("meta")
-    for m in module.modules():  # fused attention (SDPA) hides its attention map from the
-        if hasattr(m, "sdpa"):  # hooks, and its math backend makes one too: measure the
-            m.sdpa = False      # explicit path
+    # fused attention (SDPA) hides its attention map from the hooks, and its math backend
+    # makes one too: measure the explicit path
+    for m in module.modules():
+        if isinstance(m, WindowAttention):
+            m.sdpa = False
     peak = 0
 
     def hook(_mod: torch.nn.Module, _inp: object, out: object) -> None:

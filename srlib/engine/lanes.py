@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ __all__ = ["Lanes", "current_lanes", "forward_all", "lane_count", "process_lanes
            "reset_process_lanes"]
 
 _T = TypeVar("_T")
+#: A batch's output patches: a numpy array, or a tensor on the device (``Runner``); the
+#: blocks' ``prepare`` and ``consume`` know which their runner gives
+Patches = Any
 
 
 def lane_count(run: Runner, lanes: int | None) -> int:
@@ -134,8 +137,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _forward_prefetching(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndarray],
-                         consume: Callable[[_T, torch.Tensor], None],
-                         prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:
+                         consume: Callable[[_T, Patches], None],
+                         prepare: Callable[[Patches], Patches]) -> None:
     """Run the batches one after another while a thread prepares and uploads the next.
 
     For a device that finishes its own results (a GPU): the host cuts the next batch's
@@ -146,17 +149,19 @@ def _forward_prefetching(run: Runner, batches: Sequence[_T], make: Callable[[_T]
     with _LANES_LOCK:
         if _PREFETCH is None:
             _PREFETCH = ThreadPoolExecutor(1, thread_name_prefix="srlib-prefetch")
-    pending = _PREFETCH.submit(lambda b: run.upload(make(b)), batches[0]) if batches else None
+    if not batches:
+        return
+    pending = _PREFETCH.submit(lambda b: run.upload(make(b)), batches[0])
     for i, batch in enumerate(batches):
         tensor = pending.result()
-        pending = (_PREFETCH.submit(lambda b: run.upload(make(b)), batches[i + 1])
-                   if i + 1 < len(batches) else None)
+        if i + 1 < len(batches):
+            pending = _PREFETCH.submit(lambda b: run.upload(make(b)), batches[i + 1])
         consume(batch, prepare(run(tensor)))
 
 
 def forward_all(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndarray],
-                 consume: Callable[[_T, np.ndarray], None],
-                 prepare: Callable[[np.ndarray], np.ndarray] = lambda r: r, *,
+                 consume: Callable[[_T, Patches], None],
+                 prepare: Callable[[Patches], Patches] = lambda r: r, *,
                  lanes: int | None = None, ordered: bool = True) -> None:
     """Run every batch through the model and hand each result to ``consume``, in order.
 
@@ -184,7 +189,7 @@ def forward_all(run: Runner, batches: Sequence[_T], make: Callable[[_T], np.ndar
     n = pool.take(n)
     changed, failed = threading.Condition(), threading.Event()
     todo: Iterator[tuple[int, _T]] = iter(enumerate(batches))
-    done: dict[int, np.ndarray] = {}
+    done: dict[int, Patches] = {}
 
     def lane() -> None:
         try:

@@ -9,6 +9,7 @@ results do not depend on the chunking. Either way each region of output is finis
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,9 +73,9 @@ class Output:
         s = self.s
         h, w = hr.shape[1:]
         if isinstance(hr, torch.Tensor):
-            q = self.quality_t[y0 // s : (y0 + h) // s, x0 // s : (x0 + w) // s]
-            q = q.repeat_interleave(s, dim=0).repeat_interleave(s, dim=1)
-            done = finish_tensor(hr, q, self.mean_t, self.std_t)
+            qt = self.quality_t[y0 // s : (y0 + h) // s, x0 // s : (x0 + w) // s]
+            qt = qt.repeat_interleave(s, dim=0).repeat_interleave(s, dim=1)
+            done = finish_tensor(hr, qt, self.mean_t, self.std_t)
             self.out[:, y0 : y0 + h, x0 : x0 + w] = done.cpu().numpy()
             return
         q = self.quality[y0 // s : (y0 + h) // s, x0 // s : (x0 + w) // s]
@@ -139,9 +140,9 @@ def run_feather(x: np.ndarray, run: Runner, spec: ModelSpec, gy: int, gx: int,
     _, ly, lx = x.shape
     hy, hx = (ly - 2 * halo) * s, (lx - 2 * halo) * s  # core, output pixels
     ramp = _ramp(p * s, spec.overlap * s)
-    weight = ramp[:, None] * ramp[None, :]
+    weight: Any = ramp[:, None] * ramp[None, :]  # on the device with the window, if any
     ph = p * s  # window height: one patch
-    acc = np.zeros((len(spec.bands_out), ph, hx), dtype=np.float32)
+    acc: Any = np.zeros((len(spec.bands_out), ph, hx), dtype=np.float32)
     if run.on_device:  # the window and the weights live beside the model's output
         acc, weight = torch.from_numpy(acc).to(run.device), torch.from_numpy(weight).to(
             run.device)

@@ -267,7 +267,7 @@ def super_resolve(
                          f"on CUDA), got {postprocess!r}")
     bands, scl, template = _bands(ds, spec.bands_in)  # also refuses non-xarray, empty input
     transform, crs = check_grid(ds)
-    shape = template.shape
+    shape = (int(template.shape[0]), int(template.shape[1]))
     safe = check_batch_size(spec, spec.patch_size, batch_size)
     stack, ychunks, xchunks = _input_stack([*bands, scl] if scl is not None else bands,
                                            shape, spec, chunks)

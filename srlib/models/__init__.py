@@ -182,7 +182,7 @@ def _module_spec(model: torch.nn.Module, bands: Bands, scale: int, stats: Stats,
             "the identity of %s cannot be established (an attribute without a stable value, "
             "or no source code): its Zarr stores will never be resumed; script it "
             "(torch.jit.script) to make it resumable", type(model).__name__)
-    common = dict(
+    common: dict[str, Any] = dict(
         name=type(model).__name__, bands_in=bands_in, bands_out=bands_out, scale=scale,
         stats=stats, build=functools.partial(_build_given, model), token=f"module-{token}",
     )

@@ -62,6 +62,9 @@ class Bicubic(nn.Module):
         Input channels to upsample, in output order.
     """
 
+    channels: torch.Tensor
+    taps: torch.Tensor
+
     def __init__(self, scale: int, channels: list[int]) -> None:
         super().__init__()
         self.scale = scale

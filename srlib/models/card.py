@@ -24,7 +24,9 @@ patch geometry where it differs from the architecture's defaults. Example::
 
 Optional: ``description``, ``overlap``, ``halo``, ``blend``, ``rate_mpx_per_s`` (output
 megapixels per second measured on a GPU, used for SLURM time limits), ``compile``
-(``true``: run the model through ``torch.compile``, as ``--compile`` does).
+(``true``: run the model through ``torch.compile``, as ``--compile`` does), ``metrics``
+(``srlib bench --write-card``: the figures, the scenes and srlib's version; named in
+the STAC Items of products made with the card).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import ModelError
 from ..hashing import sha256_file
@@ -42,12 +44,12 @@ from .registry import BuildRequest, get_architecture
 from .spec import ModelSpec
 from .stats import Stats, read_stats
 
-__all__ = ["CARD_FIELDS", "is_card", "load_card", "read_card", "shipped_cards",
-           "write_model_card"]
+__all__ = ["CARD_FIELDS", "is_card", "load_card", "read_card", "record_metrics",
+           "shipped_cards", "write_model_card"]
 
 _REQUIRED = ("name", "version", "architecture", "scale", "bands_in", "bands_out", "stats")
 _OPTIONAL = ("config", "checkpoint", "sha256", "patch_size", "overlap", "halo", "blend",
-             "description", "rate_mpx_per_s", "compile")
+             "description", "rate_mpx_per_s", "compile", "metrics")
 #: Every field a card may have.
 CARD_FIELDS = (*_REQUIRED, *_OPTIONAL)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -61,7 +63,7 @@ def shipped_cards() -> dict[str, Path]:
     return {p.parent.name: p for p in sorted(root.glob("*/card.json"))}
 
 
-def is_card(model: object) -> bool:
+def is_card(model: object) -> TypeGuard[str | os.PathLike]:
     """Whether ``model`` names a model card: a ``.json`` path or a shipped card's name."""
     if isinstance(model, str) and model in shipped_cards():
         return True
@@ -145,6 +147,8 @@ def load_card(path: str | os.PathLike) -> ModelSpec:
         blend=card.get("blend"), checkpoint=checkpoint, name=card["name"],
         version=str(card["version"]), checkpoint_sha256=sha)
     spec = arch.build_spec(config, request)
+    if card.get("metrics"):
+        spec = replace(spec, metrics=json.dumps(card["metrics"]))
     return replace(spec, compile=True) if card.get("compile") else spec
 
 
@@ -193,3 +197,32 @@ def write_model_card(spec: ModelSpec, path: str | os.PathLike, *,
         card["compile"] = True
     path.write_text(json.dumps(card, indent=2) + "\n")
     return path
+
+
+def record_metrics(path: str | os.PathLike, results: list[dict[str, Any]]) -> Path:
+    """Record ``srlib bench``'s figures in a card's ``metrics`` field (atomically).
+
+    The figures of the card's model (the first method of each scene) and of the
+    baselines, the scenes and srlib's version; the card's other fields are unchanged.
+    """
+    from importlib.metadata import version
+
+    card_path = Path(path) if str(path).lower().endswith(".json") else \
+        Path(shipped_cards()[str(path)])
+    card = read_card(card_path)
+    model = card["name"]
+    card["metrics"] = {
+        "srlib": version("srlib"),
+        "scenes": sorted({r["scene"] for r in results}),
+        "model": {r["scene"]: {"wald": r["wald"], "consistency": r["consistency"],
+                               "speed": r["speed"]}
+                  for r in results if r["method"] == model},
+        "baselines": {f"{r['scene']}/{r['method']}": {"psnr": r["wald"]["psnr"],
+                                                     "sam_deg": r["wald"]["sam_deg"],
+                                                     "ergas": r["wald"]["ergas"]}
+                      for r in results if r["method"] != model},
+    }
+    tmp = card_path.with_name(f".{card_path.name}.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, card_path)
+    return card_path

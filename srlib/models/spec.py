@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -73,6 +74,9 @@ class ModelSpec:
         Run the module through ``torch.compile`` (compiled once per worker process and
         device, on its first batch; the time it took is logged and kept, see
         :func:`compile_seconds`).
+    metrics : str
+        The figures ``srlib bench --write-card`` recorded in the model's card (JSON), named
+        in the products' STAC Items; not part of the model's identity.
     """
 
     name: str
@@ -93,6 +97,7 @@ class ModelSpec:
     checkpoint: str | None = None
     checkpoint_sha256: str = ""
     compile: bool = False
+    metrics: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.stats.input.bands) != len(self.bands_in):
@@ -240,10 +245,18 @@ def _attribute_bytes(value: object) -> bytes:
     raise TypeError(f"no stable identity for a {type(value).__name__} attribute")
 
 
-def provenance(spec: ModelSpec) -> dict[str, str]:
+def provenance(spec: ModelSpec) -> dict[str, Any]:
     """Return the model's name, version and checkpoint SHA-256 (for products, records)."""
-    return {"name": spec.name, "version": spec.version,
-            "checkpoint_sha256": spec.checkpoint_sha256, "identity": spec_identity(spec)}
+    out: dict[str, Any] = {"name": spec.name, "version": spec.version,
+                           "checkpoint_sha256": spec.checkpoint_sha256,
+                           "identity": spec_identity(spec)}
+    if spec.metrics:  # srlib bench's figures from the card, where it has them
+        recorded = json.loads(spec.metrics)
+        wald = {scene: {k: v["wald"][k] for k in ("psnr", "sam_deg", "ergas")}
+                for scene, v in recorded.get("model", {}).items()}
+        out["metrics"] = {"srlib": recorded.get("srlib"), "scenes": recorded.get("scenes"),
+                          "wald": wald, "baselines": recorded.get("baselines")}
+    return out
 
 
 def spec_identity(spec: ModelSpec) -> str:
@@ -253,8 +266,9 @@ def spec_identity(spec: ModelSpec) -> str:
     patch geometry. Used in the product's dask names (hence the Zarr store's identity)
     and in manifests.
     """
-    parts = (spec.token, spec.name, spec.bands_in, spec.bands_out, spec.scale,
-             repr(spec.stats), spec.blend, spec.patch_size, spec.overlap, spec.halo)
+    parts: tuple[object, ...] = (spec.token, spec.name, spec.bands_in, spec.bands_out,
+                                 spec.scale, repr(spec.stats), spec.blend, spec.patch_size,
+                                 spec.overlap, spec.halo)
     if spec.version or spec.checkpoint_sha256:  # (older identities stay as they were)
         parts = (*parts, spec.version, spec.checkpoint_sha256)
     if spec.compile:  # compiled kernels round differently (within 1e-5 in float32)

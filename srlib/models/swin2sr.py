@@ -83,6 +83,9 @@ class Mlp(nn.Module):
 class WindowAttention(nn.Module):
     """Scaled-cosine window attention with a continuous position bias (SwinV2)."""
 
+    relative_coords_table: torch.Tensor
+    relative_position_index: torch.Tensor
+
     def __init__(self, dim: int, window: int, heads: int, qkv_bias: bool = True,
                  pretrained_window: int = 0) -> None:
         super().__init__()
@@ -106,6 +109,8 @@ class WindowAttention(nn.Module):
         rel[:, :, 0] *= 2 * window - 1
         self.register_buffer("relative_position_index", rel.sum(-1))
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias: nn.Parameter | None
+        self.v_bias: nn.Parameter | None
         if qkv_bias:
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
@@ -121,7 +126,7 @@ class WindowAttention(nn.Module):
         """Attend within windows: ``x`` is ``(windows * batch, tokens, dim)``."""
         bw, n, c = x.shape
         bias = None
-        if self.q_bias is not None:
+        if self.q_bias is not None and self.v_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias)
         q, k, v = qkv.reshape(bw, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
@@ -179,6 +184,8 @@ def _shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
 
 class SwinTransformerBlock(nn.Module):
     """SwinV2 block with residual post-normalisation and an optional cyclic shift."""
+
+    attn_mask: torch.Tensor | None
 
     def __init__(self, dim: int, resolution: tuple[int, int], heads: int, window: int,
                  shift: int, mlp_ratio: float, qkv_bias: bool) -> None:
@@ -340,6 +347,9 @@ class Swin2SR(nn.Module):
         Convolution at the end of each residual group.
     """
 
+    mean_in: torch.Tensor
+    mean_out: torch.Tensor
+
     def __init__(self, img_size: int = 64, patch_size: int = 1, in_chans: int = 3,
                  out_chans: int | None = None, embed_dim: int = 96,
                  depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
@@ -393,7 +403,7 @@ class Swin2SR(nn.Module):
             self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
                                                       nn.LeakyReLU(inplace=True))
         if upsampler in ("pixelshuffle", "pixelshuffle_hf"):
-            self.upsample = Upsample(upscale, num_feat)
+            self.upsample: nn.Module = Upsample(upscale, num_feat)
             self.conv_last = nn.Conv2d(num_feat, out_chans, 3, 1, 1)
         if upsampler == "pixelshuffle_hf":
             self.upsample_hf = Upsample(upscale, num_feat)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ def _spec(config: TorchScriptConfig, req: BuildRequest) -> ModelSpec:
     path = str(Path(req.checkpoint).resolve())
     _build(path)  # fail on the client if the file is not a TorchScript module
     sha = req.checkpoint_sha256 or sha256_file(path)
-    common = dict(name=req.name or "torchscript", bands_in=req.bands_in,
+    common: dict[str, Any] = dict(name=req.name or "torchscript", bands_in=req.bands_in,
                   bands_out=req.bands_out, scale=req.scale, stats=req.stats,
                   build=functools.partial(_build, path), token=f"ts-{sha[:16]}",
                   architecture="torchscript", version=req.version, checkpoint=path,

@@ -144,6 +144,14 @@ class RequestQueue(RunRecorder, Protocol):
         """Put a claimed request back to pending (or failed when its attempts are spent)."""
 
 
+def _new_id(result: Any) -> int:
+    """Return the id of the row an ``INSERT`` made."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise DatabaseError("the database returned no id for the new row")
+    return int(key[0])
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -251,8 +259,11 @@ class MetadataDB:
             @sa.event.listens_for(self.engine, "begin")
             def _sqlite_begin(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
-        self._db_call("create the tables", lambda: (_meta.create_all(self.engine),
-                                                    self._add_missing_columns()), retry=False)
+        def _create() -> None:
+            _meta.create_all(self.engine)
+            self._add_missing_columns()
+
+        self._db_call("create the tables", _create, retry=False)
 
     def _add_missing_columns(self) -> None:
         """Add the columns of newer srlib versions to tables an older one created."""
@@ -299,7 +310,7 @@ class MetadataDB:
         if self.is_sqlite:
             text = conn.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar()
             return dt.datetime.fromisoformat(str(text)).replace(tzinfo=dt.UTC)
-        value = conn.execute(sa.text("SELECT now()")).scalar()
+        value = conn.execute(sa.text("SELECT now()")).scalar_one()
         return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
     def ping(self) -> None:
@@ -322,7 +333,7 @@ class MetadataDB:
                     started=self._db_now(conn), status="running",
                     inputs=json.dumps(inputs, default=str), model=model,
                     versions=json.dumps(versions or {}), request_id=request_id))
-                run_id = int(result.inserted_primary_key[0])
+                run_id = _new_id(result)
                 if request_id is not None:
                     conn.execute(requests.update().where(requests.c.id == request_id)
                                  .values(run_id=run_id))
@@ -379,7 +390,7 @@ class MetadataDB:
                 result = conn.execute(requests.insert().values(
                     created=self._db_now(conn), date=parsed["date"],
                     aoi=json.dumps(parsed["aoi"]), status="pending", attempts=0))
-                return int(result.inserted_primary_key[0])
+                return _new_id(result)
         return self._db_call("add a request", _add)
 
     def claim_request(self, worker: str, *, lease_s: float = 600.0,
@@ -571,7 +582,7 @@ class MetadataDB:
 
         def _requeue() -> list[int]:
             with self.engine.begin() as conn:
-                where = sa.true()
+                where: sa.ColumnElement[bool] = sa.true()
                 if ids:
                     found = dict(conn.execute(sa.select(requests.c.id, requests.c.status)
                                               .where(requests.c.id.in_(ids))).all())

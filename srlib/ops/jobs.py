@@ -378,16 +378,17 @@ def run_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
     spec = _model_spec(model, job.sr_options)
     notifier = notifier or notifier_from_env()
     with job_progress(job_stages(model=spec.name, publish=bool(job.publish)), mode=progress):
-        if not job.devices:
+        devices = job.devices
+        if not devices:
             return _run_dr_recorded(job, spec, notifier, db)
         if job.sr_options.get("device") is not None:
             raise InputError("give devices= (--gpus) or device= (--device), not both")
         # each worker sees only its own GPU, where "cuda" (the default) is that GPU
-        cpu = job.devices[0] == "cpu"
+        cpu = devices[0] == "cpu"
         job = replace(job, sr_options={**job.sr_options, "device": "cpu" if cpu else None})
         with contextlib.ExitStack() as stack:
-            with step("cluster", notifier, devices=",".join(job.devices)):
-                stack.enter_context(device_cluster(job.devices))
+            with step("cluster", notifier, devices=",".join(devices)):
+                stack.enter_context(device_cluster(devices))
             return _run_dr_recorded(job, spec, notifier, db)
 
 

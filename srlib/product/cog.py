@@ -108,8 +108,8 @@ def _source(parent: ET.Element, tag: str, store: Path, array: str, shape: tuple[
                       RasterYSize=str(shape[0]), DataType=dtype,
                       BlockXSize=str(TILE), BlockYSize=str(TILE))
         rect = {"xOff": "0", "yOff": "0", "xSize": str(shape[1]), "ySize": str(shape[0])}
-        ET.SubElement(src, "SrcRect", **rect)
-        ET.SubElement(src, "DstRect", **rect)
+        ET.SubElement(src, "SrcRect", rect)
+        ET.SubElement(src, "DstRect", rect)
     return src
 
 
@@ -158,7 +158,7 @@ def band_statistics(store: Path, ds: xr.Dataset, bands: list[str], levels: int
 
 
 def _metadata(parent: ET.Element, items: dict[str, object], domain: str | None = None) -> None:
-    md = ET.SubElement(parent, "Metadata", **({"domain": domain} if domain else {}))
+    md = ET.SubElement(parent, "Metadata", {"domain": domain} if domain else {})
     for key, value in items.items():
         ET.SubElement(md, "MDI", key=key).text = str(value)
 
@@ -404,7 +404,7 @@ def to_cog(
     store = Path(zarr_path).resolve()
     target = Path(cog_path)
     ds = open_zarr(store)
-    bands = [b for b in ds.data_vars if ds[b].dims == ("y", "x")]
+    bands = [str(b) for b in ds.data_vars if ds[b].dims == ("y", "x")]
     if ds.rio.crs is None:
         raise SrlibError(f"{store} has no CRS; it was not written by srlib.to_zarr")
     levels = _store_levels(store, ds)

@@ -107,7 +107,9 @@ def encode_tile(planes: list[np.ndarray], tile: int, fill: int, dtype: str) -> b
     block = np.full((tile, tile, len(planes)), fill, dtype)
     for i, plane in enumerate(planes):
         block[:plane.shape[0], :plane.shape[1], i] = plane
-    return imagecodecs.lzw_encode(imagecodecs.delta_encode(block, axis=1))
+    predicted = imagecodecs.delta_encode(block, axis=1)
+    # imagecodecs' stubs name bytes, but its codecs take any buffer: no copy here
+    return bytes(imagecodecs.lzw_encode(predicted))  # type: ignore[arg-type]
 
 
 class SpilledTiles:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..bands import OUTPUT_BANDS, OUTPUT_NODATA, TILE, Quality
 
@@ -79,7 +80,7 @@ ENCODINGS: dict[str, Encoding] = {
 }
 
 
-def encoding(name: str, *, dtype: object, nodata: int | None = None) -> Encoding:
+def encoding(name: str, *, dtype: DTypeLike, nodata: int | None = None) -> Encoding:
     """Return the encoding of variable ``name`` stored as ``dtype`` with ``nodata``.
 
     A variable of the table is encoded by its entry; any other array (a derivative's

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -125,7 +126,7 @@ def _rgb(bands: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def quicklook_figure(ds: xr.Dataset, cog_path: str | os.PathLike, *, kind: str = "rgb",
-                     max_size: int = 1024, crop: int = 100) -> object:
+                     max_size: int = 1024, crop: int = 100) -> Any:
     """Return the quicklook as a matplotlib Figure (shown inline by notebooks).
 
     Parameters

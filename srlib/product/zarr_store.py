@@ -196,6 +196,14 @@ def array_layout(path: str | os.PathLike) -> ArrayLayout | None:
                        numcodecs.get_codec(compressor) if compressor else None)
 
 
+def _block_chunks(sr: xr.Dataset) -> tuple[tuple[int, ...], ...]:
+    """Return the (y, x) chunks of the product's first variable (dask-backed)."""
+    chunks = sr[next(iter(sr.data_vars))].chunks
+    if chunks is None:
+        raise InputError("the product is not dask-backed: chunk it (.chunk()) before writing")
+    return chunks
+
+
 @functools.lru_cache(maxsize=256)
 def _meta(path: str, store_id: str) -> ArrayLayout | None:
     """:func:`array_layout`, read once per store (``store_id``) and array."""
@@ -213,12 +221,13 @@ def _put(path: str, store_id: str, region: tuple[slice, slice], block: np.ndarra
     Regions that are not chunk-aligned go through zarr-python.
     """
     meta = _meta(path, store_id)
-    (y, x), shape = region, None if meta is None else meta.chunks
-    if meta is None or y.start % shape[0] or x.start % shape[1] or \
-            (y.stop % shape[0] and y.stop != meta.shape[0]) or \
-            (x.stop % shape[1] and x.stop != meta.shape[1]):
+    y, x = region
+    if meta is None or y.start % meta.chunks[0] or x.start % meta.chunks[1] or \
+            (y.stop % meta.chunks[0] and y.stop != meta.shape[0]) or \
+            (x.stop % meta.chunks[1] and x.stop != meta.shape[1]):
         _array(path, store_id)[region] = block
         return
+    shape = meta.chunks
     cy, cx = shape
     block = block.astype(meta.dtype, copy=False)
     for iy in range(y.start // cy, -(-y.stop // cy)):
@@ -398,7 +407,7 @@ def _create_overview_arrays(path: Path, sr: xr.DataArray | xr.Dataset, levels: i
         chunk = tuple(min(-(-c[0] // (1 << k)), n) for c, n in zip(chunks, shape, strict=True))
         for name, var in sr.data_vars.items():
             enc = var_encoding(var)
-            arr = group.create_array(name, shape=shape, chunks=chunk, dtype=enc.cog_dtype,
+            arr = group.create_array(str(name), shape=shape, chunks=chunk, dtype=enc.cog_dtype,
                                      fill_value=enc.cog_nodata, compressor=compressor,
                                      overwrite=True)
             arr.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
@@ -658,11 +667,11 @@ def to_zarr(
         _create_store(path, sr, token, tile, compressor or default_compressor())
 
     store_id = str(_root_attrs(path).get("srlib_store_id", ""))
-    first = sr[next(iter(sr.data_vars))]
-    ychunks, xchunks = first.chunks
-    levels = _local_levels((sr.sizes["y"], sr.sizes["x"]), first.chunks)
+    first_chunks = _block_chunks(sr)
+    ychunks, xchunks = first_chunks
+    levels = _local_levels((sr.sizes["y"], sr.sizes["x"]), first_chunks)
     if not (path / OVERVIEWS).exists():
-        _create_overview_arrays(path, sr, levels, first.chunks,
+        _create_overview_arrays(path, sr, levels, first_chunks,
                                 compressor or default_compressor())
     groups = _region_tasks(path, sr, store_id, levels, source_ends,
                            cog_tiles=cog_tiles and tile == ZARR_TILE)
@@ -671,10 +680,10 @@ def to_zarr(
     report("inference", done, total, "regions")
     for wave in _waves(list(groups.values()), 2 * _threads()):
         done = _compute_wave(wave, done, total)
-    missing = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
-               if not (progress / f"{iy}-{ix}").exists()]
-    if missing:
-        raise IncompleteStoreError(f"{path}: regions {missing[:5]} were not written; rerun "
+    unwritten = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
+                 if not (progress / f"{iy}-{ix}").exists()]
+    if unwritten:
+        raise IncompleteStoreError(f"{path}: regions {unwritten[:5]} were not written; rerun "
                                    "srlib.to_zarr to resume")
     _complete(path, sr, levels, tile)
     return path
@@ -726,9 +735,8 @@ def _create_store(path: Path, sr: xr.Dataset, token: str, tile: int,
     for v in template.data_vars:
         if crs_wkt:  # CF grid mapping for xarray/rioxarray, _CRS for GDAL's Zarr driver
             template[v].attrs.update(grid_mapping="spatial_ref", _CRS={"wkt": crs_wkt})
-    first = sr[next(iter(sr.data_vars))]
     regions = {d: np.cumsum((0, *c[:-1])).tolist()
-               for d, c in zip(("y", "x"), first.chunks, strict=True)}
+               for d, c in zip(("y", "x"), _block_chunks(sr), strict=True)}
     template.attrs.update(srlib_product=token, srlib_complete=False, srlib_chunk=tile,
                           srlib_store_id=uuid.uuid4().hex, srlib_regions=regions)
     template.to_zarr(path, mode="w", compute=False, zarr_format=2, encoding=encoding,
@@ -742,20 +750,20 @@ def _region_tasks(path: Path, sr: xr.Dataset, store_id: str, levels: int,
                   source_ends: list[np.ndarray] | None, *, cog_tiles: bool = False
                   ) -> dict[tuple[int, int], list]:
     """Delayed writes of the regions without a valid marker, by the model block they cut."""
-    ychunks, xchunks = sr[next(iter(sr.data_vars))].chunks
+    ychunks, xchunks = _block_chunks(sr)
     ystarts, xstarts = np.cumsum((0, *ychunks)), np.cumsum((0, *xchunks))
     progress = _progress_dir(path)
-    encodings = {v: var_encoding(sr[v]) for v in sr.data_vars}
+    encodings = {str(v): var_encoding(sr[v]) for v in sr.data_vars}
     # One graph for every region's write, over the unoptimised blocks: per-variable fusion
     # would run the shared model block once per variable and drop task annotations
     # (super_resolve's GPU resources); and one dask.delayed call per region would cull the
     # whole graph once per region (34 s for the 484 regions of a quarter tile, 16x that
     # for a whole tile), where this builds it once.
-    arrays = {v: sr[v].data for v in sr.data_vars}
+    arrays = {str(v): sr[v].data for v in sr.data_vars}
     keys = {v: a.__dask_keys__() for v, a in arrays.items()}
     names = tuple(arrays)
     name = f"{_WRITE}-{uuid.uuid4().hex}"  # fresh keys: a rerun never reuses results
-    layer: dict[tuple[str, int, int], tuple] = {}
+    layer: dict[Any, tuple] = {}
     members: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
     for iy in range(len(ychunks)):
         for ix in range(len(xchunks)):
@@ -822,7 +830,7 @@ def _describe_pyramid(path: Path, sr: xr.Dataset, levels: int) -> dict[str, Any]
                  **({"cell_size": [t.a, t.e]} if t is not None else {})}]
     h, w = sr.sizes["y"], sr.sizes["x"]
     for k in range(1, levels + 1):
-        sub = group[f"{OVERVIEWS}/{k}"]
+        sub = group.require_group(f"{OVERVIEWS}/{k}")
         ydim, xdim = f"y_{k}", f"x_{k}"
         for name, arr in sub.arrays():
             if len(arr.shape) == 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
@@ -32,7 +33,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
     ),
 }
 
-_METADATA = {
+_METADATA: dict[str, dict[str, Any]] = {
     "29RKH": {
         "id": "S2A_29RKH_20200219_0_L2A",
         "items": ["S2A_29RKH_20200219_0_L2A"],

@@ -42,12 +42,14 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pystac
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
 from odc.geo.geom import box as geom_box
 from odc.loader._rio import RioDriver, capture_rio_env
 from rasterio.errors import NotGeoreferencedWarning
@@ -174,7 +176,7 @@ class ScopedRioDriver(RioDriver):
 class _NamedReader:
     """Delegates to odc-loader's reader; a failed read raises SourceError with the href."""
 
-    def __init__(self, reader: object, uri: str) -> None:
+    def __init__(self, reader: Any, uri: str) -> None:
         self._reader, self._uri = reader, uri
 
     def __getattr__(self, name: str) -> object:
@@ -203,6 +205,11 @@ class _NamedReader:
 
 # ------------------------------------------------------------------ validation
 
+
+def _lonlat_box(bounds: Sequence[float]) -> Geometry:
+    """Return the lon/lat box of ``(min_lon, min_lat, max_lon, max_lat)``."""
+    left, bottom, right, top = (float(v) for v in bounds)
+    return geom_box(left, bottom, right, top, "EPSG:4326")
 
 def parse_date(date: str | dt.date | dt.datetime) -> dt.date:
     """Accept ``YYYYMMDD``, ``YYYY-MM-DD``, a date or a datetime."""
@@ -386,7 +393,7 @@ def search_items(
                 if dates else "no scene within 30 days either")
         raise NoSceneFound(f"no {collection} scene for {where} on {day:%Y%m%d}; {hint}")
     if bbox is not None:
-        aoi_geom = geom_box(*bbox, "EPSG:4326")
+        aoi_geom = _lonlat_box(bbox)
         items.sort(key=lambda it: (-_overlap(it, aoi_geom), it.datetime, it.id))
     else:
         items.sort(key=lambda it: (it.datetime, it.id))
@@ -407,7 +414,7 @@ def _same_acquisition(a: pystac.Item, b: pystac.Item) -> bool:
 def _overlap(item: pystac.Item, aoi) -> float:
     if item.bbox is None:
         return 0.0
-    return float((geom_box(*item.bbox, "EPSG:4326") & aoi).area)
+    return float((_lonlat_box(item.bbox) & aoi).area)
 
 
 # ------------------------------------------------------------------ load
@@ -434,7 +441,7 @@ MIN_AOI_COVERAGE = 0.95
 
 def aoi_coverage(items: Sequence[pystac.Item], aoi: Sequence[float]) -> float:
     """Fraction of the AOI (lon/lat) covered by the union of the items' data footprints."""
-    return _covered(_footprints(items), geom_box(*aoi, "EPSG:4326"))
+    return _covered(_footprints(items), _lonlat_box(aoi))
 
 
 def grid_coverage(items: Sequence[pystac.Item], geobox: GeoBox) -> float:
@@ -447,7 +454,7 @@ def _footprints(items: Sequence[pystac.Item]):
     from odc.geo.geom import Geometry, unary_union
 
     shapes = [Geometry(it.geometry, "EPSG:4326") if it.geometry else
-              geom_box(*it.bbox, "EPSG:4326") for it in items if it.geometry or it.bbox]
+              _lonlat_box(it.bbox or ()) for it in items if it.geometry or it.bbox]
     return unary_union(shapes) if shapes else None
 
 
@@ -481,7 +488,9 @@ def _crop(geobox: GeoBox, bbox: tuple[float, float, float, float], *,
     ``clamp=False`` extends the grid (same CRS, same pixel alignment) past its edges where
     the bbox goes on, for a mosaic of the neighbouring tiles.
     """
-    poly = geom_box(*bbox, "EPSG:4326").to_crs(geobox.crs)
+    if geobox.crs is None:
+        raise InputError("the scene's grid has no CRS; it cannot be cropped to an AOI")
+    poly = _lonlat_box(bbox).to_crs(geobox.crs)
     x0, y0, x1, y1 = poly.boundingbox
     inv = ~geobox.affine
     cols, rows = zip(*(inv * (x, y) for x in (x0, x1) for y in (y0, y1)), strict=True)
@@ -538,7 +547,7 @@ def load_items(
         if bbox is not None:
             geobox = _crop(geobox, check_aoi(bbox), clamp=False)
     elif geobox is None and crs is not None and resolution is not None and bbox is not None:
-        geobox = GeoBox.from_bbox(geom_box(*check_aoi(bbox), "EPSG:4326").to_crs(crs)
+        geobox = GeoBox.from_bbox(_lonlat_box(check_aoi(bbox)).to_crs(crs)
                                   .boundingbox, crs, resolution=resolution)
     elif geobox is None:
         base = _item_geobox(items[0], finest)
@@ -576,7 +585,7 @@ def load_items(
     ds.attrs["data_coverage"] = round(_covered(union, geobox.extent), 4)
     if bbox is not None:
         ds.attrs["aoi"] = [float(v) for v in check_aoi(bbox)]
-        ds.attrs["aoi_coverage"] = round(_covered(union, geom_box(*bbox, "EPSG:4326")), 4)
+        ds.attrs["aoi_coverage"] = round(_covered(union, _lonlat_box(bbox)), 4)
     return ds
 
 
