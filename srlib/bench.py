@@ -235,24 +235,52 @@ def _mae(pred: Any, target: Any) -> float:
     return float(mean_absolute_error(pred, target))
 
 
-def _scene(scene: str | xr.Dataset) -> tuple[str, xr.Dataset]:
+def _scene(scene: str | os.PathLike | xr.Dataset) -> tuple[str, xr.Dataset]:
+    """Return a scene's name and lazy Dataset (all ten bands, reflectance DN)."""
+    from pathlib import Path
+
+    from .scene.sample import SAMPLES, sample_scene, scene_folder
+
     if isinstance(scene, xr.Dataset):
         return str(scene.attrs.get("id", "dataset")), scene
-    from .scene.sample import SAMPLES, sample_scene
-
-    if scene in SAMPLES:
-        return scene, sample_scene(scene)
-    if str(scene).endswith(".json"):
+    text = str(scene)
+    if text in SAMPLES:
+        return text, sample_scene(text)
+    path = Path(text)
+    if text.endswith(".json"):
         import pystac
 
         from .scene.sources import load_items
 
-        return str(scene), load_items([pystac.Item.from_file(scene)])
-    raise InputError(f"scene {scene!r} is neither a bundled sample ({', '.join(SAMPLES)}) "
-                     "nor a STAC Item (.json); or pass an xarray Dataset of a scene")
+        return path.stem, load_items([pystac.Item.from_file(text)])
+    if path.suffix == ".zarr" and path.is_dir():
+        ds = xr.open_zarr(path, decode_coords="all", mask_and_scale=False)  # DN, as stored
+        if ds.rio.crs is None:
+            raise InputError(f"{path} has no CRS (a spatial_ref coordinate); write the scene "
+                             "with rioxarray (ds.rio.write_crs) before saving it")
+        return path.stem, ds
+    if path.suffix in (".tif", ".tiff") and path.is_file():
+        import rioxarray
+
+        stack = rioxarray.open_rasterio(path, chunks=True, band_as_variable=True)
+        if not isinstance(stack, xr.Dataset):  # several subdatasets
+            raise InputError(f"{path} holds several subdatasets; give one GeoTIFF of bands")
+        names = [stack[v].attrs.get("long_name") or stack[v].attrs.get("description")
+                 for v in stack.data_vars]
+        if not all(names):
+            raise InputError(f"{path}: name each band (GDAL band descriptions: blue, green, "
+                             "red, ...) so that srlib knows which is which")
+        ds = stack.rename(dict(zip(list(stack.data_vars), names, strict=True)))
+        return path.stem, ds
+    if path.is_dir():
+        return path.name, scene_folder(path)
+    raise InputError(f"scene {text!r} is neither a bundled sample ({', '.join(SAMPLES)}), a "
+                     "STAC Item (.json), a scene folder (B02.tif ...), a Zarr store nor a "
+                     "GeoTIFF with named bands")
 
 
-def bench(model: Any = "bicubic", *, scenes: Sequence[str | xr.Dataset] = ("29RKH",),
+def bench(model: Any = "bicubic", *,
+          scenes: Sequence[str | os.PathLike | xr.Dataset] = ("29RKH",),
           baselines: Sequence[str] = BASELINES, device: str | None = None,
           crop: int = 256) -> list[BenchResult]:
     """Measure a model and baselines on scenes: Wald, consistency, speed, memory.
@@ -262,7 +290,9 @@ def bench(model: Any = "bicubic", *, scenes: Sequence[str | xr.Dataset] = ("29RK
     model : str or ModelSpec
         A model card (.json), ``bicubic``, or a spec (:func:`srlib.load_model`).
     scenes : sequence
-        Bundled samples (``29RKH``, ``bigearthnet``), STAC Items (.json) or Datasets.
+        Bundled samples (``29RKH``, ``bigearthnet``), STAC Items (.json), scene folders
+        (one GeoTIFF per band: ``B02.tif`` ...), Zarr stores or GeoTIFFs with named bands
+        of a scene (all ten bands, reflectance DN, nodata 0), or Datasets.
     baselines : sequence of str
         Of :data:`BASELINES`; the model itself is always first.
     device : str, optional

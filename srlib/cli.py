@@ -700,7 +700,8 @@ def stac(cog_path: Path, href_base: str | None, sources: tuple[str, ...],
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--scene", "scenes", multiple=True,
-              help="A bundled sample (29RKH, bigearthnet) or a STAC Item (.json); repeat "
+              help="A bundled sample (29RKH, bigearthnet), a STAC Item (.json), a scene "
+                   "folder (B02.tif ...), a Zarr store or a GeoTIFF with named bands; repeat "
                    "for several (default: 29RKH).")
 @click.option("--baselines", default=",".join(("bicubic", "lanczos", "nearest")),
               show_default=True, help="Comma-separated: bicubic, lanczos, nearest.")

@@ -104,3 +104,17 @@ def test_bad_bench_options_are_refused_in_one_line(args, fix):
     result = CliRunner().invoke(main, ["bench", "bicubic", *args])
     assert result.exit_code != 0
     assert fix in result.output and "Traceback" not in result.output
+
+
+def test_a_scene_folder_and_a_zarr_store_score_as_the_sample_they_hold(tmp_path):
+    from srlib.bench import bench
+    from srlib.scene.sample import SAMPLES, _data_dir, sample_scene
+
+    folder = tmp_path / "my-scene"
+    shutil.copytree(_data_dir(SAMPLES["29RKH"][0]), folder)
+    store = tmp_path / "my-scene.zarr"
+    sample_scene().to_zarr(store, zarr_format=2)
+    figures = [bench("bicubic", scenes=(s,), baselines=(), crop=64)[0]
+               for s in ("29RKH", str(folder), str(store))]
+    assert [f.scene for f in figures] == ["29RKH", "my-scene", "my-scene"]
+    assert figures[1].wald == figures[0].wald and figures[2].wald == figures[0].wald

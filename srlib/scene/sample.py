@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from rasterio.enums import Resampling
 from ..bands import S2_FILE_BANDS
 from ..errors import InputError
 
-__all__ = ["SAMPLES", "sample_scene"]
+__all__ = ["SAMPLES", "sample_scene", "scene_folder"]
 
 #: Bundled samples: name -> (folder, description).
 SAMPLES: dict[str, tuple[str, str]] = {
@@ -96,10 +97,40 @@ def sample_scene(
     if name not in SAMPLES:
         raise InputError(f"unknown sample {name!r}; choose one of {sorted(SAMPLES)}")
     folder = _data_dir(SAMPLES[name][0])
+    ds = scene_folder(folder, chunks=chunks, name=name)
+    meta = dict(_METADATA[name])
+    item_path = folder / "item.json"
+    if item_path.exists():
+        item = json.loads(item_path.read_text())
+        meta["processing_baseline"] = item["properties"]["s2:processing_baseline"]
+    ds.attrs.update(meta, source=SAMPLES[name][1])
+    return ds
+
+
+def scene_folder(folder: str | os.PathLike, *, chunks: int | dict[str, int] | None = None,
+                 name: str | None = None) -> xr.Dataset:
+    """Return a local scene: a folder of one GeoTIFF per band, as a lazy Dataset.
+
+    The files are named by Sentinel-2 band (``B02.tif`` ... ``B12.tif``, ``SCL.tif``), as
+    in the bundled samples and in an L2A product's ``IMG_DATA``; the bands are put on
+    the grid of the blue band as :func:`sample_scene` describes. ``name`` names the dask
+    arrays (default: the folder's name).
+
+    Raises
+    ------
+    InputError
+        The folder has no blue band (``B02.tif``).
+    """
+    folder = Path(folder)
+    files = {S2_FILE_BANDS[p.stem]: p for p in sorted(folder.glob("*.tif"))
+             if p.stem in S2_FILE_BANDS}
+    if "blue" not in files:
+        raise InputError(f"{folder} holds no B02.tif: a scene folder has one GeoTIFF per "
+                         f"band, named {sorted(S2_FILE_BANDS)} (.tif)")
+    name = name or folder.name
     size = chunks if chunks is not None else 512
     chunk_spec = {"y": size, "x": size} if isinstance(size, int) else dict(size)
 
-    files = {S2_FILE_BANDS[p.stem]: p for p in sorted(folder.glob("*.tif"))}
     with rasterio.open(files["blue"]) as ref:
         shape, transform, crs = ref.shape, ref.transform, ref.crs
     variables = {}
@@ -124,10 +155,8 @@ def sample_scene(
     ds = ds.rio.write_crs(crs).rio.write_transform(transform)
     for band in ds.data_vars:
         ds[band] = ds[band].rio.write_nodata(0, encoded=False)
-    meta = dict(_METADATA[name])
     item_path = folder / "item.json"
     if item_path.exists():
         item = json.loads(item_path.read_text())
-        meta["processing_baseline"] = item["properties"]["s2:processing_baseline"]
-    ds.attrs.update(meta, source=SAMPLES[name][1])
+        ds.attrs["processing_baseline"] = item["properties"]["s2:processing_baseline"]
     return ds
