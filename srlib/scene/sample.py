@@ -103,6 +103,7 @@ def sample_scene(
     if item_path.exists():
         item = json.loads(item_path.read_text())
         meta["processing_baseline"] = item["properties"]["s2:processing_baseline"]
+    ds.attrs.clear()  # the sample's own description, in its order
     ds.attrs.update(meta, source=SAMPLES[name][1])
     return ds
 
