@@ -147,3 +147,18 @@ def test_a_bad_request_is_refused_before_any_job_starts(request_, fix, tmp_path)
                      out=tmp_path)
     assert threading.active_count() == started  # no cluster was started
     assert not list(tmp_path.iterdir())
+
+
+def test_the_same_request_twice_in_one_campaign_makes_one_product(env, tmp_path,
+                                                                   monkeypatch):
+    """Two workers on one product: the second waits for the first's lock, then finds the
+    product complete and skips it (a relative --out is the client's, not the workers')."""
+    from srlib.ops.campaign import run_campaign
+
+    monkeypatch.chdir(tmp_path)
+    box = {"date": "20200219", "aoi": BOXES[1]}
+    twice = run_campaign([box, box], workers=2, out="rel", catalog=env["url"])
+    assert sorted(o.status for o in twice) == ["done", "skipped"], [o.line() for o in twice]
+    assert len({o.worker for o in twice}) == 2
+    assert twice[0].cog == twice[1].cog and twice[0].cog.startswith(str(tmp_path / "rel"))
+    assert len(list((tmp_path / "rel").glob("*.manifest.json"))) == 1

@@ -259,6 +259,8 @@ def run_campaign(requests: Iterable[Mapping[str, Any]], *, client: Any = None,
                          "each worker")
     if max_in_flight is not None and max_in_flight < 1:
         raise InputError(f"max_in_flight must be at least 1, got {max_in_flight}")
+    # the workers' current directories are not the client's
+    options["out"] = Path(options.get("out") or "out").resolve()
     outcomes: list[Outcome | None] = [None] * len(todo)
     with _client(client, workers, threads_per_worker) as cl:
         cl.wait_for_workers(1)  # a SLURMCluster's jobs may still be queued
