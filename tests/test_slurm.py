@@ -146,7 +146,8 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         (manifest,) = out.glob("S2x10_T29RKH_20200219_*_v1.manifest.json")
         name = manifest.name.removesuffix(".manifest.json")
         # the finalisation checked exactly that job's product and recorded its usage
-        assert f"ok     {name}.tif: QC passed, manifest complete" in fin_log, fin_log
+        assert f"ok     {name}.tif: QC passed, manifest complete; preview s3://products/" \
+            f"slurm/{name}_quicklook_rgb.png" in fin_log, fin_log
         print(fin_log)
         summary = [ln for ln in fin_log.splitlines() if ln.startswith(f"job {job} ")]
         assert summary and "COMPLETED: 1 product(s), 0 failed; elapsed" in summary[0], fin_log

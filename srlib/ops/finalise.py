@@ -20,7 +20,8 @@ runs (:func:`srlib.ops.slurm.render_finalise`). It
 4. removes the job's leftovers beside its products: temporary and staging files, and
    the Zarr stores of delivered products that did not ask to keep them (a failed
    product's store is kept: its rerun resumes from it);
-5. prints one line per product and sends the summary to the notifier.
+5. prints one line per product (with the link to its RGB quicklook) and sends the
+   summary to the notifier.
 
 It fails (exit 1) when the job made no product, or any product or run failed.
 """
@@ -229,6 +230,18 @@ def _republish(cog: Path, item: Path, uri: str) -> None:
     store.put_bytes(local.name, json.dumps(body, indent=2).encode())
 
 
+def _preview(cog: Path) -> str | None:
+    """Return where the product's RGB quicklook is (published, else local), if it has one."""
+    from ..product.manifest import manifest_path
+
+    body = json.loads(manifest_path(cog).read_text())
+    names = [f["name"] for f in body["files"] if f["name"].endswith("_quicklook_rgb.png")]
+    if not names:
+        return None
+    target = (body.get("identity") or {}).get("publish")
+    return f"{target.rstrip('/')}/{names[0]}" if target else str(cog.with_name(names[0]))
+
+
 def _leftovers(cog: Path) -> list[Path]:
     """Return a delivered product's temporary files, and its store unless it was kept."""
     from ..product.manifest import manifest_path
@@ -277,7 +290,8 @@ def finalise_job(job: str, *, out: str | os.PathLike, db: Any = None,
         for path in _leftovers(cog):
             remove_store(path) if path.suffix == ".zarr" else path.unlink(missing_ok=True)
             done.removed.append(path)
-        done.lines.append(f"ok     {cog.name}: QC passed, manifest complete")
+        done.lines.append(f"ok     {cog.name}: QC passed, manifest complete"
+                          + (f"; preview {link}" if (link := _preview(cog)) else ""))
     for run in db.runs_of_job(job) if db is not None else []:
         db.add_usage(run["id"], usage)
     for entry in failures:
