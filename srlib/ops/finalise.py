@@ -281,12 +281,22 @@ def finalise_job(job: str, *, out: str | os.PathLike, db: Any = None,
     products, failures = job_products(out, job)
     done = Finalised(job, usage, products=products)
     for cog in done.products:
-        why = _check(cog)
+        try:
+            why = _check(cog)
+        except (SrlibError, OSError, ValueError) as err:  # unreadable: a finding, not a crash
+            why = redact(f"{type(err).__name__}: {err}")
         if why:
             done.failed += 1
             done.lines.append(f"FAILED {cog.name}: {why}")
             continue
-        _record_in_item(cog, job, usage)
+        try:
+            _record_in_item(cog, job, usage)
+        except Exception as err:  # the object store is down, say: reported, never a crash
+            done.failed += 1
+            done.lines.append(f"FAILED {cog.name}: QC passed, but the usage could not be "
+                              f"recorded in its STAC Item ({redact(str(err))}); rerun "
+                              "srlib finalise")
+            continue
         for path in _leftovers(cog):
             remove_store(path) if path.suffix == ".zarr" else path.unlink(missing_ok=True)
             done.removed.append(path)
