@@ -204,6 +204,14 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         dr3_log = (logs / f"srlib-dr-aoi-20200102-{job3}.out").read_text()
         assert "srlib dr failed: no sentinel-2-l2a scene" in dr3_log  # one line, no traceback
         assert "Traceback" not in dr3_log
+        # a product damaged after the fact: the finalisation says so, exits 1, no traceback
+        cog = out / f"{name}.tif"
+        cog.write_bytes(cog.read_bytes()[: cog.stat().st_size // 2])
+        damaged = subprocess.run([str(Path(sys.prefix) / "bin" / "srlib"), "finalise",
+                                  "--job", job, "--out", str(out)], capture_output=True,
+                                 text=True, env={**env, "PG_URL": f"sqlite:///{meta}"})
+        assert damaged.returncode == 1, damaged.stdout + damaged.stderr
+        assert f"FAILED {name}.tif:" in damaged.stdout and "Traceback" not in damaged.stderr
 
 
 def _node_profile(tmp_path: Path, partition: str, **overrides) -> Path:
