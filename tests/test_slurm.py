@@ -185,9 +185,11 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         # default, for its derivatives) stays
         temp = out / f".{name}.tif.x1y2.tmp.tif"
         temp.write_bytes(b"\0" * 1024)
+        by_hand = {**env, "PG_URL": f"sqlite:///{meta}", "AWS_ACCESS_KEY_ID": "slurmtest",
+                   "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
         again = subprocess.run([str(Path(sys.prefix) / "bin" / "srlib"), "finalise", "--job",
                                 job, "--out", str(out)], capture_output=True, text=True,
-                               env={**env, "PG_URL": f"sqlite:///{meta}"})
+                               env=by_hand)
         assert again.returncode == 0, again.stderr
         assert "removed 1 leftover(s)" in again.stdout and not temp.exists(), again.stdout
         assert (out / f"{name}.zarr").is_dir()
@@ -209,7 +211,7 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         cog.write_bytes(cog.read_bytes()[: cog.stat().st_size // 2])
         damaged = subprocess.run([str(Path(sys.prefix) / "bin" / "srlib"), "finalise",
                                   "--job", job, "--out", str(out)], capture_output=True,
-                                 text=True, env={**env, "PG_URL": f"sqlite:///{meta}"})
+                                 text=True, env=by_hand)
         assert damaged.returncode == 1, damaged.stdout + damaged.stderr
         assert f"FAILED {name}.tif:" in damaged.stdout and "Traceback" not in damaged.stderr
 
