@@ -8,6 +8,7 @@ logging for srlib only (botocore's debug log would print request headers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -182,6 +183,18 @@ def _open_db(db_url: str | None):
     return MetadataDB(db_url)
 
 
+def _recording_db(db_url: str | None) -> str | None:
+    """Return where a job records its runs: ``--db``, else ``$PG_URL`` if set, else None.
+
+    (``pdr`` and ``requeue`` need one and fall back to the SQLite default; a ``dr`` job
+    records nothing unless told where.)
+    """
+    from srlib.config import DEFAULT_DATABASE_URL, Settings
+
+    env_url = Settings.from_env().database_url
+    return db_url or (env_url if env_url != DEFAULT_DATABASE_URL else None)
+
+
 @main.command()
 @_verbosity
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -296,7 +309,6 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
        as_json: bool, gpus: int | None, devices: str | None, compile_model: bool) -> None:
     """Super-resolve one date for an MGRS tile or an AOI; QC; publish."""
     _flush_subnormals()
-    from srlib.config import DEFAULT_DATABASE_URL, Settings
     from srlib.engine.kernel import resolve_device
     from srlib.ops.devices import check_devices, gpu_devices
     from srlib.ops.jobs import run_dr
@@ -324,9 +336,9 @@ def dr(date: str, mgrs: str | None, aoi: tuple[float, ...] | None, s2_id: int,
         click.echo(json.dumps(plan, indent=2) if as_json else _plan_text(plan))
         return
     db = None
-    if db_url or Settings.from_env().database_url != DEFAULT_DATABASE_URL:
+    if url := _recording_db(db_url):
         with step("database", notifier_from_env()):
-            db = _open_db(db_url)
+            db = _open_db(url)
     if server:
         logging.getLogger("srlib").info("running on %s", server)
     result = run_dr(db=db, progress=_progress_mode(), **options)
@@ -387,7 +399,6 @@ def campaign(requests_file: str | None, dates: tuple[str, ...], tiles: tuple[str
     One line per request as it ends; exit status 1 when any failed (the others are done).
     """
     _flush_subnormals()
-    from srlib.config import DEFAULT_DATABASE_URL, Settings
     from srlib.ops.campaign import read_requests, run_campaign
     from srlib.ops.publish import object_store
     from srlib.scene.sources import EARTH_SEARCH
@@ -405,19 +416,19 @@ def campaign(requests_file: str | None, dates: tuple[str, ...], tiles: tuple[str
     spec = _load_model(model, checkpoint, stats, compile_model=compile_model)
     if publish:
         object_store(publish)
-    db = db_url or (Settings.from_env().database_url
-                    if Settings.from_env().database_url != DEFAULT_DATABASE_URL else None)
-    client = None
-    if scheduler:
-        from distributed import Client
+    with contextlib.ExitStack() as stack:
+        client = None
+        if scheduler:
+            from distributed import Client
 
-        client = Client(scheduler)
-    outcomes = run_campaign(
-        requests, client=client, workers=workers or (None if client else 1),
-        threads_per_worker=threads_per_worker, max_in_flight=max_in_flight, db=db,
-        on_outcome=None if as_json else lambda o: click.echo(o.line()),
-        model=spec, out=out_dir.resolve(), publish=publish, force=force,
-        catalog=catalog or EARTH_SEARCH, device=device)
+            client = stack.enter_context(Client(scheduler))
+        outcomes = run_campaign(
+            requests, client=client, workers=workers or (None if client else 1),
+            threads_per_worker=threads_per_worker, max_in_flight=max_in_flight,
+            db=_recording_db(db_url),
+            on_outcome=None if as_json else lambda o: click.echo(o.line()),
+            model=spec, out=out_dir, publish=publish, force=force,
+            catalog=catalog or EARTH_SEARCH, device=device)
     failed = sum(o.status == "failed" for o in outcomes)
     if as_json:
         click.echo(json.dumps([o.to_dict() for o in outcomes], indent=2))
@@ -723,15 +734,16 @@ def bench(model: str, checkpoint: str | None, stats: str | None, scenes: tuple[s
     from srlib.bench import bench as run_bench
     from srlib.bench import table, to_json
 
+    if write_card and not model.lower().endswith(".json"):  # before any work
+        raise srlib.InputError(f"--write-card needs a model card (.json), not {model!r}; "
+                               "for a shipped card, copy its folder and give its card.json")
     spec = _load_model(model, checkpoint, stats)
     chosen = [b.strip() for b in baselines.split(",") if b.strip()]
     results = run_bench(spec, scenes=scenes or ("29RKH",), baselines=chosen,
                         device=device, crop=crop)
     if write_card:
-        from srlib.models.card import is_card, record_metrics
+        from srlib.models.card import record_metrics
 
-        if not is_card(model):
-            raise srlib.InputError(f"--write-card needs a model card (.json), not {model!r}")
         path = record_metrics(model, [r.to_dict() for r in results])
         logging.getLogger("srlib").info("recorded the figures in %s", path)
     click.echo(to_json(results) if as_json else table(results))
@@ -751,13 +763,10 @@ def finalise(job_id: str, out_dir: Path, db_url: str | None, as_json: bool) -> N
     One line per product, then the job's usage; exit status 1 when the job made no
     product or any product or run failed.
     """
-    from srlib.config import DEFAULT_DATABASE_URL, Settings
     from srlib.ops.finalise import finalise_job
 
-    db = None
-    if db_url or Settings.from_env().database_url != DEFAULT_DATABASE_URL:
-        db = _open_db(db_url)
-    done = finalise_job(job_id, out=out_dir, db=db)
+    url = _recording_db(db_url)
+    done = finalise_job(job_id, out=out_dir, db=_open_db(url) if url else None)
     if as_json:
         click.echo(json.dumps({"job": done.job, "usage": done.usage, "lines": done.lines,
                                "failed": done.failed, "products": list(map(str, done.products)),

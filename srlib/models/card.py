@@ -200,15 +200,14 @@ def write_model_card(spec: ModelSpec, path: str | os.PathLike, *,
 
 
 def record_metrics(path: str | os.PathLike, results: list[dict[str, Any]]) -> Path:
-    """Record ``srlib bench``'s figures in a card's ``metrics`` field (atomically).
+    """Record ``srlib bench``'s figures in the card at ``path`` (``metrics``, atomically).
 
     The figures of the card's model (the first method of each scene) and of the
     baselines, the scenes and srlib's version; the card's other fields are unchanged.
     """
     from importlib.metadata import version
 
-    card_path = Path(path) if str(path).lower().endswith(".json") else \
-        Path(shipped_cards()[str(path)])
+    card_path = Path(path)
     card = read_card(card_path)
     model = card["name"]
     card["metrics"] = {

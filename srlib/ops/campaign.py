@@ -8,10 +8,10 @@ inference, Zarr regions, COG, QC, derivatives, STAC Item, manifest, publishing a
 database record, on that worker's threads and its view of the storage. The client only
 submits and collects, so a login node's few cores never bound the campaign, and while
 one job writes its COG on a worker's CPUs, another job's model runs on the same
-worker's GPU (the process's lanes serialise the model; see :mod:`srlib.engine.lanes`).
+worker's GPU (with ``max_in_flight`` above the number of workers).
 
-At most ``max_in_flight`` jobs run at once (default: one per worker, on all its threads). Each job's
-outcome is independent: a job that fails is notified and recorded by its own
+At most ``max_in_flight`` jobs run at once (default: one per worker, on all its threads).
+Each job's outcome is independent: a job that fails is notified and recorded by its own
 :func:`~srlib.ops.run_dr` (as any ``dr`` job) and reported in its :class:`Outcome`; the
 others go on. Skip, resume and manifest rules are ``run_dr``'s, per product.
 """
@@ -163,8 +163,7 @@ def _task(request: dict[str, Any], options: dict[str, Any], db_url: str | None
         return Outcome(request, "failed", error=redact(f"{type(err).__name__}: {err}"),
                        worker=here, seconds=time.monotonic() - t0, started=started,
                        ended=time.time())
-    status = result.delivered if result.status == "done" else result.status
-    return Outcome(request, status, cog=str(result.cog) if result.cog else None,
+    return Outcome(request, result.outcome, cog=str(result.cog) if result.cog else None,
                    published=list(result.published), worker=here,
                    seconds=time.monotonic() - t0, started=started, ended=time.time())
 

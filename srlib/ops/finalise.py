@@ -166,21 +166,23 @@ def job_products(out: str | os.PathLike, job: str) -> tuple[list[Path], list[dic
                                                     if e.get("status") == "failed"]
 
 
-def _check(cog: Path) -> str | None:
-    """Return why a product is not sound, or None."""
+def _check(cog: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """Return the product's manifest and why the product is not sound (or None)."""
     from ..product.manifest import verify_local
     from ..product.qc import check_quality
 
     manifest, why = verify_local(cog)
     if manifest is None:
-        return why
+        return None, why
     report = check_quality(cog)
-    return None if report.passed else f"QC failed: {', '.join(report.failed)}"
+    return manifest, None if report.passed else f"QC failed: {', '.join(report.failed)}"
 
 
-def _record_in_item(cog: Path, job: str, usage: dict[str, Any]) -> Path | None:
+def _record_in_item(cog: Path, manifest: dict[str, Any], job: str,
+                    usage: dict[str, Any]) -> Path | None:
     """Write the usage into the product's STAC Item; update the manifest; republish."""
-    from ..product.manifest import manifest_path, read_manifest, update_record
+    from ..product.manifest import update_record
+    from .publish import republish_files
 
     item_path = cog.with_name(cog.stem + ".stac.json")
     if not item_path.is_file():
@@ -202,47 +204,22 @@ def _record_in_item(cog: Path, job: str, usage: dict[str, Any]) -> Path | None:
     tmp.write_text(json.dumps(item, indent=2))
     os.replace(tmp, item_path)
     update_record(cog, item_path)
-    body = read_manifest(manifest_path(cog).read_bytes())
-    target = (body or {}).get("identity", {}).get("publish")
+    target = manifest.get("identity", {}).get("publish")
     if target:
-        _republish(cog, item_path, target)
+        republish_files(cog, [item_path], target)
     return item_path
 
 
-def _republish(cog: Path, item: Path, uri: str) -> None:
-    """Publish the rewritten Item again, then the manifest (last, as always)."""
-    from ..product.manifest import manifest_path
-    from .publish import object_store
-
-    store = object_store(uri)
-    local = manifest_path(cog)
-    published = json.loads(store.get_bytes(local.name) or b"null")
-    if not published:
-        return  # never published: nothing to bring up to date
-    body = json.loads(local.read_text())
-    store.remove(local.name)
-    stored = store.put([item])
-    checksums = {r["name"]: r.get("stored_checksum") for r in published["files"]}
-    checksums[item.name] = stored[store.uri(item.name)]
-    for record in body["files"]:
-        record["stored_checksum"] = checksums.get(record["name"])
-    body["published"] = store.uri("")
-    store.put_bytes(local.name, json.dumps(body, indent=2).encode())
-
-
-def _preview(cog: Path) -> str | None:
+def _preview(cog: Path, manifest: dict[str, Any]) -> str | None:
     """Return where the product's RGB quicklook is (published, else local), if it has one."""
-    from ..product.manifest import manifest_path
-
-    body = json.loads(manifest_path(cog).read_text())
-    names = [f["name"] for f in body["files"] if f["name"].endswith("_quicklook_rgb.png")]
+    names = [f["name"] for f in manifest["files"] if f["name"].endswith("_quicklook_rgb.png")]
     if not names:
         return None
-    target = (body.get("identity") or {}).get("publish")
+    target = (manifest.get("identity") or {}).get("publish")
     return f"{target.rstrip('/')}/{names[0]}" if target else str(cog.with_name(names[0]))
 
 
-def _leftovers(cog: Path) -> list[Path]:
+def _leftovers(cog: Path, manifest: dict[str, Any]) -> list[Path]:
     """Return a delivered product's temporary files, and its store unless it was kept."""
     from ..product.manifest import manifest_path
 
@@ -250,7 +227,7 @@ def _leftovers(cog: Path) -> list[Path]:
                                f".{manifest_path(cog).name}.tmp")
              for p in cog.parent.glob(pattern)]
     store = cog.with_suffix(".zarr")
-    recorded = json.loads(manifest_path(cog).read_text()).get("job") or {}
+    recorded = manifest.get("job") or {}
     if store.exists() and recorded.get("keep_zarr") is False:
         found.append(store)  # the job meant to remove it and was stopped before
     return found
@@ -282,26 +259,26 @@ def finalise_job(job: str, *, out: str | os.PathLike, db: Any = None,
     done = Finalised(job, usage, products=products)
     for cog in done.products:
         try:
-            why = _check(cog)
+            manifest, why = _check(cog)
         except (SrlibError, OSError, ValueError) as err:  # unreadable: a finding, not a crash
-            why = redact(f"{type(err).__name__}: {err}")
-        if why:
+            manifest, why = None, redact(f"{type(err).__name__}: {err}")
+        if manifest is None or why:
             done.failed += 1
             done.lines.append(f"FAILED {cog.name}: {why}")
             continue
         try:
-            _record_in_item(cog, job, usage)
+            _record_in_item(cog, manifest, job, usage)
         except Exception as err:  # the object store is down, say: reported, never a crash
             done.failed += 1
             done.lines.append(f"FAILED {cog.name}: QC passed, but the usage could not be "
                               f"recorded in its STAC Item ({redact(str(err))}); rerun "
                               "srlib finalise")
             continue
-        for path in _leftovers(cog):
+        for path in _leftovers(cog, manifest):
             remove_store(path) if path.suffix == ".zarr" else path.unlink(missing_ok=True)
             done.removed.append(path)
         done.lines.append(f"ok     {cog.name}: QC passed, manifest complete"
-                          + (f"; preview {link}" if (link := _preview(cog)) else ""))
+                          + (f"; preview {link}" if (link := _preview(cog, manifest)) else ""))
     for run in db.runs_of_job(job) if db is not None else []:
         db.add_usage(run["id"], usage)
     for entry in failures:

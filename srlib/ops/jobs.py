@@ -217,6 +217,11 @@ class JobResult:
         """``partial`` when the data cover less of the AOI than the minimum, else ``done``."""
         return "partial" if self.reason else "done"
 
+    @property
+    def outcome(self) -> str:
+        """What became of the request: ``done``, ``partial`` or ``skipped``."""
+        return self.delivered if self.status == "done" else self.status
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (``srlib dr --json``)."""
         return {"status": self.status, "cog": str(self.cog) if self.cog else None,
@@ -426,8 +431,8 @@ def _run_dr_recorded(job: DrRequest, spec: ModelSpec, notifier: Notifier,
     except BaseException as err:
         _journal(job, {"status": "failed", "error": redact(f"{type(err).__name__}: {err}")})
         raise
-    status = result.delivered if result.status == "done" else result.status
-    _journal(job, {"status": status, "product": result.cog.name if result.cog else None})
+    _journal(job, {"status": result.outcome,
+                   "product": result.cog.name if result.cog else None})
     return result
 
 
@@ -449,9 +454,8 @@ def _run_dr_in_db(job: DrRequest, spec: ModelSpec, notifier: Notifier,
                           error=redact(f"{type(err).__name__}: {err}"),
                           qc=report.to_dict() if report is not None else None)
         raise
-    status = result.delivered if result.status == "done" else result.status
     with step("database", notifier, run=run_id):
-        db.finish_run(run_id, status, timings=result.timings, qc=result.qc,
+        db.finish_run(run_id, result.outcome, timings=result.timings, qc=result.qc,
                       outputs=result.published or [str(p) for p in result.files],
                       error=result.reason)
     result.run_id = run_id
@@ -828,7 +832,7 @@ def run_pdr(
                         "request": rid, "attempts": request.get("attempts"),
                         "worker": worker})
                 continue
-        counts[result.delivered if result.status != "skipped" else "skipped"] += 1
+        counts[result.outcome] += 1
     return counts
 
 

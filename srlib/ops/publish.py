@@ -36,7 +36,7 @@ from ..product.qc import QCReport
 from ..progress import report
 
 __all__ = ["LocalStore", "ObjectStore", "PublishError", "S3Store", "S3Target", "object_store",
-           "publish", "publish_product", "verify_published"]
+           "publish", "publish_product", "republish_files", "verify_published"]
 
 log = logging.getLogger("srlib")
 
@@ -460,11 +460,42 @@ def publish_product(cog_path: str | os.PathLike, report: QCReport, uri: str, *,
     unlisted = [f.name for f in files if f.name not in listed]
     if unlisted:
         raise InputError(f"{unlisted} are not in {local.name}; rerun the job to rewrite it")
+    return _put_manifest_last(object_store(uri, client=client), local, body, files)
+
+
+def republish_files(cog_path: str | os.PathLike, files: Sequence[str | os.PathLike],
+                    uri: str, *, client: S3Client | None = None) -> list[str]:
+    """Publish rewritten files of a published product again, then its manifest, last.
+
+    For files changed after publishing (``srlib finalise`` adds the job's usage to the
+    STAC Item): the local manifest already records their new sizes and checksums; the
+    other objects keep the stored checksums of the published manifest. A product never
+    published is left alone (returns ``[]``).
+    """
+    local = manifest_path(cog_path)
     store = object_store(uri, client=client)
+    published = read_manifest(store.get_bytes(local.name) or b"")
+    if published is None:
+        return []
+    earlier = {r["name"]: r.get("stored_checksum") for r in published["files"]}
+    return _put_manifest_last(store, local, json.loads(local.read_text()),
+                              [Path(f) for f in files], earlier)
+
+
+def _put_manifest_last(store: ObjectStore, local: Path, body: dict[str, Any],
+                       files: Sequence[Path], earlier: Mapping[str, Any] | None = None
+                       ) -> list[str]:
+    """Put ``files``, then the manifest, last; return the URIs.
+
+    The published manifest is removed first; the new one records the checksums the store
+    reports (``earlier`` ones for the objects not put again).
+    """
     store.remove(local.name)
     stored = store.put(files)
+    checksums = {**(earlier or {}),
+                 **{f.name: stored[store.uri(f.name)] for f in files}}
     for record in body["files"]:
-        record["stored_checksum"] = stored[store.uri(record["name"])]
+        record["stored_checksum"] = checksums[record["name"]]
     body["published"] = store.uri("")
     return [*stored, store.put_bytes(local.name, json.dumps(body, indent=2).encode())]
 

@@ -330,10 +330,10 @@ def dask_cluster(profile: Profile, *, account: str | None = None, processes: int
                              "(gpu:1) and processes=1, and scale with more jobs")
         worker_args += ["--resources", "GPU=1"]
     prologue = [_KEEP_MALLOC_DEFAULTS, *kwargs.pop("job_script_prologue", [])]
-    options: dict[str, Any] = dict(queue=profile.partition, account=_account(profile, account),
-                   cores=profile.cpus_per_task, memory=f"{memory}GB", processes=processes,
-                   walltime=f"{int(profile.max_time_h):02d}:00:00",
-                   job_extra_directives=extra, worker_extra_args=worker_args,
-                   job_script_prologue=prologue)
+    options: dict[str, Any] = dict(
+        queue=profile.partition, account=_account(profile, account),
+        cores=profile.cpus_per_task, memory=f"{memory}GB", processes=processes,
+        walltime=f"{int(profile.max_time_h):02d}:00:00", job_extra_directives=extra,
+        worker_extra_args=worker_args, job_script_prologue=prologue)
     options.update(kwargs)
     return SLURMCluster(**options)
