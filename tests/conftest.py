@@ -38,6 +38,8 @@ def tiny_swin() -> srlib.ModelSpec:
 
 def synthetic_scene(shape=(40, 48), *, seed=0, crs="EPSG:32633", with_scl=True) -> xr.Dataset:
     """A small random scene with a projected grid (smooth values, uint16 DN)."""
+    import rioxarray  # noqa: F401  (the .rio accessor, whatever ran before)
+
     rng = np.random.default_rng(seed)
     ny, nx = shape
     variables = {}

@@ -65,8 +65,9 @@ def test_model_tasks_go_only_to_gpu_workers_one_at_a_time(tmp_path):
         sr = srlib.super_resolve(ds, chunks=32)  # resources found from the client
         with distributed.get_task_stream(client) as stream:
             store = srlib.to_zarr(sr, tmp_path / "p.zarr")
-        gpu = client.scheduler_info()["workers"]
-        gpu_addr = next(a for a, w in gpu.items() if w["name"] == "gpu")
+        # asked of the workers themselves: the client's scheduler_info() is a cached copy
+        gpu = client.run(lambda dask_worker: dask_worker.name)
+        gpu_addr = next(a for a, name in gpu.items() if name == "gpu")
         model = [t for t in stream.data if str(t["key"]).startswith("('srlib-")]
         assert len(model) == 9 and {t["worker"] for t in model} == {gpu_addr}
         spans = sorted((s["start"], s["stop"]) for t in model for s in t["startstops"]

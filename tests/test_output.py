@@ -49,7 +49,11 @@ def test_zarr_round_trip_keeps_grid_values_and_nodata(tmp_path, scene):
     assert ours.red.encoding["chunks"] == (512, 512)
     assert ours.red.encoding["preferred_chunks"] == {"y": 512, "x": 512}
     with rasterio.open(f'ZARR:"{store}":/red') as src:  # GDAL reads the store too
-        assert src.crs == sr.rio.crs and src.transform == sr.rio.transform()
+        assert src.crs == sr.rio.crs
+        # GDAL 3.8/3.9 do not read the grid from CF attributes (README, GDAL)
+        if tuple(map(int, rasterio.__gdal_version__.split(".")[:2])) >= (3, 10):
+            assert src.transform == sr.rio.transform()
+        np.testing.assert_array_equal(src.read(1), ref["red"].values)
 
 
 def test_store_of_another_product_is_refused(tmp_path):

@@ -232,7 +232,8 @@ def check_readable(cog_path: str | os.PathLike) -> Path:
         with rasterio.open(path) as src:
             src.read(1, window=((0, 1), (0, 1)))
             src.read(1, window=((src.height - 1, src.height), (src.width - 1, src.width)))
-    except rasterio.errors.RasterioError as err:
+    except (rasterio.errors.RasterioError, rasterio.errors.RasterioIOError) as err:
+        # (RasterioIOError is no RasterioError before rasterio 1.4)
         raise InputError(f"{path} is not a readable GeoTIFF ({' '.join(str(err).split())}); "
                          "it may be truncated or another format: rewrite it (srlib cog, or "
                          "rerun the job)") from None

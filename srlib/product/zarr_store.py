@@ -458,8 +458,11 @@ def build_overviews(path: str | os.PathLike, *, tile: int = ZARR_TILE) -> int:
             encoding = {v: {"chunks": (ZARR_TILE, ZARR_TILE), "_FillValue": encs[v].cog_nodata,
                             "compressors": [default_compressor()]} for v in level.data_vars}
             level.attrs["srlib_complete"] = False
-            level.to_zarr(path, group=group, mode="w", zarr_format=2, encoding=encoding,
-                          consolidated=False, write_empty_chunks=True)
+            # write_empty_chunks through zarr's config: zarr 3.0's create_array takes no
+            # such argument, which xarray would pass on
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                level.to_zarr(path, group=group, mode="w", zarr_format=2, encoding=encoding,
+                              consolidated=False)
             zarr.open_group(str(path), path=group, mode="r+",
                             zarr_format=2, use_consolidated=False).attrs["srlib_complete"] = True
         prev = xr.open_zarr(path, group=group, mask_and_scale=False, consolidated=False)
