@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= out
 
-.PHONY: demo test test-gdal lint bench install clean figures
+.PHONY: demo test test-envs test-gdal lint bench install clean figures
 
 install: $(VENV)/.installed
 
@@ -22,16 +22,24 @@ demo: install
 
 # PostgreSQL and SLURM (Debian packages) for the tests that start them on loopback:
 # installed with apt-get when run as root, else named with the command to install them.
+# The extra environments (dependency floors, Python 3.12, 3.13: scripts/test-envs) are
+# installed in the background while the main suite runs, then run their subset.
 test: install
 	scripts/test-services
-	$(BIN)/ruff check srlib tests benchmarks examples docs
-	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	@mkdir -p .envs; scripts/test-envs install > .envs/install.log 2>&1 & envs=$$!; \
+	  $(BIN)/ruff check srlib tests benchmarks examples docs && $(BIN)/mypy \
+	    && $(BIN)/python -m pytest; rc=$$?; \
+	  wait $$envs; installed=$$?; grep -v "is ignored" .envs/install.log; \
+	  [ $$rc -eq 0 ] && [ $$installed -eq 0 ]
+	scripts/test-envs run
 	$(MAKE) test-gdal
 
-# The COG path on the GDALs inside the lowest rasterio wheels pyproject allows (3.8.4 in
-# 1.3.10, 3.9.3 in 1.4.3): each wheel in its own folder put first on the path.
-GDAL_WHEELS ?= 1.3.10 1.4.3
+test-envs: install
+	scripts/test-envs
+
+# The COG path on GDAL 3.9.3 (rasterio 1.4.3), the GDAL between the floors environment's
+# 3.8.4 (rasterio 1.3.10) and the main venv's: the wheel in its own folder, first on the path.
+GDAL_WHEELS ?= 1.4.3
 GDAL_TESTS   = cog_is_valid or super_resolve_to_cog_writes or cli_demo_and_qc or crash_during_cog \
                or gdal_drivers_file or pixel_for_pixel or compressed_while
 test-gdal: install
@@ -49,4 +57,4 @@ bench: install
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .gdal .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) .gdal .envs .pytest_cache .ruff_cache
