@@ -23,10 +23,10 @@ demo: install
 # PostgreSQL and SLURM (Debian packages) for the tests that start them on loopback:
 # installed with apt-get when run as root, else named with the command to install them.
 # The extra environments (dependency floors, Python 3.12, 3.13: scripts/test-envs) are
-# installed in the background while the main suite runs, then run their subset.
+# installed in the background (niced) while the main suite runs, then run their subset.
 test: install
 	scripts/test-services
-	@mkdir -p .envs; scripts/test-envs install > .envs/install.log 2>&1 & envs=$$!; \
+	@mkdir -p .envs; nice -n 19 scripts/test-envs install > .envs/install.log 2>&1 & envs=$$!; \
 	  $(BIN)/ruff check srlib tests benchmarks examples docs && $(BIN)/mypy \
 	    && $(BIN)/python -m pytest; rc=$$?; \
 	  wait $$envs; installed=$$?; grep -v "is ignored" .envs/install.log; \

@@ -114,19 +114,20 @@ def _worker_env(env):
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
-def _fresh_requests(pg_url, lon, lat, nx, ny):
-    """Empty the test database, then queue an nx x ny grid of AOIs (0.03 deg, 0.04 apart)."""
+def _fresh_requests(pg_url, lon, lat, nx, ny, size=0.03):
+    """Empty the test database, then queue an nx x ny grid of AOIs (``size`` deg, 0.04
+    apart)."""
     db = MetadataDB(pg_url)
     with db.engine.begin() as conn:
         conn.exec_driver_sql("TRUNCATE srlib_requests, srlib_runs RESTART IDENTITY")
-    boxes = [[lon + 0.04 * i, lat + 0.04 * j, lon + 0.03 + 0.04 * i, lat + 0.03 + 0.04 * j]
+    boxes = [[lon + 0.04 * i, lat + 0.04 * j, lon + size + 0.04 * i, lat + size + 0.04 * j]
              for i in range(nx) for j in range(ny)]
     return db, [db.add_request("20200219", box) for box in boxes]
 
 
 def test_twenty_aoi_requests_on_four_concurrent_workers_give_twenty_products(
         env, tmp_path, pg_url):
-    db, ids = _fresh_requests(pg_url, -11.60, 24.50, 5, 4)
+    db, ids = _fresh_requests(pg_url, -11.60, 24.50, 5, 4, size=0.015)  # many, not large
     workers = [subprocess.Popen(
         [*SRLIB, "pdr", "--db", pg_url, "--once", "--server", f"w{n}", "--catalog", env["url"],
          "--out", str(tmp_path / "out"), "--publish", "s3://products/many"],
