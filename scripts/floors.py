@@ -2,8 +2,8 @@
 
 ``python scripts/floors.py [EXTRA ...]`` reads ``[project].dependencies`` (and the named
 optional extras) and pins every requirement to its ``>=`` bound, keeping extras and
-markers; a requirement without a lower bound is printed as it is. ``make test-floors``
-installs these into a venv of its own and runs the floors subset (CONTRIBUTING.md).
+markers; a requirement without a lower bound is printed as it is. ``scripts/test-envs
+floors`` installs these into a venv of its own and runs the subset (CONTRIBUTING.md).
 """
 
 from __future__ import annotations
