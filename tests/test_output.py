@@ -386,3 +386,188 @@ def test_the_store_follows_cf_and_opens_as_a_multiscale_tree(tmp_path):
     transform = level.rio.set_spatial_dims(x_dim="x_2", y_dim="y_2").rio.transform()
     assert transform.a == 4 * opened.rio.transform().a  # georeferenced at its own size
     assert (transform.c, transform.f) == (opened.rio.transform().c, opened.rio.transform().f)
+
+
+@pytest.mark.parametrize("dtype, fill, codec", [
+    ("int16", -32768, "blosc"), ("uint8", 0, "zlib"), ("float32", float("nan"), "blosc"),
+    ("float32", float("-inf"), None), ("float64", None, None), ("bool", False, "zlib")])
+def test_store_metadata_is_the_documents_zarr_python_writes(tmp_path, dtype, fill, codec):
+    """srlib writes format-2 metadata itself (no event loop per call): zarr's own files."""
+    import numcodecs
+    import zarr
+
+    from srlib.product import zarr_v2
+
+    compressor = {"blosc": numcodecs.Blosc(cname="lz4", shuffle=2),
+                  "zlib": numcodecs.Zlib(level=1), None: None}[codec]
+    attrs = {"_ARRAY_DIMENSIONS": ["y", "x"], "long_name": "red", "flag_values": [1, 2]}
+    ref = zarr.open_group(str(tmp_path / "ref"), mode="w", zarr_format=2)
+    ref.attrs["srlib_complete"] = False
+    arr = ref.create_array("a", shape=(7, 5), chunks=(4, 4), dtype=dtype, fill_value=fill,
+                           compressor=compressor)
+    arr.attrs.update(attrs)
+    ref.attrs.update(levels=3)
+    line = ref.create_array("c", shape=(5,), chunks=(5,), dtype="float64", fill_value=None,
+                            compressor=None)
+    line[:] = np.arange(5) * 0.5
+    ours = tmp_path / "ours"
+    zarr_v2.create_group(ours, {"srlib_complete": False})
+    zarr_v2.create_array(ours / "a", shape=(7, 5), chunks=(4, 4), dtype=dtype,
+                         fill_value=fill, compressor=compressor, attrs={"long_name": "x"})
+    zarr_v2.update_attrs(ours / "a", attrs)
+    zarr_v2.update_attrs(ours, {"levels": 3})
+    zarr_v2.create_array(ours / "c", shape=(5,), chunks=(5,), dtype="<f8", fill_value=None,
+                         compressor=None)
+    zarr_v2.write_chunk(ours / "c", "0", np.arange(5) * 0.5)
+    files = sorted(str(p.relative_to(tmp_path / "ref")) for p in (tmp_path / "ref").rglob("*"))
+    assert files == sorted(str(p.relative_to(ours)) for p in ours.rglob("*"))
+    for name in files:
+        if (ours / name).is_file():
+            mine, theirs = (ours / name).read_bytes(), (tmp_path / "ref" / name).read_bytes()
+            if name.endswith((".zarray", ".zattrs", ".zgroup")):
+                assert json.loads(mine) == json.loads(theirs), name
+            else:
+                assert mine == theirs, name
+    opened = zarr.open_group(str(ours), mode="r", zarr_format=2)
+    assert dict(opened["a"].attrs) == attrs
+    np.testing.assert_array_equal(opened["a"].fill_value, arr.fill_value)  # NaN == NaN here
+    np.testing.assert_array_equal(opened["c"][:], np.arange(5) * 0.5)
+
+
+@pytest.mark.parametrize("stage, target", [("creating the pyramid", "create_array"),
+                                           ("describing the pyramid", "update_attrs")])
+def test_a_writer_stopped_while_it_writes_metadata_resumes_to_the_same_store(
+        tmp_path, monkeypatch, stage, target):
+    """A stop between two metadata files leaves nothing a resumed run takes as made."""
+    from srlib.product import zarr_v2
+
+    ds = srlib.sample_scene().isel(x=slice(0, 160), y=slice(0, 160))
+    sr = srlib.super_resolve(ds, chunks=64)  # 640 px regions: local overview levels
+    clean = srlib.to_zarr(sr, tmp_path / "clean.zarr")
+    original, calls = getattr(zarr_v2, target), []
+
+    def stops(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt(stage)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(zarr_v2, target, stops)
+    store = tmp_path / "stopped.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        srlib.to_zarr(sr, store)
+    assert not srlib.product.zarr_store.is_complete(store)
+    if target == "create_array":  # the half-made pyramid is not in place
+        assert not (store / "overviews").exists()
+        assert list(store.glob("overviews.*.partial"))
+    monkeypatch.setattr(zarr_v2, target, original)
+    srlib.to_zarr(sr, store)
+    assert not list(store.rglob("*.partial"))
+    assert _chunk_files(store) == _chunk_files(clean)
+
+    def metadata(root: Path) -> dict[str, object]:
+        docs = {str(p.relative_to(root)): json.loads(p.read_text())
+                for p in sorted(root.rglob(".z*")) if p.name != ".zmetadata"}
+        docs[".zattrs"].pop("srlib_store_id")  # type: ignore[union-attr]
+        return docs
+
+    assert metadata(store) == metadata(clean)
+    levels = xr.open_datatree(store, engine="zarr")["overviews/1"].to_dataset(inherit=False)
+    assert levels["red"].dims == ("y_1", "x_1") and levels["x_1"].size == 800
+
+
+def test_a_small_remainder_of_regions_joins_the_last_wave():
+    from srlib.product.waves import plan_waves as _waves
+
+    groups = [[f"r{i}"] for i in range(25)]  # the demo: 25 regions, one block each
+    waves = _waves(groups, 4)  # 2 threads
+    assert [len(w) for w in waves] == [4, 4, 4, 4, 4, 5]  # not a 7th wave of one region
+    assert [r for w in waves for r in w] == [r for g in groups for r in g]
+    assert [len(w) for w in _waves(groups[:7], 4)] == [4, 3]  # enough to fill the threads
+    big = [[f"b{i}-{j}" for j in range(9)] for i in range(3)]  # 9 regions a block
+    assert [len(w) for w in _waves(big, 4)] == [18, 9]  # a block never joins: its memory
+    assert _waves([["a"]], 4) == [["a"]]
+
+
+def test_full_collections_skip_the_heap_while_a_store_is_written():
+    """The heap is frozen for the write (no 0.2 s pauses) and given back, nothing lost."""
+    import gc
+    import weakref
+
+    from srlib.engine.memory import frozen_heap
+
+    class Node:
+        pass
+
+    before = gc.get_freeze_count()
+    cycle = Node()
+    cycle.self = cycle  # type: ignore[attr-defined]
+    alive = weakref.ref(cycle)
+    del cycle
+    with frozen_heap():
+        assert gc.get_freeze_count() > before
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() > before  # the outer use still holds it
+        gc.collect()
+        assert alive() is not None  # frozen: not collected now ...
+    assert gc.get_freeze_count() == before
+    gc.collect()
+    assert alive() is None  # ... but afterwards
+
+
+def _slow_region(monkeypatch, name: str, *, fail: bool = False) -> dict[str, float]:
+    """Make region ``name`` (``"iy-ix"``) take a second (then fail); note when each ends."""
+    from srlib.product import zarr_store
+
+    ends: dict[str, float] = {}
+    original = zarr_store._write_region_now
+
+    def write(path, store_id, region, marker, *args):  # type: ignore[no-untyped-def]
+        if Path(marker).name == name:
+            time.sleep(1.0)
+            if fail:
+                raise OSError(28, "No space left on device")
+        out = original(path, store_id, region, marker, *args)
+        ends[Path(marker).name] = time.perf_counter()
+        return out
+
+    monkeypatch.setattr(zarr_store, "_write_region_now", write)
+    return ends
+
+
+def test_the_next_wave_starts_while_a_wave_writes_its_last_region(tmp_path, monkeypatch):
+    """No thread idles at a wave's end: the next wave runs beside its last region."""
+    import dask
+
+    sr = srlib.super_resolve(synthetic_scene((64, 64)), chunks=16)  # 4 x 4 blocks
+    with dask.config.set(scheduler="synchronous"):
+        clean = srlib.to_zarr(sr, tmp_path / "clean.zarr", chunks=32)
+    ends = _slow_region(monkeypatch, "0-0")  # the first wave: 0-0 .. 0-3 (2 threads)
+    with dask.config.set(num_workers=2):
+        store = srlib.to_zarr(sr, tmp_path / "p.zarr", chunks=32)
+    assert len(ends) == 16
+    assert min(ends[f"1-{ix}"] for ix in range(4)) < ends["0-0"]  # overlapped
+    assert _chunk_files(store) == _chunk_files(clean)
+
+
+def test_a_failed_wave_stops_the_one_beside_it_and_the_store_resumes(tmp_path, monkeypatch):
+    import dask
+
+    from srlib.product.zarr_store import wait_for_writers
+
+    sr = srlib.super_resolve(synthetic_scene((64, 64)), chunks=16)
+    clean = srlib.to_zarr(sr, tmp_path / "clean.zarr", chunks=32)
+    ends = _slow_region(monkeypatch, "0-0", fail=True)
+    store = tmp_path / "p.zarr"
+    progress = store.with_name(store.name + ".progress")
+    with dask.config.set(num_workers=2), pytest.raises(OSError, match="No space left"):
+        srlib.to_zarr(sr, store, chunks=32)
+    assert wait_for_writers(store, timeout=30)
+    written = sorted(p.name for p in progress.iterdir())
+    time.sleep(0.5)
+    assert sorted(p.name for p in progress.iterdir()) == written  # nothing after the error
+    assert "0-0" not in written and len(written) < 16 and len(ends) == len(written)
+    monkeypatch.undo()
+    srlib.to_zarr(sr, store, chunks=32)
+    assert _chunk_files(store) == _chunk_files(clean)

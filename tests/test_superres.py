@@ -373,15 +373,37 @@ def test_cpu_forward_passes_never_outnumber_the_cores(scene):
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
-def test_blocks_give_free_heap_memory_back_on_glibc(monkeypatch):
-    import srlib.engine.memory
+def test_blocks_give_free_heap_memory_back_when_much_is_free(monkeypatch):
+    """After a block, glibc's free heap memory goes back to the OS once it passes the budget."""
+    import srlib.engine.memory as memory
 
-    assert srlib.engine.memory._MALLOC_TRIM is not None  # found, so the call below is real
-    calls = []
-    monkeypatch.setattr(srlib.engine.memory, "_MALLOC_TRIM", lambda pad: calls.append(pad) or 1)
+    assert memory._MALLOC_TRIM is not None and memory._MALLINFO2 is not None  # real calls
+    assert memory._free_heap_bytes() >= 0
+    calls, free = [], iter([0, 2 << 30, memory.KEEP_FREE // 2, 3 << 30])  # bytes free
+    monkeypatch.setattr(memory, "_MALLOC_TRIM", lambda pad: calls.append(pad) or 1)
+    monkeypatch.setattr(memory, "_free_heap_bytes", lambda: next(free))
     ds = synthetic_scene((40, 40), with_scl=False)
-    srlib.super_resolve(ds, chunks=20).compute(scheduler="threads")
-    assert calls == [0] * 4  # once per block (2 x 2 chunks)
+    srlib.super_resolve(ds, chunks=20).compute(scheduler="synchronous")  # 2 x 2 blocks
+    assert calls == [0, 0]  # the second and the fourth block: over the budget
+    monkeypatch.setattr(memory, "_free_heap_bytes", lambda: None)  # glibc < 2.33
+    srlib.super_resolve(ds, chunks=20).compute(scheduler="synchronous")
+    assert calls == [0] * 6  # cannot tell: every block trims, as before
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_malloc_is_tuned_once_per_process_unless_turned_off(monkeypatch):
+    import srlib.engine.memory as memory
+
+    calls = []
+    monkeypatch.setattr(memory, "_MALLOPT", lambda param, value: calls.append((param, value)))
+    monkeypatch.setattr(memory, "_tuned", False)
+    monkeypatch.setenv("SRLIB_TUNE_MALLOC", "0")
+    assert not memory.tune_malloc() and calls == []
+    monkeypatch.delenv("SRLIB_TUNE_MALLOC")
+    ds = synthetic_scene((40, 40), with_scl=False)
+    srlib.super_resolve(ds, chunks=20).compute(scheduler="threads")  # 4 blocks, 1 tuning
+    assert calls == [(-3, 32 << 20), (-1, 2**31 - 1), (-8, 1)]  # mmap, trim, arenas
+    assert not memory.tune_malloc()
 
 
 @pytest.mark.parametrize("model", ["bicubic", "swin"])

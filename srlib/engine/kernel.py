@@ -41,6 +41,7 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
     numpy.ndarray
         ``(len(bands_out) + 1, h * scale, w * scale)`` int16.
     """
+    memory.tune_malloc()  # once per process, before the block's temporaries
     spec = cfg.spec
     halo = spec.halo
     x = np.asarray(block[: cfg.n_bands], dtype=np.float32)

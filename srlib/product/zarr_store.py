@@ -38,15 +38,16 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
 from dask.base import tokenize
-from dask.callbacks import Callback
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from ..engine.memory import frozen_heap, tune_malloc
 from ..errors import IncompleteStoreError, InputError
-from ..progress import active as progress_active
 from ..progress import report
+from . import zarr_v2
 from .encoding import ENCODINGS, OVERVIEWS, TILE, Encoding, encoding
 from .pyramid import levels_needed
+from .waves import WRITE, check_not_aborted, compute_waves, plan_waves
 
 __all__ = ["ZARR_TILE", "build_overviews", "default_compressor", "holds_product",
            "is_complete", "missing_chunks", "open_zarr", "remove_store", "spill_dir",
@@ -332,6 +333,7 @@ def _write_region(path: str, store_id: str, region: tuple[slice, slice], marker:
     from ..signals import check_stop
 
     check_stop()  # a stopped job starts no new region
+    check_not_aborted(path)  # nor one whose store failed elsewhere
     with _writing(path):
         return _write_region_now(path, store_id, region, marker, levels, encodings,
                                  cog_tiles, blocks)
@@ -398,19 +400,27 @@ def _local_levels(shape: tuple[int, int], chunks: tuple[tuple[int, ...], ...]) -
 def _create_overview_arrays(path: Path, sr: xr.DataArray | xr.Dataset, levels: int,
                             chunks: tuple[tuple[int, ...], ...],
                             compressor: numcodecs.abc.Codec) -> None:
-    root = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
+    """Create the levels the regions reduce themselves (metadata only), all or none.
+
+    Made in a ``*.partial`` folder renamed into place: a kill midway leaves no half
+    pyramid for a resumed run to take as made.
+    """
+    if levels < 1:
+        return
+    tmp = path / f"{OVERVIEWS}.{uuid.uuid4().hex}.partial"
+    zarr_v2.create_group(tmp)
     h, w = sr.sizes["y"], sr.sizes["x"]
     for k in range(1, levels + 1):
-        group = root.require_group(f"{OVERVIEWS}/{k}")
-        group.attrs["srlib_complete"] = False
+        group = tmp / str(k)
+        zarr_v2.create_group(group, {"srlib_complete": False})
         shape = (-(-h // (1 << k)), -(-w // (1 << k)))
         chunk = tuple(min(-(-c[0] // (1 << k)), n) for c, n in zip(chunks, shape, strict=True))
         for name, var in sr.data_vars.items():
             enc = var_encoding(var)
-            arr = group.create_array(str(name), shape=shape, chunks=chunk, dtype=enc.cog_dtype,
-                                     fill_value=enc.cog_nodata, compressor=compressor,
-                                     overwrite=True)
-            arr.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
+            zarr_v2.create_array(group / str(name), shape=shape, chunks=chunk,
+                                 dtype=enc.cog_dtype, fill_value=enc.cog_nodata,
+                                 compressor=compressor, attrs={"_ARRAY_DIMENSIONS": ["y", "x"]})
+    os.replace(tmp, path / OVERVIEWS)
 
 
 def _reduce(block: np.ndarray, enc: Encoding) -> np.ndarray:
@@ -525,9 +535,12 @@ def _check_whole(path: Path) -> None:
 
 
 def _remove_partials(path: Path) -> None:
-    """Delete the temporary chunk files (``*.partial``) a killed writer left behind."""
-    for leftover in path.rglob("*.partial"):
-        leftover.unlink(missing_ok=True)
+    """Delete the temporary files and folders (``*.partial``) a killed writer left behind."""
+    for leftover in sorted(path.rglob("*.partial"), reverse=True):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _threads() -> int:
@@ -550,29 +563,6 @@ def _source_block(source_ends: list[np.ndarray] | None,
         return (0, 0)
     return tuple(int(np.searchsorted(ends, r.start, side="right"))
                  for ends, r in zip(source_ends, region, strict=True))  # type: ignore[return-value]
-
-
-def _waves(groups: list[list], regions: int) -> list[list]:
-    """Region tasks in waves of at least ``regions`` tasks and two model blocks.
-
-    A model block (e.g. Swin2SR's 5120 px output) is written as several regions; they all
-    go in the same wave, because a wave is one ``dask.compute`` and a block cut across
-    two waves would be computed twice (tested by counting kernel calls). Two blocks
-    per wave let one block's writing overlap the next block's model. The scheduler holds
-    at most a wave of finished blocks, so memory does not grow with the scene.
-    """
-    waves: list[list] = []
-    current: list = []
-    blocks = 0
-    for group in groups:
-        current += group
-        blocks += 1
-        if len(current) >= regions and blocks >= 2:
-            waves.append(current)
-            current, blocks = [], 0
-    if current:
-        waves.append(current)
-    return waves
 
 
 def _root_attrs(path: Path) -> dict:
@@ -643,8 +633,14 @@ def to_zarr(
         The store at ``path`` holds a different product; delete it or pass
         ``resume=False``.
     """
-    path = Path(path)
-    tile = chunks or ZARR_TILE
+    tune_malloc()
+    with frozen_heap():
+        return _to_zarr(sr, Path(path), tile=chunks or ZARR_TILE, compressor=compressor,
+                        resume=resume, cog_tiles=cog_tiles)
+
+
+def _to_zarr(sr: xr.Dataset, path: Path, *, tile: int,
+             compressor: numcodecs.abc.Codec | None, resume: bool, cog_tiles: bool) -> Path:
     source_chunks = sr[next(iter(sr.data_vars))].chunks  # the model's blocks
     source_ends = None if source_chunks is None else [np.cumsum(c) for c in source_chunks]
     sr = _aligned(sr, tile)
@@ -681,8 +677,9 @@ def to_zarr(
     total = len(ychunks) * len(xchunks)
     done = total - sum(len(g) for g in groups.values())
     report("inference", done, total, "regions")
-    for wave in _waves(list(groups.values()), 2 * _threads()):
-        done = _compute_wave(wave, done, total)
+    threads = _threads()
+    done = compute_waves(str(path), plan_waves(list(groups.values()), 2 * threads), done,
+                         total, threads)
     unwritten = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
                  if not (progress / f"{iy}-{ix}").exists()]
     if unwritten:
@@ -690,43 +687,6 @@ def to_zarr(
                                    "srlib.to_zarr to resume")
     _complete(path, sr, levels, tile)
     return path
-
-
-#: Name prefix of the region-write tasks (counted by the progress display).
-_WRITE = "_write_region"
-
-
-def _compute_wave(wave: list, done: int, total: int) -> int:
-    """Compute one wave of region writes, reporting each finished region; return the count.
-
-    On a ``distributed`` client the regions are followed as the scheduler finishes them;
-    on the local schedulers through dask's callbacks (which run in this thread).
-    """
-    if not progress_active():
-        dask.compute(*wave)
-        return done + len(wave)
-    from ..config import distributed_client
-
-    client = distributed_client()
-    if client is not None:
-        from distributed import as_completed
-
-        for future in as_completed(client.compute(wave)):
-            future.result()  # raises the task's error
-            done += 1
-            report("inference", done, total, "regions")
-        return done
-    finished = [done]
-
-    def posttask(key: object, *_args: object) -> None:
-        name = key[0] if isinstance(key, tuple) else key
-        if str(name).startswith(_WRITE):
-            finished[0] += 1
-            report("inference", finished[0], total, "regions")
-
-    with Callback(posttask=posttask):
-        dask.compute(*wave)
-    return done + len(wave)
 
 
 def _create_store(path: Path, sr: xr.Dataset, token: str, tile: int,
@@ -765,7 +725,7 @@ def _region_tasks(path: Path, sr: xr.Dataset, store_id: str, levels: int,
     arrays = {str(v): sr[v].data for v in sr.data_vars}
     keys = {v: a.__dask_keys__() for v, a in arrays.items()}
     names = tuple(arrays)
-    name = f"{_WRITE}-{uuid.uuid4().hex}"  # fresh keys: a rerun never reuses results
+    name = f"{WRITE}-{uuid.uuid4().hex}"  # fresh keys: a rerun never reuses results
     layer: dict[Any, tuple] = {}
     members: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
     for iy in range(len(ychunks)):
@@ -827,29 +787,31 @@ def _describe_pyramid(path: Path, sr: xr.Dataset, levels: int) -> dict[str, Any]
     group may not reuse its parent's dimension names at another size) and every level is
     georeferenced. Returns the root's attributes that list the levels (``multiscales``).
     """
-    group = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
     t = sr.rio.transform() if sr.rio.crs is not None else None
     datasets = [{"path": ".", "level": 0,
                  **({"cell_size": [t.a, t.e]} if t is not None else {})}]
     h, w = sr.sizes["y"], sr.sizes["x"]
     for k in range(1, levels + 1):
-        sub = group.require_group(f"{OVERVIEWS}/{k}")
+        sub = path / OVERVIEWS / str(k)
         ydim, xdim = f"y_{k}", f"x_{k}"
-        for name, arr in sub.arrays():
-            if len(arr.shape) == 2:
-                arr.attrs.update(_ARRAY_DIMENSIONS=[ydim, xdim],
-                                 **({"grid_mapping": "spatial_ref"} if t is not None else {}),
-                                 **(_level_attrs(sr[name]) if name in sr else {}))
+        for zarray in sorted(sub.glob("*/.zarray")):
+            name = zarray.parent.name
+            if len(json.loads(zarray.read_text())["shape"]) == 2:
+                zarr_v2.update_attrs(zarray.parent, {
+                    "_ARRAY_DIMENSIONS": [ydim, xdim],
+                    **({"grid_mapping": "spatial_ref"} if t is not None else {}),
+                    **(_level_attrs(sr[name]) if name in sr else {})})
         if t is None:
             continue
         f = 1 << k
         for dim, n, start, step, axis in ((ydim, -(-h // f), t.f, t.e * f, "y"),
                                           (xdim, -(-w // f), t.c, t.a * f, "x")):
-            coord = sub.create_array(dim, shape=(n,), dtype="float64", overwrite=True,
-                                     fill_value=None, compressor=None)
-            coord[:] = start + (np.arange(n) + 0.5) * step
-            coord.attrs.update(_ARRAY_DIMENSIONS=[dim], units="m", axis=axis.upper(),
-                               standard_name=f"projection_{axis}_coordinate")
+            zarr_v2.create_array(sub / dim, shape=(n,), chunks=(n,), dtype="<f8",
+                                 fill_value=None, compressor=None,
+                                 attrs={"_ARRAY_DIMENSIONS": [dim], "units": "m",
+                                        "axis": axis.upper(),
+                                        "standard_name": f"projection_{axis}_coordinate"})
+            zarr_v2.write_chunk(sub / dim, "0", start + (np.arange(n) + 0.5) * step)
         datasets.append({"path": f"{OVERVIEWS}/{k}", "level": k,
                          "cell_size": [t.a * (1 << k), t.e * (1 << k)]})
     return {"Conventions": "CF-1.10", "multiscales": [{
