@@ -20,6 +20,8 @@
                            60): GDAL's HTTP reads, S3, the STAC API, the webhook; a
                            server that accepts and never answers fails the call
                            (then retried) instead of holding the job forever.
+``SRLIB_TUNE_MALLOC``      ``0`` keeps glibc's malloc defaults (read once, at the first
+                           block: see :func:`srlib.engine.memory.tune_malloc`).
 ========================== ==========================================================
 
 Credentials (``AWS_ACCESS_KEY_ID``, ...) are not settings: boto3 and GDAL find them
