@@ -571,3 +571,30 @@ def test_a_failed_wave_stops_the_one_beside_it_and_the_store_resumes(tmp_path, m
     monkeypatch.undo()
     srlib.to_zarr(sr, store, chunks=32)
     assert _chunk_files(store) == _chunk_files(clean)
+
+
+def test_a_stop_does_not_wait_for_the_wave_beside_it(tmp_path, monkeypatch):
+    """A stop unwinds at once (a SLURM grace is short); the threads finish what they hold."""
+    import dask
+
+    from srlib.product import zarr_store
+
+    sr = srlib.super_resolve(synthetic_scene((64, 64)), chunks=16)
+    original = zarr_store._write_region_now
+
+    def write(path, store_id, region, marker, *args):  # type: ignore[no-untyped-def]
+        name = Path(marker).name
+        if name == "0-0":
+            time.sleep(0.5)
+            raise srlib.Terminated("stopped by SIGTERM")
+        if name == "1-0":
+            time.sleep(4.0)  # the next wave, in flight when the stop comes
+        return original(path, store_id, region, marker, *args)
+
+    monkeypatch.setattr(zarr_store, "_write_region_now", write)
+    store = tmp_path / "p.zarr"
+    t0 = time.perf_counter()
+    with dask.config.set(num_workers=2), pytest.raises(srlib.Terminated):
+        srlib.to_zarr(sr, store, chunks=32)
+    assert time.perf_counter() - t0 < 3.5  # did not wait for region 1-0
+    assert zarr_store.wait_for_writers(store, timeout=30)

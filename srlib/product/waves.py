@@ -24,7 +24,7 @@ import dask
 import dask.threaded
 from dask.callbacks import Callback
 
-from ..errors import IncompleteStoreError
+from ..errors import IncompleteStoreError, Terminated
 from ..progress import active as progress_active
 from ..progress import report
 
@@ -185,6 +185,10 @@ def compute_waves(path: str, waves: list[list], done: int, total: int, threads: 
         for future, _ in in_flight:
             future.result()
         clean = True
+    except Terminated:  # a stop signal: unwind now (the grace before a forced exit is short)
+        with _aborted_lock:
+            _aborted.add(key)
+        raise
     except Exception:
         with _aborted_lock:  # the other wave in flight writes no further region
             _aborted.add(key)
@@ -192,7 +196,7 @@ def compute_waves(path: str, waves: list[list], done: int, total: int, threads: 
             future.exception()  # wait for it; the first error is the one raised
         raise
     finally:
-        # a stop (BaseException) does not wait; the pools' threads end with their tasks
+        # a stop does not wait; the pools' threads end with their tasks
         drivers.shutdown(wait=False, cancel_futures=True)
         pool.shutdown(wait=False)
         if clean:
