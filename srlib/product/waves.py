@@ -14,6 +14,7 @@ threads idle.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import os
 import threading
 from collections.abc import Callable
@@ -73,24 +74,17 @@ def check_not_aborted(path: str) -> None:
                                    "written (rerun srlib.to_zarr to resume)")
 
 
-def _region_counter(total: int, done: int, on_region: Callable[[], int] | None = None
-                    ) -> Callable[..., None]:
+def _region_counter(total: int, count: Callable[[], int]) -> Callable[..., None]:
     """Return a dask ``posttask`` callback that reports each finished region write.
 
-    ``on_region`` (the pipelined waves' shared count) returns the regions done so far.
+    ``count`` is called once per region and returns the regions done so far.
     """
-    lock = threading.Lock()
-    finished = [done]
-
     def posttask(key: object, *_args: object) -> None:
         name = key[0] if isinstance(key, tuple) else key
-        if not str(name).startswith(WRITE):
-            return
-        with lock:
-            finished[0] += 1
-            count = finished[0] if on_region is None else on_region()
+        if str(name).startswith(WRITE):
+            done = count()
             if progress_active():
-                report("inference", count, total, "regions")
+                report("inference", done, total, "regions")
 
     return posttask
 
@@ -118,7 +112,7 @@ def _compute_one(wave: list, done: int, total: int) -> int:
             done += 1
             report("inference", done, total, "regions")
         return done
-    with Callback(posttask=_region_counter(total, done)):
+    with Callback(posttask=_region_counter(total, itertools.count(done + 1).__next__)):
         dask.compute(*wave)
     return done + len(wave)
 
@@ -165,7 +159,7 @@ def compute_waves(path: str, waves: list[list], done: int, total: int, threads: 
                     draining.set()
                 return counted[0]
 
-        posttask = _region_counter(total, 0, on_region)
+        posttask = _region_counter(total, on_region)
         try:
             dask.compute(*wave, scheduler="threads", pool=pool,
                          callbacks=[Callback(posttask=posttask)._callback])
@@ -173,7 +167,6 @@ def compute_waves(path: str, waves: list[list], done: int, total: int, threads: 
             draining.set()
 
     in_flight: list[tuple[Future, threading.Event]] = []
-    clean = False
     try:
         for wave in waves:
             if in_flight:
@@ -184,22 +177,15 @@ def compute_waves(path: str, waves: list[list], done: int, total: int, threads: 
             in_flight.append((drivers.submit(run, wave, draining), draining))
         for future, _ in in_flight:
             future.result()
-        clean = True
-    except Terminated:  # a stop signal: unwind now (the grace before a forced exit is short)
-        with _aborted_lock:
-            _aborted.add(key)
-        raise
-    except Exception:
+    except Exception as err:
         with _aborted_lock:  # the other wave in flight writes no further region
             _aborted.add(key)
-        for future, _ in in_flight:
-            future.exception()  # wait for it; the first error is the one raised
+        if not isinstance(err, Terminated):  # a stop unwinds now: its grace is short
+            for future, _ in in_flight:
+                future.exception()  # wait for it; the first error is the one raised
         raise
     finally:
         # a stop does not wait; the pools' threads end with their tasks
         drivers.shutdown(wait=False, cancel_futures=True)
         pool.shutdown(wait=False)
-        if clean:
-            with _aborted_lock:
-                _aborted.discard(key)
     return done + sum(len(w) for w in waves)

@@ -25,10 +25,15 @@ import numpy as np
 __all__ = ["create_array", "create_group", "update_attrs", "write_chunk"]
 
 
-def _dump(path: Path, doc: Any) -> None:
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` at ``path`` through a ``*.partial`` file renamed into place."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
-    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _dump(path: Path, doc: Any) -> None:
+    _replace(path, json.dumps(doc, indent=2).encode())
 
 
 def _fill_json(value: Any, dtype: np.dtype) -> Any:
@@ -85,6 +90,4 @@ def update_attrs(path: Path, attrs: dict[str, Any]) -> None:
 
 def write_chunk(path: Path, key: str, data: np.ndarray) -> None:
     """Write one uncompressed chunk (C order, the array's dtype) at ``key``."""
-    tmp = path / f"{key}.{os.getpid()}-{threading.get_ident()}.partial"
-    tmp.write_bytes(np.ascontiguousarray(data).tobytes())
-    os.replace(tmp, path / key)
+    _replace(path / key, np.ascontiguousarray(data).tobytes())
