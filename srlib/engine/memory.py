@@ -33,7 +33,7 @@ _MALLOPT = _glibc("mallopt")
 _MALLINFO2 = _glibc("mallinfo2", _MallInfo2)  # glibc >= 2.33
 #: mallopt's parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-#: Free heap memory kept for the next blocks, at most (and at most 1/8 of what is free).
+#: Free heap memory kept for the next blocks, at most (and at most 1/8 of the memory available).
 KEEP_FREE = 1 << 30
 _tuned = False
 
