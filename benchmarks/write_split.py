@@ -18,7 +18,7 @@ resolution's for ``compress``; their ratio is the fraction of the floor the COG 
 reaches. The parent then checks that both engines' COGs decode to the same pixels, band
 by band and level by level.
 
-Usage: python benchmarks/write_split.py [--cpus 1,2] [--repeat 3] [--out FILE]
+Usage: python benchmarks/write_split.py [--cpus 1,2] [--repeat 3] [--dir DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -37,11 +37,37 @@ ROOT = Path(__file__).resolve().parents[1]
 BANDS = ("red", "green", "blue", "nir", "quality")
 
 
-def _timed(fn, *args, **kwargs) -> float:
+def _machine_ticks() -> tuple[int, int]:
+    """Busy and stolen clock ticks of the whole machine, every CPU (``/proc/stat``)."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait
+    return sum(values[:8]) - values[3] - values[4], values[7]
+
+
+def _timed(fn, *args, usage: dict | None = None, **kwargs) -> float:
+    """Seconds ``fn`` took; with ``usage``, also where the CPU time went.
+
+    ``cpu_s``: this process's CPU seconds; ``others_s``: the rest of the machine's busy
+    seconds meanwhile (the kernel's writeback threads and interrupts, on any CPU: a
+    process pinned to one CPU still gets the other's help there); ``steal_s``: seconds
+    the hypervisor gave to other guests (a noisy neighbour, not srlib).
+    """
     os.sync()  # the previous stage's dirty pages are written back before the clock
+    tick = os.sysconf("SC_CLK_TCK")
+    busy0, steal0 = _machine_ticks()
+    cpu0 = os.times()
     t0 = time.perf_counter()
     fn(*args, **kwargs)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    cpu1 = os.times()
+    busy1, steal1 = _machine_ticks()
+    if usage is not None:
+        cpu = cpu1.user - cpu0.user + cpu1.system - cpu0.system
+        usage.update(cpu_s=round(cpu, 2), others_s=round(max(0.0, (busy1 - busy0) / tick
+                                                              - cpu), 2),
+                     steal_s=round((steal1 - steal0) / tick, 2))
+    return seconds
 
 
 def _measure(store: str, work: str, tag: str) -> dict[str, float]:
@@ -58,11 +84,13 @@ def _measure(store: str, work: str, tag: str) -> dict[str, float]:
     small = srlib.sample_scene().isel(y=slice(0, 64), x=slice(0, 64))
     warm = os.path.join(work, f"warm-{tag}")
     srlib.to_cog(srlib.to_zarr(srlib.super_resolve(small), warm + ".zarr"), warm + ".tif")
+    usage: dict[str, dict] = {"to_zarr": {}, "to_cog_srlib": {}, "to_cog_gdal": {}}
     to_zarr = _timed(srlib.to_zarr, srlib.super_resolve(srlib.sample_scene()),
-                     os.path.join(work, f"zarr-{tag}.zarr"))
+                     os.path.join(work, f"zarr-{tag}.zarr"), usage=usage["to_zarr"])
     cogs = {engine: os.path.join(work, f"cog-{engine}-{tag}.tif")
             for engine in ("srlib", "gdal")}
-    to_cog = {engine: _timed(srlib.to_cog, store, path, engine=engine, threads=cpus)
+    to_cog = {engine: _timed(srlib.to_cog, store, path, engine=engine, threads=cpus,
+                             usage=usage[f"to_cog_{engine}"])
               for engine, path in cogs.items()}
     ds = srlib.open_zarr(store)
     levels = _levels(Path(store), ds, list(BANDS), _store_levels(Path(store), ds))
@@ -91,6 +119,8 @@ def _measure(store: str, work: str, tag: str) -> dict[str, float]:
     row = {"cpus": cpus, "raw_mb": round(raw / 1e6, 1), "full_mb": round(full / 1e6, 1),
            "to_zarr_s": round(to_zarr, 2), "read_s": round(read, 2),
            "compress_s": round(compress, 2), "floor_mb_s_per_cpu": round(floor, 1)}
+    for stage, used in usage.items():
+        row.update({f"{stage}_{k}": v for k, v in used.items()})
     for engine, seconds in to_cog.items():
         rate = raw / 1e6 / seconds / cpus
         row[f"to_cog_{engine}_s"] = round(seconds, 2)
@@ -150,12 +180,15 @@ def main() -> None:
                         help="Rounds, the CPU counts interleaved in each (default 3); the "
                              "medians decide.")
     parser.add_argument("--out", default=None, help="Write the rows as JSON here.")
+    parser.add_argument("--dir", default=None,
+                        help="Where the stores and COGs go (default $TMPDIR); /dev/shm "
+                             "takes the disk out and leaves the CPUs.")
     parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:  # the child: one pinned measurement
         print(json.dumps(_measure(*args.measure)))
         return
-    work = tempfile.mkdtemp(prefix="srlib-write-split-")
+    work = tempfile.mkdtemp(prefix="srlib-write-split-", dir=args.dir)
     store = os.path.join(work, "demo.zarr")
     code = ("import srlib; srlib.to_zarr(srlib.super_resolve(srlib.sample_scene()), "
             f"{store!r})")
@@ -200,6 +233,14 @@ def main() -> None:
               f" {row['to_cog_srlib_mb_s_per_cpu']} ({row['to_cog_srlib_of_floor']}) |"
               f" {row['to_cog_gdal_mb_s_per_cpu']} ({row['to_cog_gdal_of_floor']}) |"
               f" {row['floor_mb_s_per_cpu']} | {row['same_pixels']} | {row['same_store']} |")
+    print("\nCPU seconds per stage: this process / the rest of the machine meanwhile / "
+          "stolen by the hypervisor")
+    print("| CPUs | round | to_zarr | to_cog srlib | to_cog gdal |")
+    print("|---|---|---|---|---|")
+    for row in sorted(rows, key=lambda r: (r["cpus"], r["round"])):
+        cells = [f"{row[f'{st}_cpu_s']} / {row[f'{st}_others_s']} / {row[f'{st}_steal_s']}"
+                 for st in ("to_zarr", "to_cog_srlib", "to_cog_gdal")]
+        print(f"| {row['cpus']} | {row['round']} | " + " | ".join(cells) + " |")
     one = medians[0]
     for row in medians[1:]:
         print(f"speed-up of the medians, {one['cpus']} -> {row['cpus']} CPUs: to_zarr "

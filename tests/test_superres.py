@@ -41,6 +41,70 @@ def test_sample_scene_is_real_and_lazy():
     assert np.corrcoef(crop.nir.values.ravel(), crop.nir08.values.ravel())[0, 1] > 0.8
 
 
+@pytest.mark.parametrize("name", ["29RKH", "bigearthnet"])
+@pytest.mark.parametrize("chunks", [None, 100, 333, {"y": 250}])
+def test_a_sample_read_chunk_by_chunk_is_the_whole_band_read_at_once(name, chunks):
+    """Every chunk reads only its window (the 20 m bands resampled by GDAL through a
+    fractional window): the values of one read of the whole band, on every band."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    from srlib.bands import S2_FILE_BANDS
+    from srlib.scene.sample import SAMPLES, _data_dir
+
+    ds = srlib.sample_scene(name, chunks=chunks)
+    folder = _data_dir(SAMPLES[name][0])
+    files = {S2_FILE_BANDS[p.stem]: p for p in folder.glob("*.tif")}
+    assert set(files) == set(ds.data_vars)
+    shape = (ds.sizes["y"], ds.sizes["x"])
+    for band, path in files.items():
+        method = Resampling.nearest if band == "scl" else Resampling.bilinear
+        with rasterio.open(path) as src:
+            whole = src.read(1, out_shape=shape, resampling=method)
+        assert ds[band].data.numblocks == tuple(len(c) for c in ds[band].chunks)
+        np.testing.assert_array_equal(ds[band].values, whole, err_msg=band)
+
+
+def test_a_sample_chunk_is_read_once_per_compute_and_a_rewritten_file_is_read_anew(tmp_path):
+    """Each chunk task reads its own window, once: computing a corner reads its chunks of
+    every band, not whole bands; a band file rewritten in place is opened again."""
+    import shutil
+
+    import srlib.scene.sample as sample
+
+    folder = tmp_path / "scene"
+    shutil.copytree(sample._data_dir(sample.SAMPLES["29RKH"][0]), folder)
+    calls = []
+    real = sample._read
+
+    def counted(path, shape, resampling, y0, y1, x0, x1):
+        calls.append((os.path.basename(path), y0, y1, x0, x1))
+        return real(path, shape, resampling, y0, y1, x0, x1)
+
+    sample._read = counted
+    try:
+        ds = srlib.scene.sample.scene_folder(folder, chunks=256)
+        with dask.config.set(scheduler="synchronous"):  # one thread: its handles kept
+            corner = ds.isel(y=slice(0, 300), x=slice(0, 200)).compute()
+    finally:
+        sample._read = real
+    # rows 0-255 and 256-511, columns 0-255: 2 chunks of each of the 11 band files
+    assert sorted(set(calls)) == sorted(calls) and len(calls) == 2 * len(ds.data_vars)
+    assert {(c[1], c[3]) for c in calls} == {(0, 0), (256, 0)}
+    before = corner.red.values.copy()
+    with rasterio_open_update(folder / "B04.tif") as dst:
+        dst.write(np.full((1, *before.shape), 7, np.uint16), window=((0, 300), (0, 200)))
+    with dask.config.set(scheduler="synchronous"):  # the same thread, a handle open
+        after = srlib.scene.sample.scene_folder(folder, chunks=256).red[:300, :200].values
+    assert (after == 7).all() and not (before == 7).all()
+
+
+def rasterio_open_update(path):
+    import rasterio
+
+    return rasterio.open(path, "r+")
+
+
 def test_output_grid_is_exactly_scale_times_finer(scene):
     sr = srlib.super_resolve(scene)
     assert sr.sizes == {"y": 96 * SCALE, "x": 96 * SCALE}
