@@ -16,7 +16,10 @@ pinned with ``taskset`` (what SLURM's ``--cpus-per-task`` gives):
 MB/s per CPU counts raw (decoded) bytes: every level's for ``to_cog``, the full
 resolution's for ``compress``; their ratio is the fraction of the floor the COG stage
 reaches. The parent then checks that both engines' COGs decode to the same pixels, band
-by band and level by level.
+by band and level by level. Each row also times three probes of the machine itself
+(scalar integer code, vector float code in cache, memory copies), the same work per
+thread on every CPU: how far the machine lets each kind of work scale, beside what the
+stages reach.
 
 Usage: python benchmarks/write_split.py [--cpus 1,2] [--repeat 3] [--dir DIR] [--out FILE]
 """
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +74,59 @@ def _timed(fn, *args, usage: dict | None = None, **kwargs) -> float:
     return seconds
 
 
+def _probe(reps: int = 3) -> dict[str, float]:
+    """The machine's own scaling: the same work per thread, one thread per CPU.
+
+    Seconds for three kinds of work the stages are made of: ``scalar`` (zlib, integer
+    code in cache, as LZW), ``simd`` (float multiply/add/round on 256 KB arrays, in
+    cache, as numpy's and torch's element-wise passes) and ``memory`` (copying 64 MB
+    arrays: bandwidth, as every pass over a block). Where a kind takes as long with
+    every CPU doing it as with one, the CPUs share what it needs (a memory bus, the
+    vector units of one physical core) and no code scales past that.
+    """
+    import threading
+    import zlib
+
+    import numpy as np
+
+    cpus = len(os.sched_getaffinity(0))
+    rng = np.random.default_rng(0)
+
+    def scalar(data: bytes, _unused: None) -> None:
+        for _ in range(8 * reps):
+            zlib.compress(data, 6)
+
+    def simd(a: np.ndarray, b: np.ndarray) -> None:
+        for _ in range(12000 * reps):
+            np.multiply(a, 1.0001, out=b)
+            np.add(b, a, out=b)
+            np.rint(b, out=b)
+
+    def memory(a: np.ndarray, b: np.ndarray) -> None:
+        for _ in range(20 * reps):
+            np.copyto(b, a)
+
+    def arrays(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(shape, 1.5, np.float32), np.full(shape, 0.5, np.float32)  # touched
+
+    kinds: dict[str, tuple[Callable[..., None], Callable[[], tuple]]] = {
+        "scalar": (scalar, lambda: (rng.integers(0, 300, 1 << 20, np.int16).tobytes(), None)),
+        "simd": (simd, lambda: arrays((256, 256))),
+        "memory": (memory, lambda: arrays((16, 1024, 1024))),
+    }
+    out = {}
+    for kind, (fn, make) in kinds.items():
+        inputs = [make() for _ in range(cpus)]
+        threads = [threading.Thread(target=fn, args=x) for x in inputs]
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        out[f"probe_{kind}_s"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
 def _measure(store: str, work: str, tag: str) -> dict[str, float]:
     import rasterio
 
@@ -106,8 +163,9 @@ def _measure(store: str, work: str, tag: str) -> dict[str, float]:
     read = time.perf_counter() - t0
     with rasterio.open(cogs["srlib"]) as src:
         data = src.read()
+        grid = {"crs": src.crs, "transform": src.transform}
     full = data.nbytes
-    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
+    profile = {**grid, "driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
                "count": data.shape[0], "dtype": "int16", "tiled": True, "blockxsize": 512,
                "blockysize": 512, "compress": "lzw", "predictor": 2, "num_threads": str(cpus)}
     os.sync()
@@ -119,6 +177,7 @@ def _measure(store: str, work: str, tag: str) -> dict[str, float]:
     row = {"cpus": cpus, "raw_mb": round(raw / 1e6, 1), "full_mb": round(full / 1e6, 1),
            "to_zarr_s": round(to_zarr, 2), "read_s": round(read, 2),
            "compress_s": round(compress, 2), "floor_mb_s_per_cpu": round(floor, 1)}
+    row.update(_probe())
     for stage, used in usage.items():
         row.update({f"{stage}_{k}": v for k, v in used.items()})
     for engine, seconds in to_cog.items():
@@ -154,9 +213,10 @@ def _same_store(a: str, b: str) -> bool:
     return chunks(a) == chunks(b)
 
 
+_PROBES = ("probe_scalar_s", "probe_simd_s", "probe_memory_s")
 _COLUMNS = ("to_zarr_s", "to_cog_srlib_s", "to_cog_gdal_s", "read_s", "compress_s",
             "to_cog_srlib_mb_s_per_cpu", "to_cog_srlib_of_floor", "to_cog_gdal_mb_s_per_cpu",
-            "to_cog_gdal_of_floor", "floor_mb_s_per_cpu")
+            "to_cog_gdal_of_floor", "floor_mb_s_per_cpu", *_PROBES)
 
 
 def _median_rows(rows: list[dict]) -> list[dict]:
@@ -246,7 +306,12 @@ def main() -> None:
         print(f"speed-up of the medians, {one['cpus']} -> {row['cpus']} CPUs: to_zarr "
               f"{one['to_zarr_s'] / row['to_zarr_s']:.2f}x, to_cog srlib "
               f"{one['to_cog_srlib_s'] / row['to_cog_srlib_s']:.2f}x, to_cog gdal "
-              f"{one['to_cog_gdal_s'] / row['to_cog_gdal_s']:.2f}x")
+              f"{one['to_cog_gdal_s'] / row['to_cog_gdal_s']:.2f}x, compression floor "
+              f"{one['compress_s'] / row['compress_s']:.2f}x")
+        # the machine's own ceiling: N threads do N times one thread's work
+        n = row["cpus"] / one["cpus"]
+        print("the machine's scaling for the same work per CPU (probes): " + ", ".join(
+            f"{k[6:-2]} {n * one[k] / row[k]:.2f}x" for k in _PROBES))
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "medians": medians}, indent=2))
 
