@@ -264,6 +264,45 @@ def available_cpus() -> int:
     return max(1, min(cpu_count(), cap) if cap else cpu_count())
 
 
+def available_memory(*, proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")
+                     ) -> int | None:
+    """Return the bytes this process may still take, or ``None`` where it cannot tell.
+
+    The machine's available memory (``MemAvailable``: free pages and the page cache it
+    can drop), or less where the process's cgroup has less left below its limit (SLURM's
+    ``--mem``, a container's limit; cgroup v2 and v1). ``proc`` and ``cgroup``: where
+    those files are (tests).
+    """
+    left: list[int] = []
+    try:
+        for line in (proc / "meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                left.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        groups = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        groups = []
+    for line in groups:
+        _, controllers, where = line.split(":", 2)
+        if controllers == "":  # v2: memory.max and memory.current
+            folder, limit_file, used_file = cgroup / where.lstrip("/"), "memory.max", \
+                "memory.current"
+        elif "memory" in controllers.split(","):  # v1
+            folder, limit_file, used_file = cgroup / "memory" / where.lstrip("/"), \
+                "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            limit = (folder / limit_file).read_text().strip()
+            if limit != "max" and int(limit) < 1 << 60:  # v1 writes "no limit" as ~2**63
+                left.append(max(0, int(limit) - int((folder / used_file).read_text())))
+        except (OSError, ValueError):
+            continue  # a cgroup not mounted where it says: the machine's figure stands
+    return min(left) if left else None
+
+
 @contextlib.contextmanager
 def limit_cpus(n: int | None) -> Iterator[None]:
     """Cap :func:`available_cpus` at ``n`` in this thread for the block (``None``: no cap)."""

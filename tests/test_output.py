@@ -82,6 +82,7 @@ def test_each_model_block_is_computed_once_when_written_as_several_regions(tmp_p
     """A model block larger than a write region is never cut across two compute waves."""
     import srlib.engine.superres
 
+    _waves_of_two_regions_per_thread(monkeypatch)  # 36 regions: several waves
     calls = []
     kernel = srlib.engine.superres.sr_block
     monkeypatch.setattr(srlib.engine.superres, "sr_block",
@@ -536,9 +537,88 @@ def _slow_region(monkeypatch, name: str, *, fail: bool = False) -> dict[str, flo
     return ends
 
 
+def _waves_of_two_regions_per_thread(monkeypatch) -> None:
+    """Waves of 4 regions on 2 threads: 16 regions make 4 waves (the tests' layout)."""
+    from srlib.product import waves
+
+    monkeypatch.setattr(waves, "REGIONS_PER_THREAD", 2)
+
+
+def test_larger_waves_read_each_input_chunk_fewer_times(tmp_path, monkeypatch):
+    """Nothing is kept between waves: a chunk that feeds blocks of n waves is read n
+    times. Waves of 8 regions per thread read the scene's one chunk once, 2 per thread
+    once per wave; the stores are the same."""
+    import dask
+
+    from srlib.product import waves
+
+    reads = []
+
+    def counted(block):
+        reads.append(block.shape)
+        return block
+
+    scene = synthetic_scene((64, 64)).chunk({"y": 64, "x": 64})  # one chunk, 16 blocks
+    scene["red"] = scene.red.copy(data=scene.red.data.map_blocks(counted,
+                                                                 dtype=scene.red.dtype))
+    sr = srlib.super_resolve(scene, chunks=16)
+    counts, stores = {}, {}
+    for per_thread in (2, 8):
+        monkeypatch.setattr(waves, "REGIONS_PER_THREAD", per_thread)
+        reads.clear()
+        with dask.config.set(num_workers=2):
+            stores[per_thread] = srlib.to_zarr(sr, tmp_path / f"{per_thread}.zarr", chunks=32)
+        counts[per_thread] = len(reads)
+    assert counts[8] == 1 and counts[2] == 4  # 16 regions: one wave, or four
+    assert _chunk_files(stores[8]) == _chunk_files(stores[2])
+
+
+def test_a_wave_holds_a_share_of_the_available_memory(monkeypatch):
+    import srlib.config
+    from srlib.product.waves import REGIONS_PER_THREAD, WAVE_MEMORY, wave_regions
+
+    region = 50 << 20  # 50 MB of output a region
+    monkeypatch.setattr(srlib.config, "available_memory", lambda: 64 << 30)
+    assert wave_regions(2, region) == REGIONS_PER_THREAD * 2  # plenty: the per-thread cap
+    assert wave_regions(16, region) == int((64 << 30) * WAVE_MEMORY) // region  # 81 < 128
+    monkeypatch.setattr(srlib.config, "available_memory", lambda: 1 << 30)
+    assert wave_regions(4, region) == 8  # short: never fewer than two a thread
+    monkeypatch.setattr(srlib.config, "available_memory", lambda: None)
+    assert wave_regions(3, region) == REGIONS_PER_THREAD * 3  # unknown: the cap
+
+
+def test_available_memory_is_the_least_of_the_machine_and_the_cgroup(tmp_path):
+    from srlib.config import available_memory
+
+    proc, cgroup = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal: 100 kB\nMemAvailable:    8000000 kB\n")
+    (proc / "self" / "cgroup").write_text("0::/job_7/step_0\n")
+    assert available_memory(proc=proc, cgroup=cgroup) == 8_000_000 * 1024  # no cgroup files
+    job = cgroup / "job_7" / "step_0"
+    job.mkdir(parents=True)
+    (job / "memory.max").write_text("4000000000\n")
+    (job / "memory.current").write_text("1000000000\n")
+    assert available_memory(proc=proc, cgroup=cgroup) == 3_000_000_000  # SLURM's --mem
+    (job / "memory.max").write_text("max\n")
+    assert available_memory(proc=proc, cgroup=cgroup) == 8_000_000 * 1024
+    (proc / "self" / "cgroup").write_text("4:memory:/slurm/uid_0/job_9\n3:cpu:/\n")
+    v1 = cgroup / "memory" / "slurm" / "uid_0" / "job_9"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("2000000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("500000000\n")
+    assert available_memory(proc=proc, cgroup=cgroup) == 1_500_000_000
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert available_memory(proc=proc, cgroup=cgroup) == 8_000_000 * 1024
+    (proc / "meminfo").unlink()
+    assert available_memory(proc=proc, cgroup=cgroup) is None
+
+
 def test_the_next_wave_starts_while_a_wave_writes_its_last_region(tmp_path, monkeypatch):
     """No thread idles at a wave's end: the next wave runs beside its last region."""
     import dask
+
+    _waves_of_two_regions_per_thread(monkeypatch)
 
     sr = srlib.super_resolve(synthetic_scene((64, 64)), chunks=16)  # 4 x 4 blocks
     with dask.config.set(scheduler="synchronous"):
@@ -553,6 +633,8 @@ def test_the_next_wave_starts_while_a_wave_writes_its_last_region(tmp_path, monk
 
 def test_a_failed_wave_stops_the_one_beside_it_and_the_store_resumes(tmp_path, monkeypatch):
     import dask
+
+    _waves_of_two_regions_per_thread(monkeypatch)
 
     from srlib.product.zarr_store import wait_for_writers
 
@@ -576,6 +658,8 @@ def test_a_failed_wave_stops_the_one_beside_it_and_the_store_resumes(tmp_path, m
 def test_a_stop_does_not_wait_for_the_wave_beside_it(tmp_path, monkeypatch):
     """A stop unwinds at once (a SLURM grace is short); the threads finish what they hold."""
     import dask
+
+    _waves_of_two_regions_per_thread(monkeypatch)
 
     from srlib.product import zarr_store
 

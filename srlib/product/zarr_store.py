@@ -47,7 +47,7 @@ from ..progress import report
 from . import zarr_v2
 from .encoding import ENCODINGS, OVERVIEWS, TILE, Encoding, encoding
 from .pyramid import levels_needed
-from .waves import WRITE, check_not_aborted, compute_waves, plan_waves
+from .waves import WRITE, check_not_aborted, compute_waves, plan_waves, wave_regions
 
 __all__ = ["ZARR_TILE", "build_overviews", "default_compressor", "holds_product",
            "is_complete", "missing_chunks", "open_zarr", "remove_store", "spill_dir",
@@ -678,8 +678,10 @@ def _to_zarr(sr: xr.Dataset, path: Path, *, tile: int,
     done = total - sum(len(g) for g in groups.values())
     report("inference", done, total, "regions")
     threads = _threads()
-    done = compute_waves(str(path), plan_waves(list(groups.values()), 2 * threads), done,
-                         total, threads)
+    region_bytes = ychunks[0] * xchunks[0] * sum(sr[v].dtype.itemsize for v in sr.data_vars)
+    done = compute_waves(str(path), plan_waves(list(groups.values()),
+                                               wave_regions(threads, region_bytes)),
+                         done, total, threads)
     unwritten = [f"{iy}-{ix}" for iy in range(len(ychunks)) for ix in range(len(xchunks))
                  if not (progress / f"{iy}-{ix}").exists()]
     if unwritten:
