@@ -31,6 +31,21 @@ def _chunk_files(store: Path) -> dict[str, bytes]:
             if p.is_file() and not p.name.startswith(".z")}
 
 
+def test_writing_a_store_raises_no_warning_of_srlib_s_own_probes(tmp_path, scene):
+    """GDAL's Blosc probe opens a file without a grid: its warning is not the user's."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from srlib.product.zarr_store import gdal_reads_blosc
+
+    gdal_reads_blosc.cache_clear()  # probed again, inside this test
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotGeoreferencedWarning)  # the scene has a grid
+        assert gdal_reads_blosc() in (True, False)
+        srlib.to_zarr(srlib.super_resolve(scene), tmp_path / "p.zarr")
+
+
 def test_zarr_round_trip_keeps_grid_values_and_nodata(tmp_path, scene):
     sr = srlib.super_resolve(scene)
     with raise_if_dask_computes():

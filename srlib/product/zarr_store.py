@@ -100,9 +100,12 @@ def gdal_reads_blosc() -> bool:
                                 dtype="int16", zarr_format=2, compressor=_BLOSC)
         array[:] = np.arange(256, dtype="int16").reshape(16, 16)
         try:
-            with warnings.catch_warnings(), rasterio.open(path) as src:
-                warnings.simplefilter("ignore")
-                return bool((src.read(1) == array[:]).all())
+            with warnings.catch_warnings():
+                # the probe has no grid: GDAL's warning about it is the probe's, not the
+                # user's (the filter must be in place before the open, which warns)
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    return bool((src.read(1) == array[:]).all())
         except (rasterio.errors.RasterioError, OSError):  # RasterioIOError is not a
             return False  # RasterioError before rasterio 1.4
 
