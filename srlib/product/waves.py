@@ -7,10 +7,9 @@ model blocks (:func:`plan_waves`; how many regions, :func:`wave_regions`: up to 
 thread, within a share of the available memory), one ``dask.compute`` each. A wave
 ends with its last region written by one thread while the others idle (on 2 CPUs, a
 sixth of the demo's ``to_zarr`` with waves of two regions per thread). On dask's
-threaded scheduler :func:`compute_waves` therefore starts the
-next wave as soon as the current one has fewer regions left than there are threads, on
-the same threads: at most two waves in flight, the second only where the first leaves
-threads idle.
+threaded scheduler :func:`compute_waves` therefore starts the next wave as soon as the
+current one has fewer regions left than there are threads, on the same threads: at most
+two waves in flight, the second only where the first leaves threads idle.
 """
 
 from __future__ import annotations
@@ -80,13 +79,12 @@ def wave_regions(threads: int, region_bytes: int) -> int:
 
     Each wave is one ``dask.compute``, and nothing is kept between computes: an input
     chunk that feeds blocks of several waves is read once per wave (a 2048 px chunk of
-    :func:`srlib.load_s2` feeds 64 bicubic blocks, and its halos its neighbours'). With
-    two regions per thread, as before, the demo's ``to_zarr`` read each input chunk
-    about six times; eight per thread made it 13% faster on 1 CPU and 6% on 2, for 5-10%
-    more peak memory. A wave's finished blocks may wait in memory for their writes (on a
-    GPU, which makes blocks faster than the CPUs write them), so a wave holds at most
-    ``WAVE_MEMORY`` of :func:`srlib.config.available_memory` in output
-    (``region_bytes`` each), and never fewer than two regions per thread. On a
+    :func:`srlib.load_s2` feeds 64 bicubic blocks, and its halos its neighbours'), so
+    larger waves read the input fewer times (the figures: ``benchmarks/README.md``,
+    "Where the write path's time goes"). A wave's finished blocks may wait in memory
+    for their writes (on a GPU, which makes blocks faster than the CPUs write them), so a
+    wave holds at most ``WAVE_MEMORY`` of :func:`srlib.config.available_memory` in
+    output (``region_bytes`` each), and never fewer than two regions per thread. On a
     ``dask.distributed`` cluster, whose workers' memory this process does not see, two
     per thread.
     """

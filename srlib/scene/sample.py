@@ -105,9 +105,9 @@ def _band(path: str, shape: tuple[int, int], resampling: Resampling, dtype: type
     normal = normalize_chunks(chunks, shape, dtype=dtype)
     ys, xs = (np.cumsum((0, *c)).tolist() for c in normal)
     name = f"{name}-{tokenize(path, shape, resampling, normal)}"
-    layer: dict[Any, tuple] = {(name, iy, ix): (_read, path, shape, resampling, ys[iy], ys[iy + 1],
-                                            xs[ix], xs[ix + 1])
-             for iy in range(len(normal[0])) for ix in range(len(normal[1]))}
+    layer: dict[Any, tuple] = {
+        (name, iy, ix): (_read, path, shape, resampling, ys[iy], ys[iy + 1], xs[ix], xs[ix + 1])
+        for iy in range(len(normal[0])) for ix in range(len(normal[1]))}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     return da.Array(graph, name, normal, dtype=dtype)
 
