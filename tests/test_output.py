@@ -31,6 +31,31 @@ def _chunk_files(store: Path) -> dict[str, bytes]:
             if p.is_file() and not p.name.startswith(".z")}
 
 
+def test_a_writer_killed_while_it_creates_the_store_leaves_none_and_the_rerun_writes_it(
+        tmp_path, scene, monkeypatch):
+    """A stop while the arrays' metadata is written (the root already naming the product)
+    leaves no store that a resume would take as made: the rerun writes the whole store."""
+    import xarray as xr
+
+    sr = srlib.super_resolve(scene)
+    clean = srlib.to_zarr(sr, tmp_path / "clean.zarr")
+    original = xr.Dataset.to_zarr
+
+    def torn(self, store, *args, **kwargs):
+        original(self, store, *args, **kwargs)
+        (Path(store) / "red" / ".zarray").unlink()  # killed before red's metadata landed
+        raise srlib.Terminated("stopped by SIGTERM")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", torn)
+    path = tmp_path / "p.zarr"
+    with pytest.raises(srlib.Terminated):
+        srlib.to_zarr(sr, path)
+    monkeypatch.undo()
+    store = srlib.to_zarr(sr, path)
+    assert _chunk_files(store) == _chunk_files(clean)
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_writing_a_store_raises_no_warning_of_srlib_s_own_probes(tmp_path, scene):
     """GDAL's Blosc probe opens a file without a grid: its warning is not the user's."""
     import warnings

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import glob
 import json
 import os
 import shutil
@@ -707,11 +708,18 @@ def _create_store(path: Path, sr: xr.Dataset, token: str, tile: int,
                for d, c in zip(("y", "x"), _block_chunks(sr), strict=True)}
     template.attrs.update(srlib_product=token, srlib_complete=False, srlib_chunk=tile,
                           srlib_store_id=uuid.uuid4().hex, srlib_regions=regions)
-    template.to_zarr(path, mode="w", compute=False, zarr_format=2, encoding=encoding,
+    # made aside and renamed into place: a writer killed midway (a SIGTERM while the
+    # arrays' metadata is written) must not leave a store whose root names the product
+    # but whose arrays are missing, which every resume would then fail on
+    for stale in path.parent.glob(f"{glob.escape(path.name)}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    template.to_zarr(staging, mode="w", compute=False, zarr_format=2, encoding=encoding,
                      consolidated=True)
     progress = _progress_dir(path)
     shutil.rmtree(progress, ignore_errors=True)
     progress.mkdir()
+    os.replace(staging, path)
 
 
 def _region_tasks(path: Path, sr: xr.Dataset, store_id: str, levels: int,
