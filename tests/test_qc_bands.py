@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import srlib
 from srlib.cli import main
-from srlib.product.qc import check_quality
+from srlib.product.qc import check_quality, consistency
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,7 @@ def test_the_good_product_passes_every_band_with_its_source(product):
     assert set(report["visual"].value) == {"red", "green", "blue", "nir"}
     assert set(report["consistency"].value) == {"red", "green", "blue", "nir"}
     assert all(v["mad_ratio"] < 0.1 for v in report["consistency"].value.values())
+    assert all(v["local_error"] < 0.05 for v in report["consistency"].value.values())
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -93,9 +94,50 @@ def test_a_defect_in_one_band_fails_and_names_the_band(product, tmp_path, case):
     report = check_quality(bad, source=scene)
     assert check in report.failed, report.to_table()
     assert band in report[check].message, report[check]
-    # and the same product without the defect passes (the defect, not the rewrite, fails)
-    fine = _rewrite(cog, tmp_path / "fine.tif", lambda data: None)
-    assert check_quality(fine, source=scene).passed
+
+
+def test_the_rewrite_alone_passes(product, tmp_path):
+    """The defects, not the rewriting that carries them, fail the cases above."""
+    cog, scene = product
+    assert check_quality(_rewrite(cog, tmp_path / "fine.tif", lambda data: None),
+                         source=scene).passed
+
+
+@pytest.mark.parametrize("grid", [None, 64 * 64], ids=["input grid", "coarsened grid"])
+def test_a_zeroed_tile_in_any_band_fails_and_is_located(zeroed_tiles, grid):
+    """A defect in one place is not averaged away: one tile of each band zeroed at a
+    random place (3% of the band), found and located on the input grid and on the
+    coarse grid that large scenes are compared on (read from the overviews)."""
+    cog, scene, places = zeroed_tiles
+    thresholds = {} if grid is None else {"consistency_pixels": grid}
+    result = consistency(cog, scene, thresholds=thresholds)
+    assert result.status == "fail", result
+    for name, (y0, x0) in places.items():
+        worst = result.value[name]
+        assert f"{name} at rows {worst['local_rows'][0]}-" in result.message
+        assert worst["local_error"] > 0.5
+        # the worst window lies inside the zeroed tile
+        assert y0 <= worst["local_rows"][0] and worst["local_rows"][1] <= y0 + 512, worst
+        assert x0 <= worst["local_cols"][0] and worst["local_cols"][1] <= x0 + 512, worst
+
+
+@pytest.fixture(scope="module")
+def zeroed_tiles(product, tmp_path_factory):
+    """The product with one 512 px tile of each band zeroed, each in its own quadrant at a
+    random place."""
+    cog, scene = product
+    rng = np.random.default_rng(7)
+    places = {name: (int(qy * 1500 + rng.integers(0, 1500 - 512)),
+                     int(qx * 1500 + rng.integers(0, 1500 - 512)))
+              for name, (qy, qx) in zip(("red", "green", "blue", "nir"),
+                                        ((0, 0), (0, 1), (1, 0), (1, 1)), strict=True)}
+
+    def change(data):
+        for band, (y0, x0) in enumerate(places.values()):
+            data[band, y0:y0 + 512, x0:x0 + 512] = 0
+
+    bad = _rewrite(cog, tmp_path_factory.mktemp("zeroed") / "bad.tif", change)
+    return bad, scene, places
 
 
 def test_a_band_dead_only_at_full_resolution_fails(tmp_path):

@@ -504,6 +504,35 @@ def _block_mean(data: np.ndarray, valid: np.ndarray, block: int) -> np.ndarray:
         return np.where(counts > 0, vals.sum(axis=(1, 3)) / np.maximum(counts, 1), np.nan)
 
 
+def _worst_window(mean: np.ndarray, ref: np.ndarray, cells: int
+                  ) -> tuple[float, tuple[int, int]] | None:
+    """Find the window of ``cells x cells`` grid cells whose product differs most.
+
+    Per window with at least a quarter of its cells valid in both, the error is the mean
+    absolute difference over the mean input level plus 100 (so that dark water, near 0,
+    cannot divide by nothing). Returns the largest error and its window's first cell, or
+    None where no window has enough cells.
+    """
+    both = np.isfinite(mean) & np.isfinite(ref)
+    h, w = -(-mean.shape[0] // cells) * cells, -(-mean.shape[1] // cells) * cells
+
+    def windows(a: np.ndarray) -> np.ndarray:
+        padded = np.zeros((h, w))
+        padded[: a.shape[0], : a.shape[1]] = a
+        return padded.reshape(h // cells, cells, w // cells, cells).sum(axis=(1, 3))
+
+    count = windows(both)
+    diff = windows(np.where(both, np.abs(mean - ref), 0.0))
+    level = windows(np.where(both, np.abs(ref), 0.0))
+    enough = count >= max(1, cells * cells // 4)
+    if not enough.any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error = np.where(enough, (diff / count) / (level / count + 100.0), -1.0)
+    iy, ix = np.unravel_index(int(np.argmax(error)), error.shape)
+    return float(error[iy, ix]), (int(iy) * cells, int(ix) * cells)
+
+
 def consistency(cog_path: str | os.PathLike, source: Any | None, *,
                 thresholds: QCThresholds | Mapping[str, Any] | None = None) -> CheckResult:
     """Compare the product, averaged back onto the input grid, with the input reflectance.
@@ -516,16 +545,22 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     (100, i.e. 0.01 reflectance), ``mad <= max_consistency_mad`` (200) and
     ``mad_ratio <= max_band_mad_ratio`` (0.5): the band's MAD over its MAD against the
     closest *other* input band, so a band must match its own input at least twice as
-    well as any other (swapped bands fail even where bands differ little). Bicubic
-    passes with a few units and ratios under 0.02; a model run with wrong normalisation
-    statistics fails with biases in the thousands. Large scenes are compared on a grid
-    coarsened by a power of two (``consistency_pixels`` input pixels at most), read from
-    the product's overviews.
+    well as any other (swapped bands fail even where bands differ little). And locally,
+    so that a defect in one place is not averaged away over a whole tile (a lost or
+    zeroed COG tile is 1/46,000 of a full tile's band): in every window of half a COG
+    tile (or one grid cell, if larger), the mean absolute difference over the input's
+    mean level there plus 100 must stay within ``max_local_consistency_error`` (0.5; a
+    zeroed window gives its level / (level + 100), 0.67 to 0.99 for levels 200 to
+    10000). Bicubic passes with a few units, ratios under 0.03 and local errors under
+    0.05; a model run with wrong normalisation statistics fails with biases in the
+    thousands. Large scenes are compared on a grid coarsened by a power of two
+    (``consistency_pixels`` input pixels at most), read from the product's overviews.
     """
     th = resolve_thresholds(thresholds)
     limit = (f"per band: |bias| <= {th['max_consistency_bias']:g}, mad <= "
              f"{th['max_consistency_mad']:g}, mad <= {th['max_band_mad_ratio']:g} x the mad "
-             "against any other input band")
+             "against any other input band; in every window of half a tile, mad <= "
+             f"{th['max_local_consistency_error']:g} x (input level + 100)")
     if source is None:
         return CheckResult("consistency", "warn", "not checked", limit,
                            "not checked: no source given (srlib qc --source)")
@@ -565,7 +600,10 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
                   else b[:sy, :sx] for b in inputs]
         ref = np.stack(da.compute(*coarse))
     value: dict[str, Any] = {}
-    bad = []
+    bad: list[str] = []
+    places: list[str] = []
+    cell_px = scale * s  # output pixels of a grid cell, per side
+    cells = max(1, th["tile_size"] // 2 // cell_px)  # grid cells per side of a window
     means = [_block_mean(o.astype(np.float64), o != nodata, block) for o in out]
     refs = [r[: means[0].shape[0], : means[0].shape[1]].astype(np.float64) for r in ref]
     for i, band in enumerate(bands):
@@ -581,10 +619,23 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
         ratio = mad / max(min(others), 1e-9) if others else 0.0
         value[band] = {"bias": round(bias, 2), "mad": round(mad, 2),
                        "mad_ratio": round(ratio, 3)}
+        worst = _worst_window(mean, refs[i], cells)
+        local_bad = False
+        if worst is not None:
+            error, (cy, cx) = worst
+            rows, cols = (cy * cell_px, (cy + cells) * cell_px), (cx * cell_px,
+                                                                  (cx + cells) * cell_px)
+            value[band].update(local_error=round(error, 3), local_rows=rows, local_cols=cols)
+            if error > th["max_local_consistency_error"]:
+                local_bad = True
+                places.append(f"{band} at rows {rows[0]}-{rows[1]}, cols {cols[0]}-{cols[1]} "
+                              f"(local error {error:.2f})")
         if abs(bias) > th["max_consistency_bias"] or mad > th["max_consistency_mad"] \
-                or ratio > th["max_band_mad_ratio"]:
+                or ratio > th["max_band_mad_ratio"] or local_bad:
             bad.append(band)
     if not value:
         return CheckResult("consistency", "warn", None, limit, "no pixel valid in both")
     note = f"off: {bad}" if bad else ""
+    if places:
+        note += "; differs from its input in one place: " + "; ".join(places)
     return _result("consistency", not bad, value, limit, note)
