@@ -451,6 +451,29 @@ def test_blocks_give_free_heap_memory_back_when_much_is_free(monkeypatch):
     assert calls == [0] * 6  # cannot tell: every block trims, as before
 
 
+def test_the_free_heap_kept_is_an_eighth_of_the_memory_left_at_most(monkeypatch, tmp_path):
+    """The budget follows the memory this process may still take, a cgroup's included."""
+    import srlib.engine.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 800 << 20)  # SLURM --mem room
+    assert memory._keep_free() == 100 << 20
+    monkeypatch.setattr(memory, "available_memory", lambda: 64 << 30)
+    assert memory._keep_free() == memory.KEEP_FREE
+    monkeypatch.setattr(memory, "available_memory", lambda: None)  # cannot tell
+    assert memory._keep_free() == memory.KEEP_FREE
+    # and the real figures: a cgroup v2 limit with 400 MB left, the page cache counted
+    (tmp_path / "self").mkdir()
+    (tmp_path / "meminfo").write_text("MemFree: 1000 kB\nMemAvailable: 16000000 kB\n")
+    (tmp_path / "self" / "cgroup").write_text("0::/job\n")
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "memory.max").write_text(str(2000 << 20))
+    (tmp_path / "job" / "memory.current").write_text(str(1600 << 20))
+    real = srlib.config.available_memory
+    monkeypatch.setattr(memory, "available_memory",
+                        lambda: real(proc=tmp_path, cgroup=tmp_path))
+    assert memory._keep_free() == (400 << 20) // 8
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_malloc_is_tuned_once_per_process_unless_turned_off(monkeypatch):
     import srlib.engine.memory as memory

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..config import available_memory
+
 __all__ = ["KEEP_FREE", "frozen_heap", "release_free_memory", "tune_malloc"]
 
 
@@ -66,11 +68,14 @@ def _free_heap_bytes() -> int | None:
 
 
 def _keep_free() -> int:
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return KEEP_FREE
-    return min(KEEP_FREE, available // 8)
+    """Free heap bytes kept: :data:`KEEP_FREE`, or an eighth of the memory left if less.
+
+    "Left" as :func:`srlib.config.available_memory` sees it: the page cache counts as
+    available (after a Zarr stage it holds most of the machine, and the free pages alone
+    made every block trim), and a cgroup's limit (SLURM's ``--mem``) caps it.
+    """
+    available = available_memory()
+    return KEEP_FREE if available is None else min(KEEP_FREE, available // 8)
 
 
 def release_free_memory() -> None:
