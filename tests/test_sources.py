@@ -124,6 +124,7 @@ def test_aoi_across_tiles_orders_candidates_by_coverage(servers):
         ({"date": "20100101", "mgrs": "33LWF"}, "2015-06-23"),
         ({"date": "20200219", "aoi": (10, 5, 9, 6)}, "min >= max"),
         ({"date": "20200219", "aoi": (10, 5, 10, 6)}, "zero area"),
+        ({"date": "20200219", "aoi": (179.5, -17, -179.5, -16)}, "across the antimeridian"),
         ({"date": "20200219", "aoi": (10, 95, 11, 96)}, "latitudes"),
         ({"date": "20200219", "aoi": (1, 2, 3)}, "four numbers"),
         ({"date": "20200219"}, "exactly one of"),

@@ -252,9 +252,11 @@ def check_aoi(aoi: Sequence[float]) -> tuple[float, float, float, float]:
     if not (-90 <= min_lat <= 90 and -90 <= max_lat <= 90):
         raise InputError(f"aoi latitudes must be within [-90, 90], got {min_lat}, {max_lat}")
     if min_lon >= max_lon or min_lat >= max_lat:
+        across = (" (an AOI across the antimeridian: request its halves MIN_LON .. 180 and "
+                  "-180 .. MAX_LON separately)" if min_lon > max_lon else "")
         raise InputError(
             f"aoi has min >= max or zero area ({min_lon}, {min_lat}, {max_lon}, {max_lat}); "
-            "order it MIN_LON MIN_LAT MAX_LON MAX_LAT"
+            f"order it MIN_LON MIN_LAT MAX_LON MAX_LAT{across}"
         )
     return min_lon, min_lat, max_lon, max_lat
 
