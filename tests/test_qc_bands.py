@@ -140,6 +140,25 @@ def zeroed_tiles(product, tmp_path_factory):
     return bad, scene, places
 
 
+@pytest.mark.parametrize(("shift", "message"), [
+    ((30.0, 0.0), "30, 0 (x, y) from its input's origin"),  # 3 output px east
+    ((0.0, -100.0), "0, -100 (x, y) from its input's origin"),  # one input px south
+    (None, "not an integer fraction"),  # 10.5 m pixels under 100 m input
+])
+def test_a_product_off_its_input_s_grid_fails(product, tmp_path, shift, message):
+    """The right values in the wrong place: georeferencing that departs from the input's."""
+    cog, scene = product
+    bad = tmp_path / "moved.tif"
+    shutil.copy(cog, bad)
+    with rasterio.open(bad, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as dst:
+        t = dst.transform
+        dst.transform = (rasterio.Affine(t.a, t.b, t.c + shift[0], t.d, t.e, t.f + shift[1])
+                         if shift else rasterio.Affine(10.5, t.b, t.c, t.d, -10.5, t.f))
+    result = consistency(bad, scene)
+    assert result.status == "fail" and message in result.message, result
+    assert consistency(cog, scene).status == "pass"
+
+
 def test_a_band_dead_only_at_full_resolution_fails(tmp_path):
     """Overviews intact, full resolution zero: found by the full-resolution windows."""
     scene = srlib.sample_scene().isel(y=slice(0, 500), x=slice(0, 500))

@@ -533,6 +533,35 @@ def _worst_window(mean: np.ndarray, ref: np.ndarray, cells: int
     return float(error[iy, ix]), (int(iy) * cells, int(ix) * cells)
 
 
+def _grid_mismatch(src: rasterio.DatasetReader, source: Any) -> str | None:
+    """Say how the product's grid departs from its input's, or None where it does not.
+
+    The product must lie on its input's grid: the same CRS, the same origin (within a
+    hundredth of an output pixel) and a resolution an integer fraction of the input's.
+    Values are compared pixel by pixel, so a product whose georeferencing is off would
+    otherwise pass with the right values in the wrong place.
+    """
+    crs = source.rio.crs
+    if crs is not None and src.crs is not None and crs != src.crs:
+        return f"the product is in {src.crs}, its input in {crs}"
+    try:
+        grid = source.rio.transform()
+    except Exception:  # no usable coordinates: nothing to compare with
+        return None
+    own = src.transform
+    tol = abs(own.a) / 100
+    dx, dy = own.c - grid.c, own.f - grid.f
+    if abs(dx) > tol or abs(dy) > tol:
+        return (f"the product's grid is {dx:g}, {dy:g} (x, y) from its input's origin: its "
+                "georeferencing is wrong, or give the scene it was made from")
+    for name, mine, theirs in (("x", own.a, grid.a), ("y", own.e, grid.e)):
+        ratio = theirs / mine if mine else 0.0
+        if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-6:
+            return (f"the product's {name} resolution {mine:g} is not an integer fraction of "
+                    f"its input's {theirs:g}")
+    return None
+
+
 def consistency(cog_path: str | os.PathLike, source: Any | None, *,
                 thresholds: QCThresholds | Mapping[str, Any] | None = None) -> CheckResult:
     """Compare the product, averaged back onto the input grid, with the input reflectance.
@@ -553,8 +582,10 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     zeroed window gives its level / (level + 100), 0.67 to 0.99 for levels 200 to
     10000). Bicubic passes with a few units, ratios under 0.03 and local errors under
     0.05; a model run with wrong normalisation statistics fails with biases in the
-    thousands. Large scenes are compared on a grid coarsened by a power of two
-    (``consistency_pixels`` input pixels at most), read from the product's overviews.
+    thousands. The product must lie on its input's grid (CRS, origin, an integer scale),
+    or it fails before any value is compared. Large scenes are compared on a grid
+    coarsened by a power of two (``consistency_pixels`` input pixels at most), read from
+    the product's overviews.
     """
     th = resolve_thresholds(thresholds)
     limit = (f"per band: |bias| <= {th['max_consistency_bias']:g}, mad <= "
@@ -574,6 +605,9 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
         except InputError as err:
             return CheckResult("consistency", "warn", None, limit, f"input unusable: {err}")
         ny, nx = inputs[0].shape
+        off_grid = _grid_mismatch(src, source)
+        if off_grid:
+            return _result("consistency", False, {"grid": off_grid}, limit, off_grid)
         scale = max(1, round(abs(source.rio.resolution()[0]) / abs(src.res[0])))
         s = 1
         while (ny // s) * (nx // s) > th["consistency_pixels"]:
