@@ -544,10 +544,7 @@ def _grid_mismatch(src: rasterio.DatasetReader, source: Any) -> str | None:
     crs = source.rio.crs
     if crs is not None and src.crs is not None and crs != src.crs:
         return f"the product is in {src.crs}, its input in {crs}"
-    try:
-        grid = source.rio.transform()
-    except Exception:  # no usable coordinates: nothing to compare with
-        return None
+    grid = source.rio.transform()
     own = src.transform
     tol = abs(own.a) / 100
     dx, dy = own.c - grid.c, own.f - grid.f
@@ -605,10 +602,10 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
         except InputError as err:
             return CheckResult("consistency", "warn", None, limit, f"input unusable: {err}")
         ny, nx = inputs[0].shape
+        scale = max(1, round(abs(source.rio.resolution()[0]) / abs(src.res[0])))
         off_grid = _grid_mismatch(src, source)
         if off_grid:
             return _result("consistency", False, {"grid": off_grid}, limit, off_grid)
-        scale = max(1, round(abs(source.rio.resolution()[0]) / abs(src.res[0])))
         s = 1
         while (ny // s) * (nx // s) > th["consistency_pixels"]:
             s *= 2
