@@ -87,9 +87,11 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException,
                 SystemExit):
             raise
-        except BaseException as err:
+        except BaseException as raised:
             from srlib.ops.notify import redact
+            from srlib.signals import as_stop
 
+            err = as_stop(raised)  # after a stop signal, whatever unwound is the stop
             name = ctx.invoked_subcommand or "srlib"
             if (ctx.obj or {}).get("verbose"):
                 import traceback

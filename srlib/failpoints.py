@@ -8,11 +8,15 @@ reaches that stage:
   time limit or the OOM killer does);
 - ``enospc``: a write fails with ``OSError(ENOSPC)`` (a full disk);
 - ``network``: a connection is reset (``ConnectionResetError``);
-- ``hang``: the stage stops answering (a read that never returns) until a signal ends it.
+- ``hang``: the stage stops answering (a read that never returns) until a signal ends it;
+- ``log``: no fault; every hit prints ``srlib failpoint: STAGE #N DETAIL`` on stderr
+  (to find the ``N`` of a given S3 request).
 
 Stages (see ``tests/README.md`` for the matrix): ``search``, ``read``, ``inference``,
 ``zarr``, ``cog``, ``qc``, ``derivatives``, ``quicklook``, ``stac``, ``manifest``,
-``publish``, ``database``, ``notify``. Like the failpoints of etcd or TiKV, they are part
+``publish``, ``database``, ``notify``; and ``s3``, every request srlib's S3 client sends
+(the ``N``-th of the process, wherever it is: a publish's uploads, checks, copies and
+staging deletes). Like the failpoints of etcd or TiKV, they are part
 of the code so that tests inject faults where they really happen, with no mock.
 """
 
@@ -22,18 +26,20 @@ import collections
 import errno
 import os
 import signal
+import threading
 import time
 
 __all__ = ["FAULTS", "STAGES", "hit"]
 
 #: The stages a failpoint can name.
 STAGES = ("search", "read", "inference", "zarr", "cog", "qc", "derivatives", "quicklook",
-          "stac", "manifest", "publish", "database", "notify")
+          "stac", "manifest", "publish", "database", "notify", "s3")
 #: The faults a failpoint can inject.
-FAULTS = ("sigterm", "sigkill", "enospc", "network", "hang")
+FAULTS = ("sigterm", "sigkill", "enospc", "network", "hang", "log")
 
 
 _hits: collections.Counter[str] = collections.Counter()
+_lock = threading.Lock()  # S3 requests are sent from several threads
 
 
 def _armed() -> dict[str, tuple[str, int]]:
@@ -56,13 +62,23 @@ def hit(stage: str, path: str | os.PathLike | None = None) -> None:
     armed = _armed().get(stage)
     if armed is None:
         return
-    _hits[stage] += 1
+    with _lock:
+        _hits[stage] += 1
+        count = _hits[stage]
     fault, nth = armed
-    if _hits[stage] != nth:
+    if fault == "log":
+        import sys
+
+        sys.stderr.write(f"srlib failpoint: {stage} #{count} {path or ''}\n")
+        sys.stderr.flush()
+        return
+    if count != nth:
         return
     if fault in ("sigterm", "sigkill"):
         os.kill(os.getpid(), signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
-        time.sleep(60)  # the signal's handler raises here (SIGKILL never returns)
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(60)  # the signal's handler raises here (SIGKILL never returns)
+        # another thread (an upload's) goes on, as it does when the signal comes
     elif fault == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path or stage))
     elif fault == "network":

@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterator
 
 from .errors import Terminated
 
-__all__ = ["EXIT_TERMINATED", "check_stop", "install", "on_forced_exit", "stop_requested"]
+__all__ = ["EXIT_TERMINATED", "as_stop", "check_stop", "install", "on_forced_exit",
+           "stop_requested"]
 
 log = logging.getLogger("srlib")
 
@@ -54,6 +55,25 @@ def check_stop() -> None:
     if _stop.is_set():
         raise Terminated(f"stopped by {_signal_name['name']}; the run was not completed "
                          "(a pdr request goes back to pending, a dr job resumes when rerun)")
+
+
+def as_stop(err: BaseException) -> BaseException:
+    """Return the error a job that unwound with ``err`` ends with.
+
+    After a stop signal, whatever error unwound the job is the stop: a library (or a
+    step's own ``except Exception``) may have wrapped :class:`srlib.Terminated` in its
+    error, or failed on the request the signal interrupted. Then a new
+    :class:`srlib.Terminated` caused by ``err`` is returned (the request goes back to
+    ``pending``, uncounted; the process exits 143); else ``err`` itself.
+    """
+    if not _stop.is_set() or isinstance(err, Terminated | KeyboardInterrupt | SystemExit):
+        return err
+    try:
+        check_stop()
+    except Terminated as stop:
+        stop.__cause__ = err
+        return stop
+    return err
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 SRLIB = [sys.executable, "-m", "srlib.cli"]
 #: The stages a pdr job reaches on the way to a delivered product (notify: on failure)
-JOB_STAGES = [s for s in STAGES if s != "notify"]
+JOB_STAGES = [s for s in STAGES if s not in ("notify", "s3")]
 #: Fault -> what the worker process does
 SIGNAL_FAULTS = ("sigterm", "sigkill", "hang")
 RAISED_FAULTS = ("enospc", "network")
@@ -199,6 +199,84 @@ def test_a_rerun_delivers_every_request_of_the_matrix(matrix, env):
         manifest = next(u for u in json.loads(row["outputs"]) if u.endswith(".manifest.json"))
         assert _whole(env["client"], prefix, manifest.removeprefix("s3://products/"))
     assert len(rows) == len(matrix["results"])
+
+
+# ------------------------------------------------------- a stop at any request of a publish
+def _s3_requests(args: list[str]) -> list[str]:
+    """Run ``args`` with the ``s3`` failpoint logging; return each S3 request, in order."""
+    proc = subprocess.run(args, env=_env("s3=log"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return [ln.split(" ", 4)[4] for ln in proc.stderr.splitlines()
+            if ln.startswith("srlib failpoint: s3 #")]
+
+
+def _stops(requests: list[str]) -> dict[int, str]:
+    """The request numbers to stop at, one of each kind a publish sends: reading the
+    published manifest, listing staging, staging an object (an upload thread), checking
+    it, copying it to its final key, checking that, deleting staging objects (the first,
+    the last), putting the manifest and checking it."""
+    def first(pred):
+        return next(n for n, r in enumerate(requests, 1) if pred(r))
+
+    def last(pred):
+        return max(n for n, r in enumerate(requests, 1) if pred(r))
+
+    staging = "/.incoming/"
+    stops = {
+        first(lambda r: r.startswith("GET") and r.endswith(".manifest.json")): "read manifest",
+        first(lambda r: r.startswith("DELETE") and r.endswith(".manifest.json")):
+            "remove manifest",
+        first(lambda r: r.startswith("GET") and r.endswith("/products")): "list staging",
+        first(lambda r: r.startswith("PUT") and staging in r): "stage",
+        first(lambda r: r.startswith("HEAD") and staging in r): "check staged",
+        first(lambda r: r.startswith("PUT") and staging not in r
+              and not r.endswith(".manifest.json")): "copy",
+        last(lambda r: r.startswith("PUT") and staging not in r
+             and not r.endswith(".manifest.json")) + 1: "check the last copy",
+        first(lambda r: r.startswith("DELETE") and staging in r): "delete staging",
+        last(lambda r: r.startswith("DELETE") and staging in r): "delete the last staging",
+        first(lambda r: r.startswith("PUT") and r.endswith(".manifest.json")): "put manifest",
+        last(lambda r: r.startswith("HEAD") and r.endswith(".manifest.json")):
+            "check manifest",
+    }
+    assert len(stops) == 11, (stops, requests)  # each kind found, none the same request
+    return dict(sorted(stops.items()))
+
+
+def test_a_stop_at_any_kind_of_s3_request_leaves_nothing_half_published(env, tmp_path):
+    """``dr`` stopped (SIGTERM, then SIGKILL at the last) at each kind of S3 request of
+    its publish, one run after another: each says one line; a manifest at the prefix
+    always means a whole product; the last run delivers it with no staging object left."""
+    def args(prefix: str) -> list[str]:
+        return [*SRLIB, "dr", "--date", "20200219", "--aoi", *map(str, _box(40)), "--catalog",
+                env["url"], "--out", str(tmp_path / prefix), "--publish",
+                f"s3://products/{prefix}"]
+
+    stops = _stops(_s3_requests(args("stops-log")))  # a whole run, to number its requests
+    last = max(stops)
+    for n, kind in stops.items():
+        fault = "sigkill" if n == last else "sigterm"
+        proc = subprocess.run(args("stops"), env=_env(f"s3={fault}@{n}"), capture_output=True,
+                              text=True, timeout=300)
+        if fault == "sigkill":
+            assert proc.returncode == -signal.SIGKILL, (kind, proc.stderr)
+        else:
+            lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("srlib dr failed")]
+            assert proc.returncode == 143 and len(lines) == 1, (kind, proc.stderr)
+            assert "SIGTERM" in lines[0] and "Traceback" not in proc.stderr, (kind, lines)
+        for key in _keys(env["client"], "stops/"):
+            if key.endswith(".manifest.json") and "/.incoming/" not in key:
+                assert _whole(env["client"], "s3://products/stops", key), (kind, key)
+    proc = subprocess.run(args("stops"), env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    keys = _keys(env["client"], "stops/")
+    assert not [k for k in keys if "/.incoming/" in k], keys  # no staging leftovers
+    (manifest,) = [k for k in keys if k.endswith(".manifest.json")]
+    assert _whole(env["client"], "s3://products/stops", manifest)
+    done = {k.split("/", 1)[1] for k in _keys(env["client"], "stops-log/")}
+    assert {k.split("/", 1)[1] for k in keys} == done  # the same files as the whole run
 
 
 # ------------------------------------------------------------ a server that never answers

@@ -60,9 +60,16 @@ def test_dr_aoi_publishes_a_checked_product_and_a_rerun_skips(env, tmp_path):
     run = db.run(1)
     assert run["status"] == "done" and run["qc_passed"] is True
     assert f"s3://products/sr/{name}.tif" in run["outputs"] and '"srlib"' in run["versions"]
+    # staging left by a publish that was ended after its manifest went up (the watchdog's
+    # exit): the rerun finds the product whole, skips it, and removes that staging
+    stale = [f"sr/.incoming/{name}.dead/{name}.tif", f"sr/.incoming/{name}.dead/x.json"]
+    for key in stale:
+        env["client"].put_object(Bucket="products", Key=key, Body=b"left")
+    env["client"].put_object(Bucket="products", Key="sr/.incoming/other.dead/x", Body=b"x")
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and again.stdout.startswith("skipped")
     assert db.run(2)["status"] == "skipped"
+    assert [k for k in _keys(env["client"], "sr/.incoming/")] == ["sr/.incoming/other.dead/x"]
     # remade for an existing product, the Item points where the job published it
     remade = json.loads(CliRunner().invoke(main, ["stac", str(cog), "--json"]).output)
     assert remade["assets"]["data"]["href"] == f"s3://products/sr/{name}.tif"

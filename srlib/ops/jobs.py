@@ -46,7 +46,7 @@ from ..scene.sources import EARTH_SEARCH, MIN_AOI_COVERAGE, load_s2, parse_date
 from .db import RequestQueue, RunRecorder
 from .devices import check_devices, device_cluster
 from .notify import LogNotifier, Notifier, notifier_from_env, step
-from .publish import publish_product, verify_published
+from .publish import object_store, publish_product, verify_published
 
 __all__ = ["DEFAULT_AOI_NAME", "DEFAULT_NAME", "DrRequest", "JobResult", "aoi_key", "plan_dr",
            "product_name", "run_dr", "run_pdr"]
@@ -598,6 +598,8 @@ def _existing_product(job: DrRequest, cog: Path, identity: dict[str, Any],
         if manifest is not None:
             log.info("%s is published and complete under %s; skipping (--force redoes "
                      "it)", cog.name, publish)
+            # a publish stopped after its manifest went up may have left staging behind
+            object_store(publish).remove_staging(cog.stem)
             uris = [f"{publish.rstrip('/')}/{r['name']}" for r in manifest["files"]]
             uris.append(f"{publish.rstrip('/')}/{cog.stem}{MANIFEST_SUFFIX}")
             skipped = JobResult("skipped", cog, published=uris)
@@ -767,7 +769,7 @@ def run_pdr(
         ``failed`` requests.
     """
     from ..errors import Terminated
-    from ..signals import check_stop, on_forced_exit
+    from ..signals import as_stop, check_stop, on_forced_exit
     from .db import LeaseLost
     from .notify import redact
 
@@ -812,16 +814,19 @@ def run_pdr(
                                         or [str(p) for p in result.files],
                                         status=result.delivered, coverage=result.coverage,
                                         reason=result.reason)
-            except LeaseLost as err:
+            except LeaseLost as lost:
                 counts["failed"] += 1
-                log.error("request %s: %s", rid, err)
+                log.error("request %s: %s", rid, lost)
                 continue
-            except Terminated as err:
-                log.error("request %s: %s; putting it back to pending", rid, err)
-                with contextlib.suppress(Exception):
-                    release(err, count=False)
-                raise
-            except Exception as err:
+            except Exception as raised:
+                err = as_stop(raised)  # after a stop signal, whatever unwound is the stop
+                if isinstance(err, Terminated):
+                    log.error("request %s: %s; putting it back to pending", rid, err)
+                    with contextlib.suppress(Exception):
+                        release(err, count=False)
+                    if err is raised:
+                        raise
+                    raise err from raised
                 message = redact(f"{type(err).__name__}: {err}")
                 transient = is_transient(err)
                 outcome = _end_request(db, rid, worker, err, message, release,

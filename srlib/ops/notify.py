@@ -162,15 +162,18 @@ def step(name: str, notifier: Notifier, **context: Any) -> Iterator[None]:
     :mod:`srlib.signals`), even when a library swallowed the signal's exception.
     """
     from ..failpoints import hit
-    from ..signals import check_stop
+    from ..signals import as_stop, check_stop
 
     try:
         hit("search" if name == "load" else name)
         yield
         check_stop()
-    except BaseException as err:
+    except BaseException as raised:
+        err = as_stop(raised)  # after a stop signal, a wrapped stop is still the stop
         report = getattr(err, "report", None)
         table = report.to_table() if report is not None and hasattr(report, "to_table") else None
         # a pipeline stage (inference, writing, qc) tags its errors more precisely
         notifier.notify(step_of(err) or name, err, table=table, context=context)
-        raise
+        if err is raised:
+            raise
+        raise err from raised

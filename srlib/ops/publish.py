@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import Settings
-from ..errors import InputError, QCFailed, SrlibError
+from ..errors import InputError, QCFailed, SrlibError, Terminated
 from ..hashing import sha256_file
 from ..product.manifest import manifest_path, mismatch, read_manifest
 from ..product.qc import QCReport
@@ -83,11 +83,18 @@ def s3_client(endpoint_url: str | None = None) -> S3Client:
     from botocore.config import Config
 
     settings = Settings.from_env()
-    return boto3.client("s3", endpoint_url=endpoint_url or settings.s3_endpoint_url,
-                        config=Config(retries={"max_attempts": settings.s3_max_attempts,
-                                               "mode": "adaptive"},
-                                      connect_timeout=min(settings.network_timeout_s, 30),
-                                      read_timeout=settings.network_timeout_s))
+    client = boto3.client("s3", endpoint_url=endpoint_url or settings.s3_endpoint_url,
+                          config=Config(retries={"max_attempts": settings.s3_max_attempts,
+                                                 "mode": "adaptive"},
+                                        connect_timeout=min(settings.network_timeout_s, 30),
+                                        read_timeout=settings.network_timeout_s))
+    if "SRLIB_FAILPOINTS" in os.environ:  # the ``s3`` failpoint: before every request
+        from ..failpoints import hit
+
+        client.meta.events.register(
+            "before-send.s3",
+            lambda request, **_kw: hit("s3", f"{request.method} {request.url.split('?')[0]}"))
+    return client
 
 
 def s3_checksum(path: str | os.PathLike, part_mb: int = PART_MB) -> str:
@@ -188,10 +195,12 @@ def publish(
             progress(n)
 
     staged: list[tuple[Path, str, int, str]] = []
+    keys: list[str] = []  # every staging key, named before its upload starts
     published: dict[str, str] = {}
     try:
         for file in paths:  # 1. stage and verify every file
             staging = target.key(f".incoming/{batch}/{file.name}")
+            keys.append(staging)
             size, checksum = file.stat().st_size, s3_checksum(file, multipart_mb)
             client.upload_file(str(file), target.bucket, staging, Config=config,
                                Callback=uploaded, ExtraArgs=extra)
@@ -211,8 +220,7 @@ def publish(
                            "product was not published (no manifest), rerun to complete it"
                            ) from err
     finally:
-        for _file, staging, _size, _sum in staged:
-            _delete(client, target.bucket, staging)
+        _delete(client, target.bucket, keys)
     return published
 
 
@@ -232,14 +240,29 @@ def _remove_stale_staging(client: S3Client, target: S3Target, stem: str) -> None
                            f"{type(err).__name__}: {err}; nothing was published") from err
     for key in stale:
         log.info("removing s3://%s/%s, left by an interrupted publish", target.bucket, key)
-        _delete(client, target.bucket, key)
+    _delete(client, target.bucket, stale)
 
 
-def _delete(client: S3Client, bucket: str, key: str) -> None:
-    try:
-        client.delete_object(Bucket=bucket, Key=key)
-    except Exception:  # best effort: a staging key is never a product's key
-        log.warning("could not delete staging object s3://%s/%s", bucket, key)
+def _delete(client: S3Client, bucket: str, keys: Sequence[str]) -> None:
+    """Delete staging objects, best effort (a staging key is never a product's key).
+
+    A stop signal (:class:`srlib.Terminated`, raised once, wherever the main thread is)
+    does not leave the rest behind: the interrupted key is tried again, every key is
+    deleted, and the stop is raised after the last.
+    """
+    stopped: Terminated | None = None
+    for key in keys:
+        for _attempt in range(2):
+            try:
+                client.delete_object(Bucket=bucket, Key=key)
+            except Terminated as err:
+                stopped = err
+                continue
+            except Exception:
+                log.warning("could not delete staging object s3://%s/%s", bucket, key)
+            break
+    if stopped is not None:
+        raise stopped
 
 
 class ObjectStore(Protocol):
@@ -266,6 +289,9 @@ class ObjectStore(Protocol):
 
     def remove(self, name: str) -> None:
         """Delete an object if present."""
+
+    def remove_staging(self, stem: str) -> None:
+        """Delete what interrupted publishes of product ``stem`` left in staging."""
 
 
 @dataclass
@@ -327,6 +353,10 @@ class S3Store:
             raise PublishError(f"cannot reach {self.uri(name)} to delete it: "
                                f"{type(err).__name__}: {err}") from err
 
+    def remove_staging(self, stem: str) -> None:
+        """Delete ``.incoming/<stem>.*`` (raises PublishError when S3 cannot list it)."""
+        _remove_stale_staging(self.client, self.target, stem)
+
 
 @dataclass
 class LocalStore:
@@ -346,8 +376,7 @@ class LocalStore:
     def put(self, files: Sequence[Path]) -> dict[str, str]:
         """Stage, verify and move every file; nothing is moved unless all verify."""
         stem = files[0].stem if files else "files"
-        for stale in (self.root / ".incoming").glob(f"{stem}.*"):  # a killed publish's
-            shutil.rmtree(stale, ignore_errors=True)
+        self.remove_staging(stem)
         staging = self.root / ".incoming" / f"{stem}.{uuid.uuid4().hex}"
         try:
             staging.mkdir(parents=True)
@@ -402,6 +431,11 @@ class LocalStore:
     def remove(self, name: str) -> None:
         """Delete a file if present."""
         (self.root / name).unlink(missing_ok=True)
+
+    def remove_staging(self, stem: str) -> None:
+        """Delete ``.incoming/<stem>.*``, left by killed publishes of the same product."""
+        for stale in (self.root / ".incoming").glob(f"{stem}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def object_store(uri: str, *, client: S3Client | None = None) -> ObjectStore:
