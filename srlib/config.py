@@ -103,6 +103,8 @@ class QCThresholds:
     max_consistency_bias: float = 100.0
     max_consistency_mad: float = 200.0
     max_band_mad_ratio: float = 0.5
+    max_band_shift_ratio: float = 0.5
+    min_shift_mad: float = 20.0
     max_local_consistency_error: float = 0.5
     coverage_tolerance: float = 0.03
     full_resolution_windows: int = 4

@@ -86,7 +86,8 @@ def test_changed_stats_recompute_instead_of_resuming_the_old_store(tmp_path):
         stats.output, mean=tuple(m - 2000 for m in stats.output.mean)))
     cog = tmp_path / "p.tif"
     loose = {"max_consistency_bias": 1e9, "max_consistency_mad": 1e9,
-             "max_band_mad_ratio": 1e9, "max_local_consistency_error": 1e9}
+             "max_band_mad_ratio": 1e9, "max_band_shift_ratio": 1e9,
+             "max_local_consistency_error": 1e9}
     srlib.super_resolve_to_cog(scene, cog, model=srlib.load_model("bicubic", stats=wrong),
                                thresholds=loose)
     first = srlib.open_zarr(cog.with_suffix(".zarr")).red.values.mean()

@@ -65,12 +65,28 @@ def _dead_nir(data):
     data[3] = 1234
 
 
+def _moved(band, px):
+    def change(data):  # the band's content moved east (its georeferencing unchanged)
+        data[band] = np.roll(data[band], px, axis=1)
+    return change
+
+
+def _noisy(band, sigma):
+    def change(data):  # zero-mean noise: the band's mean and level stay right
+        noise = np.random.default_rng(3).normal(0, sigma, data[band].shape)
+        data[band] = np.clip(data[band] + noise, 1, 10000).astype(np.int16)
+    return change
+
+
 CASES = {
     "red all zero": (_zero(0), "values", "red"),
     "green all zero": (_zero(1), "values", "green"),
     "quality all nodata": (_quality_nodata, "values", "quality"),
     "nir constant": (_dead_nir, "visual", "nir"),
     "red and blue swapped": (_swap, "consistency", "red"),
+    "red moved one input pixel": (_moved(0, 10), "consistency", "red"),
+    "nir moved three input pixels": (_moved(3, 30), "consistency", "nir"),
+    "green with noise of the scene's contrast": (_noisy(1, 1500), "consistency", "green"),
 }
 
 
@@ -83,6 +99,7 @@ def test_the_good_product_passes_every_band_with_its_source(product):
     assert set(report["visual"].value) == {"red", "green", "blue", "nir"}
     assert set(report["consistency"].value) == {"red", "green", "blue", "nir"}
     assert all(v["mad_ratio"] < 0.1 for v in report["consistency"].value.values())
+    assert all(v["shift_ratio"] < 0.3 for v in report["consistency"].value.values())
     assert all(v["local_error"] < 0.05 for v in report["consistency"].value.values())
 
 

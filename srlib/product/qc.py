@@ -533,6 +533,16 @@ def _worst_window(mean: np.ndarray, ref: np.ndarray, cells: int
     return float(error[iy, ix]), (int(iy) * cells, int(ix) * cells)
 
 
+def _neighbour_mad(ref: np.ndarray) -> float:
+    """Mean absolute difference between neighbouring valid pixels (across and down)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no valid pair
+        across = np.nanmean(np.abs(np.diff(ref, axis=1))) if ref.shape[1] > 1 else np.nan
+        down = np.nanmean(np.abs(np.diff(ref, axis=0))) if ref.shape[0] > 1 else np.nan
+    values = [float(v) for v in (across, down) if np.isfinite(v)]
+    return sum(values) / len(values) if values else 0.0
+
+
 def _grid_mismatch(src: rasterio.DatasetReader, source: Any) -> str | None:
     """Say how the product's grid departs from its input's, or None where it does not.
 
@@ -571,7 +581,12 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     (100, i.e. 0.01 reflectance), ``mad <= max_consistency_mad`` (200) and
     ``mad_ratio <= max_band_mad_ratio`` (0.5): the band's MAD over its MAD against the
     closest *other* input band, so a band must match its own input at least twice as
-    well as any other (swapped bands fail even where bands differ little). And locally,
+    well as any other (swapped bands fail even where bands differ little); and
+    ``shift_ratio <= max_band_shift_ratio`` (0.5): the band's MAD over the MAD between
+    neighbouring pixels of its input, the difference a band moved by one pixel makes,
+    so a misregistered band, or one with noise of the input's own contrast, fails where
+    the bands are alike (MADs under ``min_shift_mad``, 20, pass: in flat water or snow a
+    pixel's move changes nothing). And locally,
     so that a defect in one place is not averaged away over a whole tile (a lost or
     zeroed COG tile is 1/46,000 of a full tile's band): in every window of half a COG
     tile (or one grid cell, if larger), the mean absolute difference over the input's
@@ -587,7 +602,9 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
     th = resolve_thresholds(thresholds)
     limit = (f"per band: |bias| <= {th['max_consistency_bias']:g}, mad <= "
              f"{th['max_consistency_mad']:g}, mad <= {th['max_band_mad_ratio']:g} x the mad "
-             "against any other input band; in every window of half a tile, mad <= "
+             f"against any other input band and <= {th['max_band_shift_ratio']:g} x its "
+             f"input's between neighbouring pixels (or <= {th['min_shift_mad']:g}); in "
+             "every window of half a tile, mad <= "
              f"{th['max_local_consistency_error']:g} x (input level + 100)")
     if source is None:
         return CheckResult("consistency", "warn", "not checked", limit,
@@ -648,8 +665,10 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
         others = [float(np.nanmean(np.abs(mean[both] - r[both])))
                   for j, r in enumerate(refs) if j != i]
         ratio = mad / max(min(others), 1e-9) if others else 0.0
+        # and more than its input looks like itself moved by one pixel
+        shift = mad / max(_neighbour_mad(refs[i]), 1e-9)
         value[band] = {"bias": round(bias, 2), "mad": round(mad, 2),
-                       "mad_ratio": round(ratio, 3)}
+                       "mad_ratio": round(ratio, 3), "shift_ratio": round(shift, 3)}
         worst = _worst_window(mean, refs[i], cells)
         local_bad = False
         if worst is not None:
@@ -662,7 +681,8 @@ def consistency(cog_path: str | os.PathLike, source: Any | None, *,
                 places.append(f"{band} at rows {rows[0]}-{rows[1]}, cols {cols[0]}-{cols[1]} "
                               f"(local error {error:.2f})")
         if abs(bias) > th["max_consistency_bias"] or mad > th["max_consistency_mad"] \
-                or ratio > th["max_band_mad_ratio"] or local_bad:
+                or ratio > th["max_band_mad_ratio"] or local_bad \
+                or (shift > th["max_band_shift_ratio"] and mad > th["min_shift_mad"]):
             bad.append(band)
     if not value:
         return CheckResult("consistency", "warn", None, limit, "no pixel valid in both")
