@@ -111,11 +111,11 @@ class _Group(click.Group):
 
             if isinstance(err, Terminated):
                 # a thread stuck in a read must not keep the process alive
-                from srlib.signals import EXIT_TERMINATED
+                from srlib.signals import exit_status
 
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os._exit(EXIT_TERMINATED)
+                os._exit(exit_status())  # 143 after SIGTERM, 130 after Ctrl-C
             raise SystemExit(130 if isinstance(err, KeyboardInterrupt) else 1) from None
 
 

@@ -1,8 +1,8 @@
 """Stopping on a signal within seconds, in every stage, without losing the request.
 
 A batch system ends a job with SIGTERM (SLURM at its time limit, then SIGKILL after
-``KillWait``, 30 s by default). :func:`install` makes SIGTERM (and SIGHUP) do three
-things:
+``KillWait``, 30 s by default); an operator presses Ctrl-C (SIGINT). :func:`install`
+makes SIGTERM, SIGHUP and SIGINT do three things:
 
 1. set a flag that every job step checks when it ends (:func:`check_stop`), so a
    library that swallows the exception (botocore retries on any ``Exception``) cannot
@@ -13,8 +13,11 @@ things:
    handler even while the main thread sits inside a long GDAL or compression call): when
    the process is still alive ``grace_s`` seconds later, the watchdog runs the
    registered release callbacks (``pdr`` releases its claim) and ends the process with
-   exit status 143. A thread stuck in a read that never answers can therefore not keep
-   the process alive.
+   exit status 128 + the signal's number (143 for SIGTERM, 130 for SIGINT). A thread
+   stuck in a read that never answers can therefore not keep the process alive.
+
+A second Ctrl-C does not cut the unwinding short: the watchdog ends the process at the
+latest ``grace_s`` seconds after the first.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from collections.abc import Callable, Iterator
 
 from .errors import Terminated
 
-__all__ = ["EXIT_TERMINATED", "as_stop", "check_stop", "install", "on_forced_exit",
-           "stop_requested"]
+__all__ = ["EXIT_TERMINATED", "as_stop", "check_stop", "exit_status", "install",
+           "on_forced_exit", "stop_requested"]
 
 log = logging.getLogger("srlib")
 
@@ -39,10 +42,18 @@ log = logging.getLogger("srlib")
 EXIT_TERMINATED = 143
 
 _stop = threading.Event()
+#: The signals that stop a job.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 _signal_name = {"name": "SIGTERM"}
+_signal_number = {"number": int(signal.SIGTERM)}
 _callbacks: list[Callable[[], None]] = []
 _installed = {"done": False}
 _command = {"name": ""}
+
+
+def exit_status() -> int:
+    """Exit status of a process stopped by the signal received: 128 + its number."""
+    return 128 + _signal_number["number"]
 
 
 def stop_requested() -> bool:
@@ -89,6 +100,7 @@ def on_forced_exit(callback: Callable[[], None]) -> Iterator[None]:
 
 def _handler(signum: int, _frame: object) -> None:
     _signal_name["name"] = signal.Signals(signum).name
+    _signal_number["number"] = int(signum)
     first = not _stop.is_set()
     _stop.set()
     if first:
@@ -105,7 +117,7 @@ def _watchdog(read_fd: int, grace_s: float) -> None:
             return
         if not data:
             return
-        signums = [b for b in data if b in (signal.SIGTERM, signal.SIGHUP)]
+        signums = [b for b in data if b in STOP_SIGNALS]
         if not signums:
             continue
         # The kernel may hand the signal to any thread. Python runs its handler in the
@@ -133,7 +145,7 @@ def _watchdog(read_fd: int, grace_s: float) -> None:
             sys.stderr.write(f"{name} failed: stopped by {_signal_name['name']}; a stage did "
                              f"not end within {grace_s:.0f} s, the process was ended\n")
             sys.stderr.flush()
-        os._exit(EXIT_TERMINATED)
+        os._exit(exit_status())
 
 
 def _stacks() -> str:
@@ -151,7 +163,7 @@ def _stacks() -> str:
 
 
 def install(*, grace_s: float = 10.0, command: str | None = None) -> None:
-    """Handle SIGTERM and SIGHUP as described in the module docstring (main thread only).
+    """Handle SIGTERM, SIGHUP and SIGINT as the module docstring says (main thread only).
 
     ``command`` names the subcommand in the line printed when the watchdog ends the
     process (``srlib pdr failed: ...``), the same line a failing command prints.
@@ -159,8 +171,8 @@ def install(*, grace_s: float = 10.0, command: str | None = None) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     _command["name"] = command or ""
-    signal.signal(signal.SIGTERM, _handler)
-    signal.signal(signal.SIGHUP, _handler)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _handler)
     if _installed["done"]:
         return
     read_fd, write_fd = os.pipe()

@@ -177,6 +177,35 @@ def test_a_worker_killed_mid_request_is_reclaimed_after_its_lease(env, tmp_path)
     assert db.run(row["run_id"])["status"] == "done"
 
 
+def test_ctrl_c_puts_the_request_back_at_once_and_a_rerun_delivers_it(env, tmp_path):
+    """An operator's Ctrl-C (SIGINT) is a stop like SLURM's SIGTERM: one line, exit 130,
+    the request back to ``pending`` at once (not held until its lease expires, no attempt
+    counted) and the run recorded ``interrupted``."""
+    url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
+    db = MetadataDB(url)
+    rid = db.add_request("20200219", [float(v) for v in AOI])
+    args = ["pdr", "--db", url, "--once", "--catalog", env["url"], "--out",
+            str(tmp_path / "out")]
+    proc = subprocess.Popen([*SRLIB, *args, "--server", "operator"], env=_worker_env(env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while db.request(rid)["run_id"] is None:  # claimed and its run started
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    lines = [ln for ln in err.splitlines() if ln.startswith("srlib pdr failed")]
+    assert proc.returncode == 130 and len(lines) == 1 and "SIGINT" in lines[0], err
+    assert "Traceback" not in err
+    row = db.request(rid)
+    assert row["status"] == "pending" and row["attempts"] == 0, row
+    assert db.run(row["run_id"])["status"] == "interrupted"
+    rerun = subprocess.run([*SRLIB, *args, "--server", "rerun"], env=_worker_env(env),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert db.request(rid)["status"] == "done"
+
+
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASRLIBTESTKEY0001",
            "AWS_SECRET_ACCESS_KEY": "srlibSecretValue/XYZ123"}
 
