@@ -105,10 +105,11 @@ def test_an_expired_claim_is_reclaimed_and_its_run_abandoned(url):
     run = db.start_run({"date": "20200219"}, request_id=rid)
     assert db.request(rid)["run_id"] == run
     assert db.claim_request("w2", lease_s=1.0) is None
-    with db.lease(rid, "w1", 0.6):  # renewed every 0.2 s while w1 works
-        time.sleep(1.5)
+    # renewed every 0.5 s while w1 works (a second of slack for a loaded machine)
+    with db.lease(rid, "w1", 1.5):
+        time.sleep(2.0)
         assert db.claim_request("w2", lease_s=1.0) is None
-    time.sleep(1.2)  # w1 stopped renewing (it died): the lease expires
+    time.sleep(1.8)  # w1 stopped renewing (it died): the lease expires
     again = db.claim_request("w2", lease_s=30.0)
     assert again["id"] == rid and again["worker"] == "w2"
     assert db.run(run)["status"] == "abandoned"
@@ -139,12 +140,12 @@ def test_a_transient_failure_backs_off_and_fails_only_when_its_attempts_are_spen
                               max_attempts=2) == "pending"
     assert db.request(rid)["attempts"] == 0
     assert db.claim_request("w1", max_attempts=2)["attempts"] == 1
-    assert db.release_request(rid, "w1", "PublishError: S3 down", backoff_s=1.0,
+    assert db.release_request(rid, "w1", "PublishError: S3 down", backoff_s=2.0,
                               max_attempts=2) == "pending"
     row = db.request(rid)
     assert row["status"] == "pending" and "attempt 1 of 2: PublishError" in row["error"]
-    assert db.claim_request("w2", max_attempts=2) is None  # backing off (1 s)
-    time.sleep(1.2)
+    assert db.claim_request("w2", max_attempts=2) is None  # backing off (2 s)
+    time.sleep(2.2)
     assert db.claim_request("w2", max_attempts=2)["attempts"] == 2
     assert db.release_request(rid, "w2", "PublishError: S3 down",
                               max_attempts=2) == "failed"

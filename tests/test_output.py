@@ -712,7 +712,7 @@ def test_a_stop_does_not_wait_for_the_wave_beside_it(tmp_path, monkeypatch):
             time.sleep(0.5)
             raise srlib.Terminated("stopped by SIGTERM")
         if name == "1-0":
-            time.sleep(4.0)  # the next wave, in flight when the stop comes
+            time.sleep(6.0)  # the next wave, in flight when the stop comes
         return original(path, store_id, region, marker, *args)
 
     monkeypatch.setattr(zarr_store, "_write_region_now", write)
@@ -720,5 +720,5 @@ def test_a_stop_does_not_wait_for_the_wave_beside_it(tmp_path, monkeypatch):
     t0 = time.perf_counter()
     with dask.config.set(num_workers=2), pytest.raises(srlib.Terminated):
         srlib.to_zarr(sr, store, chunks=32)
-    assert time.perf_counter() - t0 < 3.5  # did not wait for region 1-0
+    assert time.perf_counter() - t0 < 5.0  # did not wait for region 1-0
     assert zarr_store.wait_for_writers(store, timeout=30)
