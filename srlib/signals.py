@@ -45,7 +45,6 @@ _stop = threading.Event()
 #: The signals that stop a job.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 _signal_name = {"name": "SIGTERM"}
-_signal_number = {"number": int(signal.SIGTERM)}
 _callbacks: list[Callable[[], None]] = []
 _installed = {"done": False}
 _command = {"name": ""}
@@ -53,7 +52,7 @@ _command = {"name": ""}
 
 def exit_status() -> int:
     """Exit status of a process stopped by the signal received: 128 + its number."""
-    return 128 + _signal_number["number"]
+    return 128 + int(signal.Signals[_signal_name["name"]])
 
 
 def stop_requested() -> bool:
@@ -61,11 +60,15 @@ def stop_requested() -> bool:
     return _stop.is_set()
 
 
+def _stopped() -> Terminated:
+    return Terminated(f"stopped by {_signal_name['name']}; the run was not completed "
+                      "(a pdr request goes back to pending, a dr job resumes when rerun)")
+
+
 def check_stop() -> None:
     """Raise :class:`srlib.Terminated` when a stop signal was received."""
     if _stop.is_set():
-        raise Terminated(f"stopped by {_signal_name['name']}; the run was not completed "
-                         "(a pdr request goes back to pending, a dr job resumes when rerun)")
+        raise _stopped()
 
 
 def as_stop(err: BaseException) -> BaseException:
@@ -75,16 +78,13 @@ def as_stop(err: BaseException) -> BaseException:
     step's own ``except Exception``) may have wrapped :class:`srlib.Terminated` in its
     error, or failed on the request the signal interrupted. Then a new
     :class:`srlib.Terminated` caused by ``err`` is returned (the request goes back to
-    ``pending``, uncounted; the process exits 143); else ``err`` itself.
+    ``pending``, uncounted; the process exits with :func:`exit_status`); else ``err``.
     """
     if not _stop.is_set() or isinstance(err, Terminated | KeyboardInterrupt | SystemExit):
         return err
-    try:
-        check_stop()
-    except Terminated as stop:
-        stop.__cause__ = err
-        return stop
-    return err
+    stop = _stopped()
+    stop.__cause__ = err
+    return stop
 
 
 @contextlib.contextmanager
@@ -100,7 +100,6 @@ def on_forced_exit(callback: Callable[[], None]) -> Iterator[None]:
 
 def _handler(signum: int, _frame: object) -> None:
     _signal_name["name"] = signal.Signals(signum).name
-    _signal_number["number"] = int(signum)
     first = not _stop.is_set()
     _stop.set()
     if first:
