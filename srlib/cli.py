@@ -444,6 +444,8 @@ def campaign(requests_file: str | None, dates: tuple[str, ...], tiles: tuple[str
 
 def _plan_text(plan: dict) -> str:
     """``srlib dr --dry-run``'s plan, one fact per line."""
+    from srlib.progress import size_text
+
     scene, out, disk = plan["scene"], plan["output"], plan["disk"]
     lines = [
         f"scene:    {', '.join(scene['items']) or '?'} (MGRS {scene['mgrs'] or '?'}, "
@@ -451,12 +453,13 @@ def _plan_text(plan: dict) -> str:
         f"input:    {scene['input_px'][0]} x {scene['input_px'][1]} px at "
         f"{scene['resolution_m']:g} m, {scene['crs']}, bounds {scene['bounds']}",
         f"output:   {out['px'][0]} x {out['px'][1]} px at {out['resolution_m']:g} m, "
-        f"bands {', '.join(out['bands'])}, {out['raw_gb']:.1f} GB raw",
+        f"bands {', '.join(out['bands'])}, {size_text(out['raw_gb'] * 1e9)} raw",
         f"model:    {plan['model']['name']} {plan['model'].get('version') or ''}".rstrip(),
         f"work:     {plan['work']['model_blocks']} model blocks on "
         f"{', '.join(plan['work']['devices'])}",
-        f"disk:     Zarr ~{disk['zarr_gb']:.1f} GB + COG ~{disk['cog_gb']:.1f} GB, "
-        f"{disk['free_gb']:.1f} GB free: {'fits' if disk['fits'] else 'DOES NOT FIT'}"
+        f"disk:     Zarr ~{size_text(disk['zarr_gb'] * 1e9)} + COG "
+        f"~{size_text(disk['cog_gb'] * 1e9)}, {size_text(disk['free_gb'] * 1e9)} free: "
+        f"{'fits' if disk['fits'] else 'DOES NOT FIT'}"
         f"{'' if disk['keep_zarr'] else ' (the Zarr is removed at the end)'}",
         f"existing: {plan['existing']}",
         f"publish:  {plan['publish'] or 'no'}",

@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["JOB_STAGES", "Progress", "job_progress", "job_stages", "report", "watch_file"]
+__all__ = ["JOB_STAGES", "Progress", "job_progress", "job_stages", "report", "size_text",
+           "watch_file"]
 
 log = logging.getLogger("srlib")
 
@@ -64,9 +65,29 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+_SIZE_UNITS = ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
+
+
+def _size_unit(nbytes: float) -> tuple[float, str]:
+    return next(((f, u) for f, u in _SIZE_UNITS if abs(nbytes) >= f), (1.0, "B"))
+
+
+def size_text(nbytes: float, *, of: float | None = None) -> str:
+    """``nbytes`` in the largest unit it reaches (``"3.4 MB"``, ``"1.2 GB"``).
+
+    With ``of``, ``"done/total UNIT"`` in the total's unit. Sizes of small products
+    (an AOI) no longer read "0.0 GB".
+    """
+    factor, unit = _size_unit(nbytes if of is None else of)
+    digits = 0 if unit == "B" else 1 if of is None else 2
+    if of is None:
+        return f"{nbytes / factor:.{digits}f} {unit}"
+    return f"{nbytes / factor:.{digits}f}/{of / factor:.{digits}f} {unit}"
+
+
 def _amount(done: float, total: float, unit: str) -> str:
     if unit == "bytes":
-        return f"{done / 1e9:.2f}/{total / 1e9:.2f} GB"
+        return size_text(done, of=total)
     return f"{int(done)}/{int(total)} {unit}".rstrip()
 
 

@@ -252,6 +252,7 @@ def test_a_product_that_would_not_fit_on_the_disk_is_refused_before_any_compute(
                     coords={"y": 5e6 - 10 * (np.arange(n) + 0.5),
                             "x": 4e5 + 10 * (np.arange(n) + 0.5)}).rio.write_crs("EPSG:32633")
     with raise_if_dask_computes(), pytest.raises(srlib.DiskSpaceError,
-                                                 match=r"needs about .* GB in .* free"):
+                                                 match=r"needs about \d+\.\d TB in .* but "
+                                                       r"\d+\.\d [kMGT]?B are free"):
         srlib.super_resolve_to_cog(ds, tmp_path / "huge.tif", chunks=25_000)
     assert not (tmp_path / "huge.zarr").exists()

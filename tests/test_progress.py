@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import srlib
 from srlib.progress import Progress, job_progress, report
 
@@ -100,3 +102,16 @@ def test_a_job_in_a_log_file_prints_one_line_per_few_percent_and_q_silences_it(t
 
 def test_job_progress_is_public():
     assert srlib.job_progress is job_progress
+
+
+@pytest.mark.parametrize(("nbytes", "of", "text"), [
+    (0, None, "0 B"), (999, None, "999 B"), (12_345, None, "12.3 kB"),
+    (18_200_000, None, "18.2 MB"), (1.8e9, None, "1.8 GB"), (9.1e12, None, "9.1 TB"),
+    (3e6, 2e9, "0.00/2.00 GB"), (2.5e6, 1.04e7, "2.50/10.40 MB"), (5, 10, "5/10 B"),
+])
+def test_sizes_are_written_in_the_unit_they_reach(nbytes, of, text):
+    """A small product's sizes read in MB (its disk check used to say 'needs about 0.0 GB
+    ... but 0.0 GB are free'); a tile's in GB; progress in the total's unit."""
+    from srlib.progress import size_text
+
+    assert size_text(nbytes, of=of) == text

@@ -543,7 +543,7 @@ def plan_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
         JSON-ready.
     """
     from ..engine.superres import super_resolve
-    from ..product.pipeline import check_disk_space, estimate_bytes, existing_folder
+    from ..product.pipeline import check_disk_space, disk_needs, existing_folder
 
     job = job if job is not None else DrRequest.from_options(**options)
     spec = _model_spec(model, job.sr_options)
@@ -551,7 +551,7 @@ def plan_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
     sr_options = {k: v for k, v in job.sr_options.items() if k != "device"}
     sr = super_resolve(ds, spec, **sr_options)
     blocks = sr["red"].data.numblocks
-    size = estimate_bytes(sr)
+    zarr_bytes, cog_bytes = disk_needs(sr)
     derived = {f"{cog.stem}_{d}.tif" for d in DERIVATIVES}
     files = [f for f in product_files(cog) if job.makes_derivatives or f.name not in derived]
     try:
@@ -569,12 +569,12 @@ def plan_dr(job: DrRequest | None = None, /, *, model: Any = "bicubic",
         "output": {"px": [int(sr.sizes["y"]), int(sr.sizes["x"])],
                    "resolution_m": abs(float(sr.rio.resolution()[0])),
                    "bands": [str(v) for v in sr.data_vars],
-                   "raw_gb": round(sum(int(sr[v].size) * 2 for v in sr.data_vars) / 1e9, 3)},
+                   "raw_gb": round(sum(int(sr[v].size) * 2 for v in sr.data_vars) / 1e9, 6)},
         "model": provenance(spec),
         "work": {"model_blocks": int(blocks[0] * blocks[1]),
                  "devices": list(job.devices or [job.sr_options.get("device") or "auto"])},
-        "disk": {"zarr_gb": round(size / 1e9, 3), "cog_gb": round(size / 1e9, 3),
-                 "free_gb": round(shutil.disk_usage(existing_folder(cog)).free / 1e9, 3),
+        "disk": {"zarr_gb": round(zarr_bytes / 1e9, 6), "cog_gb": round(cog_bytes / 1e9, 6),
+                 "free_gb": round(shutil.disk_usage(existing_folder(cog)).free / 1e9, 6),
                  "fits": fits, "keep_zarr": job.keeps_zarr},
         "outputs": [str(f) for f in files],
         "publish": job.publish,

@@ -17,6 +17,7 @@ from ..engine.kernel import resolve_device
 from ..engine.superres import super_resolve
 from ..errors import DiskSpaceError, QCFailed, add_step
 from ..models import compile_seconds, load_model, provenance
+from ..progress import size_text
 from .cog import to_cog
 from .qc import QCReport, check_quality
 from .stac_item import describe_product
@@ -157,6 +158,16 @@ def estimate_bytes(sr: xr.Dataset) -> int:
     return int(raw * 4 / 3 * SIZE_RATIO)
 
 
+def disk_needs(sr: xr.Dataset, *, store_done: bool = False) -> tuple[int, int]:
+    """Return the estimated bytes of the Zarr store and of the COG.
+
+    The store's include the full resolution's COG tiles compressed beside it meanwhile;
+    a complete store that is reused (``store_done``) needs none.
+    """
+    cog_bytes = estimate_bytes(sr)
+    return (0 if store_done else cog_bytes + cog_bytes * 3 // 4), cog_bytes
+
+
 def check_disk_space(sr: xr.Dataset, zarr_path: Path, cog_path: Path, *,
                      store_done: bool = False) -> None:
     """Refuse to start when the Zarr store and the COG would not fit on their disks.
@@ -169,9 +180,7 @@ def check_disk_space(sr: xr.Dataset, zarr_path: Path, cog_path: Path, *,
     DiskSpaceError
         Naming the estimated sizes, the free space and the path.
     """
-    cog_bytes = estimate_bytes(sr)
-    # the store, and the full resolution's COG tiles compressed beside it meanwhile
-    zarr_bytes = 0 if store_done else cog_bytes + cog_bytes * 3 // 4
+    zarr_bytes, cog_bytes = disk_needs(sr, store_done=store_done)
     needs: dict[Path, int] = {}
     for path, size in ((zarr_path, zarr_bytes), (cog_path, cog_bytes)):
         folder = existing_folder(path)
@@ -181,9 +190,9 @@ def check_disk_space(sr: xr.Dataset, zarr_path: Path, cog_path: Path, *,
         free = shutil.disk_usage(folder).free
         if size > free:
             raise DiskSpaceError(
-                f"the product needs about {size / 1e9:.1f} GB in {folder} (Zarr "
-                f"{zarr_bytes / 1e9:.1f} GB, COG {cog_bytes / 1e9:.1f} GB) but "
-                f"{free / 1e9:.1f} GB are free: free space there or write elsewhere "
+                f"the product needs about {size_text(size)} in {folder} (Zarr "
+                f"{size_text(zarr_bytes)}, COG {size_text(cog_bytes)}) but "
+                f"{size_text(free)} are free: free space there or write elsewhere "
                 "(--out, zarr_path=)")
 
 
