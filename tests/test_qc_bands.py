@@ -101,6 +101,14 @@ def test_the_good_product_passes_every_band_with_its_source(product):
     assert all(v["mad_ratio"] < 0.1 for v in report["consistency"].value.values())
     assert all(v["shift_ratio"] < 0.3 for v in report["consistency"].value.values())
     assert all(v["local_error"] < 0.05 for v in report["consistency"].value.values())
+    # the table a terminal shows: every band's figures on a line of their own, no line
+    # running to hundreds of characters (each row used to hold all four bands)
+    lines = report.to_table().splitlines()
+    assert max(map(len, lines)) < 200, max(lines, key=len)
+    for band in ("red", "green", "blue", "nir"):
+        rows = [line for line in lines if f"{band}(bias=" in line]
+        assert len(rows) == 1 and sum("(bias=" in part for part in rows[0].split()) == 1
+    assert lines[-1] == f"QC PASSED ({cog})"
 
 
 @pytest.mark.parametrize("case", list(CASES))

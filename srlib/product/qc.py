@@ -7,9 +7,11 @@ given); any ``fail`` makes :meth:`QCReport.raise_for_failures` raise :class:`QCF
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import textwrap
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -90,13 +92,23 @@ class QCReport:
             Path(path).write_text(text)
         return text
 
-    def to_table(self) -> str:
-        """Return a plain-text table, one row per check."""
-        rows = [("check", "status", "value", "threshold", "note")]
-        rows += [(c.name, c.status.upper(), _fmt(c.value), c.threshold, c.message)
+    def to_table(self, *, width: int = 64) -> str:
+        """Return a plain-text table, one row per check.
+
+        A per-band value takes a line per band, and long cells wrap at ``width``
+        characters, so that a terminal shows each check at once (a row used to run to a
+        thousand characters).
+        """
+        rows = [(["check"], ["status"], ["value"], ["threshold"], ["note"])]
+        rows += [([c.name], [c.status.upper()], _cell(c.value, width),
+                  _wrap(c.threshold, width // 2 + 8), _wrap(c.message, width))
                  for c in self.checks]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+        widths = [max(len(line) for r in rows for line in r[i]) for i in range(4)]
+        lines = []
+        for row in rows:
+            for parts in itertools.zip_longest(*row, fillvalue=""):
+                cells = [parts[i].ljust(widths[i]) for i in range(4)]
+                lines.append("  ".join([*cells, parts[4]]).rstrip())
         verdict = "PASSED" if self.passed else f"FAILED: {', '.join(self.failed)}"
         return "\n".join([*lines, f"QC {verdict} ({self.path})"])
 
@@ -113,6 +125,20 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     return str(obj)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+
+
+def _cell(value: Any, width: int) -> list[str]:
+    """Return a table cell's lines: one per band where the value is per band, wrapped."""
+    if isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
+        items = [f"{k}({_fmt(v)})" if isinstance(v, dict) else f"{k}={_fmt(v)}"
+                 for k, v in value.items()]
+        return [line for item in items for line in
+                textwrap.wrap(item, width, subsequent_indent="    ", break_on_hyphens=False)]
+    return _wrap(_fmt(value), width)
 
 
 def _fmt(value: Any) -> str:
