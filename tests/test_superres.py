@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from affine import Affine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -279,6 +280,8 @@ def test_tiny_input_smaller_than_the_halo(tiny_swin):
         (lambda ds: ds.rio.write_crs("EPSG:4326"), "not projected"),
         (lambda ds: ds.isel(y=slice(0, 0)), "empty"),
         (lambda ds: ds.drop_vars("spatial_ref"), "no CRS"),
+        (lambda ds: ds.isel(x=slice(3, 4)), "1 pixel along x"),
+        (lambda ds: ds.isel(x=slice(3, 4), y=slice(0, 1)), "1 pixel along x and y"),
     ],
 )
 def test_bad_input_raises_a_clear_error(mutate, message):
@@ -286,6 +289,41 @@ def test_bad_input_raises_a_clear_error(mutate, message):
     with pytest.raises(srlib.InputError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
         srlib.super_resolve(mutate(ds))
+
+
+def test_a_one_pixel_strip_with_its_transform_written_keeps_its_georeferencing():
+    sample = srlib.sample_scene()
+    strip = sample.isel(x=slice(3, 4), y=slice(5, 40))  # the sample writes its transform
+    sr = srlib.super_resolve(strip)
+    assert sr.sizes == {"y": 350, "x": 10}
+    assert sr.rio.transform() == strip.rio.transform() * Affine.scale(0.1)
+
+
+def _declared(ds: xr.Dataset, factor: float, scale_factor: float) -> xr.Dataset:
+    out = ds.copy()
+    for band in srlib.S2_BANDS:
+        out[band] = (ds[band].astype("float32") * factor).assign_attrs(
+            nodata=0, scale_factor=scale_factor, add_offset=0.0)
+    return out
+
+
+@pytest.mark.parametrize(("factor", "scale_factor", "says"), [
+    (1e-4, 1e-4, "hold reflectance .0-1., set their attrs\\['scale_factor'\\] = 1.0"),
+    (1.0, 1.0, "hold DN, set their attrs\\['scale_factor'\\] = 1e-4"),
+])
+def test_a_scene_whose_scale_is_misdeclared_fails_naming_the_fix(factor, scale_factor, says):
+    """Reflectance (0-1) that still says DN (``ds.astype('float32') / 1e4`` keeps the
+    attributes) made an all-zero product with every pixel marked clear; DN that says
+    reflectance, one saturated at 32767. Both now fail at the first block."""
+    ds = synthetic_scene((32, 32))
+    good = srlib.super_resolve(ds).compute()
+    with pytest.raises(srlib.InputError, match=f"median is .*; if the bands {says}"):
+        srlib.super_resolve(_declared(ds, factor, scale_factor)).compute()
+    # declared right, the same scene gives the same product
+    right = srlib.super_resolve(_declared(ds, factor, 1e-4 / factor)).compute()
+    np.testing.assert_array_equal(right.quality.values, good.quality.values)
+    for band in ("red", "green", "blue", "nir"):  # float32 reflectance: off by 1 at most
+        np.testing.assert_allclose(right[band].values, good[band].values, atol=1, rtol=0)
 
 
 def test_bad_arguments_raise_clear_errors(scene):

@@ -16,11 +16,40 @@ from __future__ import annotations
 import numpy as np
 
 from ..bands import Quality, scl_to_quality
+from ..errors import InputError
 from . import memory
 from .runner import KernelConfig, Runner, flush_subnormals, resolve_device
 from .stitching import Output, run_feather, run_trim
 
-__all__ = ["KernelConfig", "flush_subnormals", "resolve_device", "sr_block"]
+__all__ = ["KernelConfig", "PLAUSIBLE_MEDIAN", "flush_subnormals", "resolve_device", "sr_block"]
+
+#: The range a block's median valid input (reflectance x 10000, every band) must fall in.
+#: Real scenes sit far inside (deep water ~50, snow ~10000); outside it the input's
+#: scale is wrong: reflectance (0-1) read as DN gave an all-zero product, DN read as
+#: reflectance one saturated at 32767, both with every pixel marked clear.
+PLAUSIBLE_MEDIAN = (3.0, 30000.0)
+
+
+def check_scale(x: np.ndarray, valid: np.ndarray) -> None:
+    """Refuse a block whose values cannot be Sentinel-2 reflectance x 10000.
+
+    ``x`` is ``(bands, h, w)`` after the input's ``scale_factor``/``add_offset``;
+    judged on every 4th pixel, once at least 64 are valid (about 0.2 ms a block).
+    """
+    sample = x[:, ::4, ::4][:, valid[::4, ::4]]
+    if sample.size < 64:
+        return
+    median = float(np.median(sample))
+    low, high = PLAUSIBLE_MEDIAN
+    if low <= median <= high:
+        return
+    hint = ("if the bands hold reflectance (0-1), set their attrs['scale_factor'] = 1.0"
+            if median < low else
+            "if the bands hold DN, set their attrs['scale_factor'] = 1e-4 (and add_offset as "
+            "the scene's metadata says)")
+    raise InputError(f"the input's median is {median:.4g} x 1e-4 reflectance (after its "
+                     f"scale_factor and add_offset), where any Sentinel-2 scene has {low:g} "
+                     f"to {high:g}: its scale is wrong; {hint}")
 
 
 def sr_block(block: np.ndarray, block_info: dict | None = None, *,
@@ -46,6 +75,7 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
     halo = spec.halo
     x = np.asarray(block[: cfg.n_bands], dtype=np.float32)
     valid = np.isfinite(x).all(axis=0)
+    check_scale(x, valid)
     if cfg.has_scl:
         quality = np.where(valid, scl_to_quality(block[cfg.n_bands]), Quality.NODATA)
     else:

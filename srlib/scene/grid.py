@@ -22,6 +22,7 @@ def check_grid(obj: xr.DataArray | xr.Dataset) -> tuple[Affine, object]:
             f"the input CRS {crs} is not projected; super-resolution needs a metric grid: "
             "reproject with ds.rio.reproject('EPSG:326NN') (the scene's UTM zone)"
         )
+    _check_measurable(obj)
     try:
         transform = obj.rio.transform(recalc=True)
     except Exception as err:
@@ -31,6 +32,24 @@ def check_grid(obj: xr.DataArray | xr.Dataset) -> tuple[Affine, object]:
         raise InputError("the input grid is rotated or sheared; reproject it to a north-up grid")
     _check_regular(obj, transform)
     return transform, crs
+
+
+def _check_measurable(obj: xr.DataArray | xr.Dataset) -> None:
+    """Refuse a grid one pixel wide or tall whose transform is not written down.
+
+    Its pixel size cannot be read from a single coordinate, and rioxarray then reports
+    a 1 m grid at the origin (the error named "a regular 1 grid off by 4e+05").
+    """
+    short = [d for d in (obj.rio.x_dim, obj.rio.y_dim) if obj.sizes.get(d, 2) < 2]
+    if not short:
+        return
+    mapping = obj.rio.grid_mapping
+    stored = mapping in obj.coords and obj[mapping].attrs.get("GeoTransform")
+    if not stored:
+        raise InputError(
+            f"the input is 1 pixel along {' and '.join(short)}, so its pixel size cannot be "
+            "read from the coordinates: take at least 2 pixels, or write the grid first "
+            "(ds.rio.write_transform(transform) before cropping)")
 
 
 def _check_regular(obj: xr.DataArray | xr.Dataset, transform: Affine) -> None:
