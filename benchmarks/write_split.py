@@ -188,6 +188,31 @@ def _measure(store: str, work: str, tag: str) -> dict[str, float]:
     return row
 
 
+def _measure_zarr(work: str, tag: str) -> dict[str, float]:
+    """``to_zarr`` alone, after the same warm-up (a side-by-side child)."""
+    import srlib
+
+    small = srlib.sample_scene().isel(y=slice(0, 64), x=slice(0, 64))
+    srlib.to_zarr(srlib.super_resolve(small), os.path.join(work, f"warm-{tag}.zarr"))
+    seconds = _timed(srlib.to_zarr, srlib.super_resolve(srlib.sample_scene()),
+                     os.path.join(work, f"zarr-{tag}.zarr"))
+    return {"to_zarr_s": round(seconds, 2)}
+
+
+def _side_by_side(work: str, allowed: list[int], rnd: int) -> list[float]:
+    """Seconds of N independent 1-CPU ``to_zarr`` runs started together, one per CPU."""
+    procs = [subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, __file__,
+                               "--measure-zarr", work, f"side-{cpu}-{rnd}"],
+                              stdout=subprocess.PIPE, text=True) for cpu in allowed]
+    out = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit("a side-by-side to_zarr failed")
+    for cpu in allowed:
+        for name in (f"zarr-side-{cpu}-{rnd}.zarr", f"warm-side-{cpu}-{rnd}.zarr"):
+            shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    return [json.loads(o.strip().splitlines()[-1])["to_zarr_s"] for o in out]
+
+
 def _same_pixels(a: str, b: str) -> bool:
     """Whether two COGs decode to the same values, every band, every overview level."""
     import numpy as np
@@ -234,6 +259,8 @@ def _median_rows(rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
+    import statistics
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpus", default=f"1,{len(os.sched_getaffinity(0))}")
     parser.add_argument("--repeat", type=int, default=3,
@@ -244,9 +271,13 @@ def main() -> None:
                         help="Where the stores and COGs go (default $TMPDIR); /dev/shm "
                              "takes the disk out and leaves the CPUs.")
     parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-zarr", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:  # the child: one pinned measurement
         print(json.dumps(_measure(*args.measure)))
+        return
+    if args.measure_zarr:  # a side-by-side child
+        print(json.dumps(_measure_zarr(*args.measure_zarr)))
         return
     work = tempfile.mkdtemp(prefix="srlib-write-split-", dir=args.dir)
     store = os.path.join(work, "demo.zarr")
@@ -254,7 +285,8 @@ def main() -> None:
             f"{store!r})")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     allowed = sorted(os.sched_getaffinity(0))
-    rows = []
+    most = max(int(c) for c in args.cpus.split(","))
+    rows, side = [], []
     try:
         for rnd in range(args.repeat):
             for n in (int(c) for c in args.cpus.split(",")):
@@ -277,6 +309,10 @@ def main() -> None:
                 for path in Path(work).iterdir():
                     if path.is_file():
                         path.unlink()
+            if most > 1:
+                side.append(_side_by_side(work, allowed[:most], rnd))
+                print(json.dumps({"round": rnd, "side_by_side_to_zarr_s": side[-1]}),
+                      flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     medians = _median_rows(rows)
@@ -312,8 +348,15 @@ def main() -> None:
         n = row["cpus"] / one["cpus"]
         print("the machine's scaling for the same work per CPU (probes): " + ", ".join(
             f"{k[6:-2]} {n * one[k] / row[k]:.2f}x" for k in _PROBES))
+        if side and row["cpus"] == most:
+            each = statistics.median(t for times in side for t in times)
+            print(f"to_zarr as {most} independent 1-CPU processes side by side: "
+                  f"{each:.2f} s each (median), so the machine allows "
+                  f"{most * one['to_zarr_s'] / each:.2f}x for this work; one process on "
+                  f"{most} CPUs reaches {one['to_zarr_s'] / row['to_zarr_s']:.2f}x")
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "medians": medians}, indent=2))
+        Path(args.out).write_text(json.dumps({"rows": rows, "medians": medians,
+                                              "side_by_side_to_zarr_s": side}, indent=2))
 
 
 if __name__ == "__main__":
