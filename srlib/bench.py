@@ -265,7 +265,9 @@ def _scene(scene: str | os.PathLike | xr.Dataset) -> tuple[str, xr.Dataset]:
     if path.suffix in (".tif", ".tiff") and path.is_file():
         import rioxarray
 
-        stack = rioxarray.open_rasterio(path, chunks=True, band_as_variable=True)
+        # chunks as a dict: chunks=True made rioxarray pass a tuple, which xarray warns of
+        stack = rioxarray.open_rasterio(path, chunks={"y": 2048, "x": 2048},
+                                        band_as_variable=True)
         if not isinstance(stack, xr.Dataset):  # several subdatasets
             raise InputError(f"{path} holds several subdatasets; give one GeoTIFF of bands")
         names = [stack[v].attrs.get("long_name") or stack[v].attrs.get("description")

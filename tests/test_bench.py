@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import warnings
 
 import pytest
 from click.testing import CliRunner
@@ -114,7 +115,16 @@ def test_a_scene_folder_and_a_zarr_store_score_as_the_sample_they_hold(tmp_path)
     shutil.copytree(_data_dir(SAMPLES["29RKH"][0]), folder)
     store = tmp_path / "my-scene.zarr"
     sample_scene().to_zarr(store, zarr_format=2)
-    figures = [bench("bicubic", scenes=(s,), baselines=(), crop=64)[0]
-               for s in ("29RKH", str(folder), str(store))]
-    assert [f.scene for f in figures] == ["29RKH", "my-scene", "my-scene"]
+    # a GeoTIFF of named bands, the sample's DN with their scale and nodata
+    scene = sample_scene().drop_vars("scl")
+    bands = list(scene.data_vars)
+    tif = tmp_path / "my-scene.tif"
+    stack = scene.to_array("band").rio.write_nodata(0)
+    stack.attrs.update(scale_factor=1e-4, add_offset=0.0, long_name=tuple(bands))
+    stack.rio.to_raster(tif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # opened without a deprecated form
+        figures = [bench("bicubic", scenes=(s,), baselines=(), crop=64)[0]
+                   for s in ("29RKH", str(folder), str(store), str(tif))]
+    assert [f.scene for f in figures] == ["29RKH", "my-scene", "my-scene", "my-scene"]
     assert figures[1].wald == figures[0].wald and figures[2].wald == figures[0].wald
