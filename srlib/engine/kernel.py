@@ -75,7 +75,7 @@ def sr_block(block: np.ndarray, block_info: dict | None = None, *,
     halo = spec.halo
     x = np.asarray(block[: cfg.n_bands], dtype=np.float32)
     valid = np.isfinite(x).all(axis=0)
-    check_scale(x, valid)
+    check_scale(x, np.asarray(valid))
     if cfg.has_scl:
         quality = np.where(valid, scl_to_quality(block[cfg.n_bands]), Quality.NODATA)
     else:

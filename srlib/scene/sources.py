@@ -494,8 +494,11 @@ def _crop(geobox: GeoBox, bbox: tuple[float, float, float, float], *,
         raise InputError("the scene's grid has no CRS; it cannot be cropped to an AOI")
     poly = _lonlat_box(bbox).to_crs(geobox.crs)
     x0, y0, x1, y1 = poly.boundingbox
+    # ``~affine * (x, y)`` and ``affine * Affine.translation(c0, r0)`` spelled out:
+    # affine 3 warns on ``*``, and affine 2.4 (our floor) has no ``@``
     inv = ~geobox.affine
-    cols, rows = zip(*(inv * (x, y) for x in (x0, x1) for y in (y0, y1)), strict=True)
+    cols, rows = zip(*((inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f)
+                       for x in (x0, x1) for y in (y0, y1)), strict=True)
     r0, r1 = int(np.floor(min(rows))), int(np.ceil(max(rows)))
     c0, c1 = int(np.floor(min(cols))), int(np.ceil(max(cols)))
     h, w = geobox.shape
@@ -504,10 +507,9 @@ def _crop(geobox: GeoBox, bbox: tuple[float, float, float, float], *,
         raise InputError(f"aoi {bbox} does not overlap the scene's grid")
     if clamp:
         return geobox[max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
-    from affine import Affine
-
-    affine = geobox.affine * Affine.translation(c0, r0)
-    return GeoBox((r1 - r0, c1 - c0), affine, geobox.crs)
+    a = geobox.affine
+    moved = type(a)(a.a, a.b, a.c + a.a * c0 + a.b * r0, a.d, a.e, a.f + a.d * c0 + a.e * r0)
+    return GeoBox((r1 - r0, c1 - c0), moved, geobox.crs)
 
 
 def load_items(
