@@ -594,12 +594,13 @@ def _existing_product(job: DrRequest, cog: Path, identity: dict[str, Any],
     """
     publish = job.publish
     if publish:
-        manifest, why = verify_published(publish, cog.name, identity)
+        store = object_store(publish)  # one client for the check and the clean-up
+        manifest, why = verify_published(store, cog.name, identity)
         if manifest is not None:
             log.info("%s is published and complete under %s; skipping (--force redoes "
                      "it)", cog.name, publish)
             # a publish stopped after its manifest went up may have left staging behind
-            object_store(publish).remove_staging(cog.stem)
+            store.remove_staging(cog.stem)
             uris = [f"{publish.rstrip('/')}/{r['name']}" for r in manifest["files"]]
             uris.append(f"{publish.rstrip('/')}/{cog.stem}{MANIFEST_SUFFIX}")
             skipped = JobResult("skipped", cog, published=uris)

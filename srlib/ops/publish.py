@@ -534,7 +534,7 @@ def _put_manifest_last(store: ObjectStore, local: Path, body: dict[str, Any],
     return [*stored, store.put_bytes(local.name, json.dumps(body, indent=2).encode())]
 
 
-def verify_published(uri: str, cog_name: str, identity: Mapping[str, Any], *,
+def verify_published(uri: str | ObjectStore, cog_name: str, identity: Mapping[str, Any], *,
                      client: S3Client | None = None) -> tuple[dict[str, Any] | None, str]:
     """Check a published product: its manifest, identity and every object stored.
 
@@ -545,7 +545,7 @@ def verify_published(uri: str, cog_name: str, identity: Mapping[str, Any], *,
         stored with its recorded size and stored checksum (for S3, the SHA-256 that S3
         reports); else None and why not.
     """
-    store = object_store(uri, client=client)
+    store = uri if not isinstance(uri, str) else object_store(uri, client=client)
     name = manifest_path(Path(cog_name)).name
     raw = store.get_bytes(name)
     if raw is None:
