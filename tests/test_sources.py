@@ -121,6 +121,11 @@ def test_aoi_across_tiles_orders_candidates_by_coverage(servers):
         ({"date": "20200219", "mgrs": "33IWF"}, "not an MGRS tile id"),
         ({"date": "20200219", "mgrs": "61LWF"}, "not an MGRS tile id"),
         ({"date": "2020-13-40", "mgrs": "33LWF"}, "YYYYMMDD"),
+        # a digit short or over: strptime read "2020021" as 2020-02-01
+        ({"date": "2020021", "mgrs": "33LWF"}, "YYYYMMDD"),
+        ({"date": "202002190", "mgrs": "33LWF"}, "YYYYMMDD"),
+        ({"date": "2020-2-19", "mgrs": "33LWF"}, "YYYYMMDD"),
+        ({"date": "2020/02/19", "mgrs": "33LWF"}, "YYYYMMDD"),
         ({"date": "20100101", "mgrs": "33LWF"}, "2015-06-23"),
         ({"date": "20200219", "aoi": (10, 5, 9, 6)}, "min >= max"),
         ({"date": "20200219", "aoi": (10, 5, 10, 6)}, "zero area"),

@@ -218,7 +218,11 @@ def parse_date(date: str | dt.date | dt.datetime) -> dt.date:
     if isinstance(date, dt.date):
         return date
     text = str(date).strip()
-    for fmt in ("%Y%m%d", "%Y-%m-%d"):
+    # whole forms only: strptime takes one-digit months and days, so "2020021" was
+    # read as 2020-02-01 and a job ran for a day nobody asked for
+    for fmt, form in (("%Y%m%d", r"\d{8}"), ("%Y-%m-%d", r"\d{4}-\d{2}-\d{2}")):
+        if not re.fullmatch(form, text):
+            continue
         try:
             day = dt.datetime.strptime(text, fmt).date()
         except ValueError:
