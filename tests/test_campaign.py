@@ -136,6 +136,11 @@ def test_the_command_reads_a_requests_file_and_exits_1_when_one_failed(env, tmp_
     ({"date": "2020-02-31", "mgrs": "29RKH"}, "is not YYYYMMDD"),
     ({"date": "20200219", "aoi": [1, 2, 3]}, "min_lon,min_lat,max_lon,max_lat"),
     ({"date": "20200219", "mgrs": "29RKH", "out": "x"}, "unknown keys ['out']"),
+    # checked as dr checks them: each of these used to start the campaign and fail later
+    ({"date": "2020021", "mgrs": "29RKH"}, "is not YYYYMMDD"),
+    ({"date": "20200219", "mgrs": "ZZZ"}, "request 2: 'ZZZ' is not an MGRS tile id"),
+    ({"date": "20200219", "aoi": [-11.4, 24.5, -11.5, 24.6]}, "min >= max"),
+    ({"date": "20200219", "aoi": [-11.5, 94.5, -11.4, 94.6]}, "latitudes"),
 ])
 def test_a_bad_request_is_refused_before_any_job_starts(request_, fix, tmp_path):
     from srlib.errors import InputError

@@ -105,8 +105,12 @@ def read_requests(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def check_request(request: Mapping[str, Any], *, where: str = "request") -> dict[str, Any]:
-    """Return ``request`` checked and normalised (the AOI as 4 floats, ints as ints)."""
-    from ..scene.sources import parse_date
+    """Return ``request`` checked and normalised (the AOI as 4 floats, ints as ints).
+
+    Checked as ``dr`` checks its options (date, MGRS id, AOI), so that a typo in one row
+    of a campaign file fails the file before any job starts, naming the row.
+    """
+    from ..scene.sources import check_aoi, check_mgrs, parse_date
 
     if not isinstance(request, Mapping):
         raise InputError(f"{where}: a request is a mapping with date and mgrs or aoi, "
@@ -132,7 +136,16 @@ def check_request(request: Mapping[str, Any], *, where: str = "request") -> dict
         if len(aoi) != 4:
             raise InputError(f"{where}: aoi {out['aoi']!r} is not min_lon,min_lat,max_lon,"
                              "max_lat")
+        try:
+            check_aoi(aoi)
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
         out["aoi"] = aoi
+    else:
+        try:
+            check_mgrs(out["mgrs"])
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
     for key in ("s2_id", "version"):
         if key in out:
             out[key] = int(out[key])
