@@ -327,6 +327,26 @@ def test_a_scene_whose_scale_is_misdeclared_fails_naming_the_fix(factor, scale_f
         np.testing.assert_allclose(right[band].values, good[band].values, atol=1, rtol=0)
 
 
+def test_zeros_not_declared_nodata_fail_naming_nodata_and_a_few_are_kept():
+    """Zeros with no nodata attribute (older xarray drops attributes in arithmetic) were
+    super-resolved as reflectance 0, every pixel "clear"."""
+    ds = synthetic_scene((32, 32), with_scl=False)
+    bare = ds.copy()
+    for band in srlib.S2_BANDS:
+        bare[band] = xr.DataArray(np.zeros(ds[band].shape, "uint16"), coords=ds[band].coords,
+                                  dims=ds[band].dims, attrs={"scale_factor": 1e-4})
+    with pytest.raises(srlib.InputError, match=r"exactly 0, and 0 is not its nodata value.*"
+                                               r"rio.write_nodata\(0\)"):
+        srlib.super_resolve(bare).compute()
+    # a third of the pixels 0 (a dark corner, say) is data like any other
+    some = ds.copy()
+    for band in srlib.S2_BANDS:
+        some[band] = ds[band].where(ds.y < ds.y[9], 0).astype(ds[band].dtype)
+        some[band].attrs = {"scale_factor": 1e-4}
+    out = srlib.super_resolve(some).compute()
+    assert int((out.quality == 1).sum()) == out.quality.size
+
+
 def test_bad_arguments_raise_clear_errors(scene):
     with pytest.raises(srlib.InputError, match="pass scale=10"):
         srlib.super_resolve(scene, srlib.load_model("bicubic", scale=10), scale=4)

@@ -43,6 +43,12 @@ def check_scale(x: np.ndarray, valid: np.ndarray) -> None:
     low, high = PLAUSIBLE_MEDIAN
     if low <= median <= high:
         return
+    if np.count_nonzero(sample == 0) * 2 > sample.size:
+        # zeros not declared nodata: a product of them would be "clear" zeros
+        raise InputError("more than half of a block's input is exactly 0, and 0 is not "
+                         "its nodata value: if 0 marks nodata (as in Sentinel-2 L2A), "
+                         "declare it (ds[band].rio.write_nodata(0), or attrs['nodata'] = 0 "
+                         "on every band)")
     hint = ("if the bands hold reflectance (0-1), set their attrs['scale_factor'] = 1.0"
             if median < low else
             "if the bands hold DN, set their attrs['scale_factor'] = 1e-4 (and add_offset as "
