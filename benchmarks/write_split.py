@@ -136,11 +136,7 @@ def _measure(store: str, work: str, tag: str) -> dict[str, float]:
     from srlib.product.cog_tiles import _tile_count
 
     cpus = available_cpus()
-    # the process's one-off start-up (imports, the lanes, GDAL's codec probe) before any
-    # clock, as in run.py: it does not grow with the data, the stages do
-    small = srlib.sample_scene().isel(y=slice(0, 64), x=slice(0, 64))
-    warm = os.path.join(work, f"warm-{tag}")
-    srlib.to_cog(srlib.to_zarr(srlib.super_resolve(small), warm + ".zarr"), warm + ".tif")
+    srlib.to_cog(_warm_up(work, tag), os.path.join(work, f"warm-{tag}.tif"))
     usage: dict[str, dict] = {"to_zarr": {}, "to_cog_srlib": {}, "to_cog_gdal": {}}
     to_zarr = _timed(srlib.to_zarr, srlib.super_resolve(srlib.sample_scene()),
                      os.path.join(work, f"zarr-{tag}.zarr"), usage=usage["to_zarr"])
@@ -188,12 +184,20 @@ def _measure(store: str, work: str, tag: str) -> dict[str, float]:
     return row
 
 
+def _warm_up(work: str, tag: str) -> Path:
+    """Run the process's one-off start-up (imports, the lanes, GDAL's codec probe) before
+    any clock, as in run.py: it does not grow with the data, the stages do."""
+    import srlib
+
+    small = srlib.sample_scene().isel(y=slice(0, 64), x=slice(0, 64))
+    return srlib.to_zarr(srlib.super_resolve(small), os.path.join(work, f"warm-{tag}.zarr"))
+
+
 def _measure_zarr(work: str, tag: str) -> dict[str, float]:
     """``to_zarr`` alone, after the same warm-up (a side-by-side child)."""
     import srlib
 
-    small = srlib.sample_scene().isel(y=slice(0, 64), x=slice(0, 64))
-    srlib.to_zarr(srlib.super_resolve(small), os.path.join(work, f"warm-{tag}.zarr"))
+    _warm_up(work, tag)
     seconds = _timed(srlib.to_zarr, srlib.super_resolve(srlib.sample_scene()),
                      os.path.join(work, f"zarr-{tag}.zarr"))
     return {"to_zarr_s": round(seconds, 2)}

@@ -534,9 +534,12 @@ def _put_manifest_last(store: ObjectStore, local: Path, body: dict[str, Any],
     return [*stored, store.put_bytes(local.name, json.dumps(body, indent=2).encode())]
 
 
-def verify_published(uri: str | ObjectStore, cog_name: str, identity: Mapping[str, Any], *,
-                     client: S3Client | None = None) -> tuple[dict[str, Any] | None, str]:
+def verify_published(target: str | ObjectStore, cog_name: str, identity: Mapping[str, Any],
+                     *, client: S3Client | None = None) -> tuple[dict[str, Any] | None, str]:
     """Check a published product: its manifest, identity and every object stored.
+
+    ``target`` is a publish target (``s3://bucket/prefix`` or a directory; ``client``
+    serves an S3 one) or the :class:`ObjectStore` a caller already holds.
 
     Returns
     -------
@@ -545,7 +548,7 @@ def verify_published(uri: str | ObjectStore, cog_name: str, identity: Mapping[st
         stored with its recorded size and stored checksum (for S3, the SHA-256 that S3
         reports); else None and why not.
     """
-    store = uri if not isinstance(uri, str) else object_store(uri, client=client)
+    store = object_store(target, client=client) if isinstance(target, str) else target
     name = manifest_path(Path(cog_name)).name
     raw = store.get_bytes(name)
     if raw is None:

@@ -511,8 +511,10 @@ def _crop(geobox: GeoBox, bbox: tuple[float, float, float, float], *,
         raise InputError(f"aoi {bbox} does not overlap the scene's grid")
     if clamp:
         return geobox[max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
+    from affine import Affine
+
     a = geobox.affine
-    moved = type(a)(a.a, a.b, a.c + a.a * c0 + a.b * r0, a.d, a.e, a.f + a.d * c0 + a.e * r0)
+    moved = Affine(a.a, a.b, a.c + a.a * c0 + a.b * r0, a.d, a.e, a.f + a.d * c0 + a.e * r0)
     return GeoBox((r1 - r0, c1 - c0), moved, geobox.crs)
 
 
