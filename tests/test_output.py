@@ -238,6 +238,26 @@ def test_overview_kernels():
     assert mean2x2(r, nd).tolist() == [[11, nd, 7]]  # (10+11+13)/3 = 11.33 -> 11
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_mean2x2_of_valid_blocks_is_the_mean_rounded_half_up(seed):
+    """The all-valid path (row pairs, then column pairs, then a shift) gives every pixel
+    floor(mean + 0.5), at any parity of shape and over the whole int16 range."""
+    from srlib.product.pyramid import mean2x2
+
+    rng = np.random.default_rng(seed)
+    h, w = 2 * rng.integers(1, 20, 2) + (seed >= 4) * np.array([1, seed % 2])  # 0-3: even
+    low = OUTPUT_NODATA + 1 if seed % 2 else -3
+    block = rng.integers(low, 32768 if seed % 2 else 4, (h, w)).astype(np.int16)
+    block[0, 0] = 32767 if seed % 3 else OUTPUT_NODATA + 1  # an extreme in every case
+    even = np.pad(block.astype(np.float64), ((0, h % 2), (0, w % 2)), mode="constant",
+                  constant_values=np.nan)  # an odd edge: the mean of its valid pixels
+    quads = even.reshape(even.shape[0] // 2, 2, even.shape[1] // 2, 2)
+    expect = np.floor(np.nanmean(quads, axis=(1, 3)) + 0.5)
+    got = mean2x2(block)
+    assert got.dtype == np.int16
+    np.testing.assert_array_equal(got, expect.astype(np.int16))
+
+
 def test_crash_during_cog_leaves_no_file_at_the_final_path(tmp_path):
     sr = srlib.super_resolve(synthetic_scene((320, 320)))
     store = srlib.to_zarr(sr, tmp_path / "p.zarr")

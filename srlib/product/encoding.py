@@ -54,8 +54,12 @@ class Encoding:
     lut: tuple[tuple[int, int], ...] | None = None
 
     def to_cog(self, block: np.ndarray) -> np.ndarray:
-        """Map a block of stored values to the COG's values (dtype and nodata)."""
-        out = block.astype(self.cog_dtype)
+        """Map a block of stored values to the COG's values (dtype and nodata).
+
+        The block itself where nothing changes (a band already int16): the callers only
+        read the result, and a copy costs a pass through memory per band and block.
+        """
+        out = block.astype(self.cog_dtype, copy=self.lut is not None)
         if self.lut is not None:
             for src, dst in self.lut:
                 if src != dst:
