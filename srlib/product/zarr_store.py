@@ -249,11 +249,21 @@ def _put(path: str, store_id: str, region: tuple[slice, slice], block: np.ndarra
                 fh.write(encoded)
 
 
-def _chunk_keys(array_dir: str, y: slice, x: slice) -> list[str]:
-    """Keys of the chunks of a format-2 array that cover ``[y, x]`` (pixels)."""
+def _grid_of(array_dir: str) -> tuple[tuple[int, int], str]:
+    """Return a format-2 array's chunk shape and chunk-key separator (its ``.zarray``)."""
     meta = json.loads(Path(array_dir, ".zarray").read_text())
-    cy, cx = meta["chunks"]
-    sep = meta.get("dimension_separator") or "."
+    return tuple(meta["chunks"]), meta.get("dimension_separator") or "."
+
+
+@functools.lru_cache(maxsize=256)
+def _grid(array_dir: str, store_id: str) -> tuple[tuple[int, int], str]:
+    """:func:`_grid_of`, read once per store (``store_id``) and array: region writes."""
+    return _grid_of(array_dir)
+
+
+def _chunk_keys(grid: tuple[tuple[int, int], str], y: slice, x: slice) -> list[str]:
+    """Keys of the chunks of an array of ``grid`` (:func:`_grid_of`) covering ``[y, x]``."""
+    (cy, cx), sep = grid
     return [f"{iy}{sep}{ix}" for iy in range(y.start // cy, -(-y.stop // cy))
             for ix in range(x.start // cx, -(-x.stop // cx))]
 
@@ -351,7 +361,7 @@ def _write_region_now(path: str, store_id: str, region: tuple[slice, slice], mar
         _spill_tiles(path, store_id, region, marker, encodings, blocks)
     for name, block in blocks.items():
         _put(os.path.join(path, name), store_id, region, block)
-        written[name] = _chunk_keys(os.path.join(path, name), *region)
+        written[name] = _chunk_keys(_grid(os.path.join(path, name), store_id), *region)
         # the first overview levels come from the block in memory: no second read pass
         enc = encodings[name]
         level = enc.to_cog(block)
@@ -361,7 +371,7 @@ def _write_region_now(path: str, store_id: str, region: tuple[slice, slice], mar
             y0, x0 = region[0].start >> k, region[1].start >> k
             part = (slice(y0, y0 + level.shape[0]), slice(x0, x0 + level.shape[1]))
             _put(os.path.join(path, array), store_id, part, level)
-            written[array] = _chunk_keys(os.path.join(path, array), *part)
+            written[array] = _chunk_keys(_grid(os.path.join(path, array), store_id), *part)
     lost = [f"{a}/{k}" for a, keys in written.items() for k in keys
             if not os.path.exists(os.path.join(path, a, k))]
     if lost:
@@ -500,9 +510,8 @@ def missing_chunks(path: str | os.PathLike) -> dict[str, list[str]]:
     path = Path(path)
     missing: dict[str, list[str]] = {}
     for array in _arrays(path):
-        meta = json.loads((path / array / ".zarray").read_text())
-        h, w = meta["shape"]
-        keys = _chunk_keys(str(path / array), slice(0, h), slice(0, w))
+        h, w = json.loads((path / array / ".zarray").read_text())["shape"]
+        keys = _chunk_keys(_grid_of(str(path / array)), slice(0, h), slice(0, w))
         absent = [k for k in keys if not (path / array / k).exists()]
         if absent:
             missing[array] = absent
