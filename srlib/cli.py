@@ -49,6 +49,10 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     root.setLevel(logging.WARNING)
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.getLogger("srlib").setLevel(level)
+    # urllib3 warns of each retry of a STAC call; srlib retries them (sources.STAC_RETRY)
+    # and reports a call that still fails in one line of its own
+    logging.getLogger("urllib3.connectionpool").setLevel(
+        logging.DEBUG if verbose else logging.ERROR)
 
 
 def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -238,7 +238,10 @@ def _one_line(result, command):
     return failure[0]
 
 
-def test_every_cli_failure_is_one_clear_line(env, tmp_path):
+def test_every_cli_failure_is_one_clear_line(env, tmp_path, monkeypatch):
+    from srlib.scene import sources
+
+    monkeypatch.setitem(sources.STAC_RETRY, "backoff_factor", 0.01)  # retried, quickly
     runner = CliRunner()
     good = _dr(env, tmp_path / "good")
     truncated = tmp_path / "truncated.tif"
@@ -282,10 +285,15 @@ def test_every_cli_failure_is_one_clear_line(env, tmp_path):
         "pdr --model foo": ("pdr", ["pdr", "--db", f"sqlite:///{tmp_path / 'q.sqlite'}",
                                     "--model", "foo", "--once"]),
     }
+    dead = [*dr[:dr.index("--catalog")], "--catalog", "http://127.0.0.1:9",
+            *dr[dr.index("--catalog") + 2:]]
+    cases["dr dead --catalog"] = ("dr", dead)
     env["received"].clear()
     for name, (command, args) in cases.items():
-        line = _one_line(runner.invoke(main, args), command)
+        result = runner.invoke(main, args)
+        line = _one_line(result, command)
         assert ":pw@" not in line, name
+        assert "Retrying" not in result.output, name  # urllib3's line per retry: not shown
     told = [m["text"] for m in env["received"]]
     assert sum("step 'database' failed" in t for t in told) == 4  # dead/bad DB: notified
     assert not any(":pw@" in t for t in told)
@@ -294,7 +302,7 @@ def test_every_cli_failure_is_one_clear_line(env, tmp_path):
     _one_line(runner.invoke(main, ["pdr", "--db", f"sqlite:///{tmp_path / 'q.sqlite'}",
                                    "--device", "gpu7", "--once"]), "pdr")
     assert db.request(rid)["status"] == "pending"  # nothing claimed with a bad config
-    assert len(cases) == 17
+    assert len(cases) == 18
 
 
 def test_publishing_to_a_directory_is_staged_verified_and_skipped_only_when_whole(

@@ -7,8 +7,10 @@ rewritten to s3://), and read through GDAL's /vsis3/ exactly as production does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
+from collections.abc import Iterator
 
 import numpy as np
 import pystac
@@ -142,9 +144,85 @@ def test_bad_requests_fail_before_any_network_call(kwargs, message):
         load_s2(catalog="http://127.0.0.1:9", **kwargs)
 
 
-def test_unreachable_catalogue_is_a_clear_error():
+def test_unreachable_catalogue_is_a_clear_error(monkeypatch):
+    from srlib.scene import sources
+
+    # the same retries, with short waits: a refused connection is retried, then reported
+    monkeypatch.setitem(sources.STAC_RETRY, "backoff_factor", 0.01)
     with pytest.raises(srlib.SourceError, match="cannot open the STAC catalogue"):
         load_s2(date="20200219", mgrs="29RKH", catalog="http://127.0.0.1:9")
+
+
+@contextlib.contextmanager
+def _busy_front(target: str, busy: int) -> Iterator[tuple[str, list[int]]]:
+    """A loopback HTTP front of the STAC API at ``target`` that answers its first ``busy``
+    calls 503 (a restarting or throttled catalogue), then forwards each call; yields its
+    URL and the statuses it gave."""
+    import http.server
+    import threading
+    import urllib.error
+    import urllib.request
+
+    statuses: list[int] = []
+    front = ""
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if len(statuses) < busy:
+                statuses.append(503)
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            request = urllib.request.Request(target + self.path, data=body or None,
+                                             method=self.command,
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    status, data = answer.status, answer.read()
+            except urllib.error.HTTPError as err:
+                status, data = err.code, err.read()
+            statuses.append(status)
+            # the catalogue's links name itself: rewrite them to this front
+            data = data.replace(target.encode(), front.encode())
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _forward  # noqa: N815 (http.server's names)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    front = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield front, statuses
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_busy_catalogue_is_retried_with_backoff(servers, monkeypatch):
+    """503s (a catalogue restarting, or throttling) are waited out, for the opening call
+    and for the search alike: a pdr request is not failed for a minute's outage."""
+    from srlib.scene import sources
+
+    monkeypatch.setitem(sources.STAC_RETRY, "backoff_factor", 0.01)
+    target = servers["url"].rstrip("/")
+    with _busy_front(target, busy=3) as (front, statuses):
+        items = search_items(date="20200219", aoi=(-11.6, 24.45, -11.5, 24.55), catalog=front)
+    assert [it.id for it in items] == [servers["item"]["id"]]
+    assert statuses[:3] == [503, 503, 503] and set(statuses[3:]) == {200}
+    with _busy_front(target, busy=99) as (front, statuses):  # an outage that lasts
+        with pytest.raises(srlib.SourceError, match="cannot open the STAC catalogue"):
+            search_items(date="20200219", aoi=(-11.6, 24.45, -11.5, 24.55), catalog=front)
+    assert statuses == [503] * (sources.STAC_RETRY["total"] + 1)
 
 
 @pytest.mark.parametrize(

@@ -281,11 +281,23 @@ def boa_offset(item: pystac.Item) -> float:
 # ------------------------------------------------------------------ search
 
 
+#: Retries of a STAC API call: 5, waiting 1, 2, 4, 8 s between them (or the server's
+#: Retry-After), on a refused or reset connection, a timeout and the statuses that say
+#: "try again" (a restarting or throttling server); searches are reads, so POST too.
+STAC_RETRY = {"total": 5, "backoff_factor": 0.5, "status_forcelist": (429, 500, 502, 503, 504),
+              "allowed_methods": None, "respect_retry_after_header": True,
+              "raise_on_status": False}
+
+
 def _client(catalog: str):
     from pystac_client import Client
+    from pystac_client.stac_api_io import StacApiIO
+    from urllib3.util.retry import Retry
 
+    timeout = Settings.from_env().network_timeout_s
     try:
-        return Client.open(catalog, timeout=Settings.from_env().network_timeout_s)
+        return Client.open(catalog, timeout=timeout,
+                           stac_io=StacApiIO(timeout=timeout, max_retries=Retry(**STAC_RETRY)))
     except Exception as err:
         raise SourceError(f"cannot open the STAC catalogue {catalog}: {err}") from err
 
