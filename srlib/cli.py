@@ -53,6 +53,14 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     # and reports a call that still fails in one line of its own
     logging.getLogger("urllib3.connectionpool").setLevel(
         logging.DEBUG if verbose else logging.ERROR)
+    # dask.distributed logs each cluster's start and stop at INFO (30 lines a campaign,
+    # even with -q): its warnings only, unless -v. It sets its level when first imported,
+    # from dask's config, so the config says it; a distributed already imported is told.
+    import dask
+
+    dask.config.set({"distributed.logging.distributed": "debug" if verbose else "warning"})
+    if "distributed" in sys.modules:
+        logging.getLogger("distributed").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> None:

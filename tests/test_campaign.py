@@ -129,6 +129,9 @@ def test_the_command_reads_a_requests_file_and_exits_1_when_one_failed(env, tmp_
     assert any(ln.startswith("done ") for ln in lines) and \
         any(ln.startswith("failed ") and "NoSceneFound" in ln for ln in lines)
     assert "Traceback" not in proc.stderr
+    # the local cluster's start and stop are not the operator's business (dask's INFO)
+    assert not [ln for ln in proc.stderr.splitlines() if " INFO distributed." in ln], \
+        proc.stderr
 
 
 @pytest.mark.parametrize(("request_", "fix"), [
