@@ -149,8 +149,12 @@ def test_unreachable_catalogue_is_a_clear_error(monkeypatch):
 
     # the same retries, with short waits: a refused connection is retried, then reported
     monkeypatch.setitem(sources.STAC_RETRY, "backoff_factor", 0.01)
-    with pytest.raises(srlib.SourceError, match="cannot open the STAC catalogue"):
+    with pytest.raises(srlib.SourceError) as err:
         load_s2(date="20200219", mgrs="29RKH", catalog="http://127.0.0.1:9")
+    # one line that says what happened, not urllib3's wrapping of it
+    assert str(err.value) == ("cannot open the STAC catalogue http://127.0.0.1:9: Failed to "
+                              "establish a new connection: [Errno 111] Connection refused "
+                              "(after 5 retries)")
 
 
 @contextlib.contextmanager
@@ -220,7 +224,7 @@ def test_a_busy_catalogue_is_retried_with_backoff(servers, monkeypatch):
     assert [it.id for it in items] == [servers["item"]["id"]]
     assert statuses[:3] == [503, 503, 503] and set(statuses[3:]) == {200}
     with _busy_front(target, busy=99) as (front, statuses):  # an outage that lasts
-        with pytest.raises(srlib.SourceError, match="cannot open the STAC catalogue"):
+        with pytest.raises(srlib.SourceError, match=r"cannot open the STAC catalogue .*: HTTP 503"):
             search_items(date="20200219", aoi=(-11.6, 24.45, -11.5, 24.55), catalog=front)
     assert statuses == [503] * (sources.STAC_RETRY["total"] + 1)
 

@@ -299,7 +299,29 @@ def _client(catalog: str):
         return Client.open(catalog, timeout=timeout,
                            stac_io=StacApiIO(timeout=timeout, max_retries=Retry(**STAC_RETRY)))
     except Exception as err:
-        raise SourceError(f"cannot open the STAC catalogue {catalog}: {err}") from err
+        raise SourceError(f"cannot open the STAC catalogue {catalog}: {_why(err)}") from err
+
+
+def _why(err: BaseException) -> str:
+    """Say what failed a STAC call, in words.
+
+    Once retries are spent, the connection's own error (urllib3 wraps it twice: "Max
+    retries exceeded ... (Caused by ...)"); for an answer, its status and text.
+    """
+    seen: BaseException | None = err
+    reason = None
+    while seen is not None and reason is None:  # pystac-client raises from requests' error
+        first = seen.args[0] if seen.args else None
+        reason = getattr(seen, "reason", None) or getattr(first, "reason", None)
+        seen = seen.__cause__ or seen.__context__
+    if reason is None:  # an answer: the catalogue's status and what it said, if anything
+        status = getattr(err, "status_code", None)
+        said = str(err).strip()[:300]
+        head = f"HTTP {status}" if status else type(err).__name__
+        return f"{head}: {said}" if said else f"{head} (no message)"
+    text = str(reason)
+    cause = text.split("): ", 1)[-1]  # after "HTTPConnection(host=..., port=...)"
+    return f"{cause} (after {STAC_RETRY['total']} retries)"
 
 
 def _day_range(day: dt.date, days: int = 0) -> str:
@@ -360,7 +382,7 @@ def _server_search(client, *, collection: str, datetime: str, mgrs: str | None,
     try:
         items = list(client.search(**kwargs).items())
     except Exception as err:
-        raise SourceError(f"STAC search failed at {client.self_href}: {err}") from err
+        raise SourceError(f"STAC search failed at {client.self_href}: {_why(err)}") from err
     if len(items) > MAX_ITEMS:
         where = f"MGRS tile {mgrs}" if mgrs else f"bbox {bbox}"
         raise SourceError(f"the STAC search at {client.self_href} for {where} in {datetime} "
