@@ -32,7 +32,9 @@ Conventions, decided once here:
   environment of the process that reads.
 - **Errors.** Reads are retried by GDAL with exponential backoff
   (``GDAL_HTTP_MAX_RETRY``, ``GDAL_HTTP_RETRY_DELAY``); a read that still fails raises
-  (``fail_on_error=True``): no chunk is ever silently filled with zeros.
+  (``fail_on_error=True``): no chunk is ever silently filled with zeros. STAC calls are
+  retried with backoff too (:data:`STAC_RETRY`: a catalogue restarting or throttling),
+  then fail with :class:`srlib.SourceError`, which a ``pdr`` request outlives (pending).
 """
 
 from __future__ import annotations
