@@ -310,11 +310,13 @@ def _why(err: BaseException) -> str:
     Once retries are spent, the connection's own error (urllib3 wraps it twice: "Max
     retries exceeded ... (Caused by ...)"); for an answer, its status and text.
     """
+    from urllib3.exceptions import MaxRetryError
+
     seen: BaseException | None = err
     reason = None
     while seen is not None and reason is None:  # pystac-client raises from requests' error
-        first = seen.args[0] if seen.args else None
-        reason = getattr(seen, "reason", None) or getattr(first, "reason", None)
+        spent = next((e for e in (seen, *seen.args) if isinstance(e, MaxRetryError)), None)
+        reason = spent.reason if spent is not None else None
         seen = seen.__cause__ or seen.__context__
     if reason is None:  # an answer: the catalogue's status and what it said, if anything
         status = getattr(err, "status_code", None)
