@@ -54,13 +54,14 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(
         logging.DEBUG if verbose else logging.ERROR)
     # dask.distributed logs each cluster's start and stop at INFO (30 lines a campaign,
-    # even with -q): its warnings only, unless -v. It sets its level when first imported,
-    # from dask's config, so the config says it; a distributed already imported is told.
+    # even with -q): its warnings only, its own default (INFO) with -v. It sets its level
+    # when first imported, from dask's config, so the config says it; a distributed
+    # already imported is told.
     import dask
 
-    dask.config.set({"distributed.logging.distributed": "debug" if verbose else "warning"})
+    dask.config.set({"distributed.logging.distributed": "info" if verbose else "warning"})
     if "distributed" in sys.modules:
-        logging.getLogger("distributed").setLevel(logging.DEBUG if verbose else logging.WARNING)
+        logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> None:
