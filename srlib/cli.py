@@ -50,9 +50,10 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.getLogger("srlib").setLevel(level)
     # urllib3 warns of each retry of a STAC call; srlib retries them (sources.STAC_RETRY)
-    # and reports a call that still fails in one line of its own
+    # and reports a call that still fails in one line of its own (-v: the warnings too,
+    # never urllib3's debug lines, which name every request)
     logging.getLogger("urllib3.connectionpool").setLevel(
-        logging.DEBUG if verbose else logging.ERROR)
+        logging.WARNING if verbose else logging.ERROR)
     # dask.distributed logs each cluster's start and stop at INFO (30 lines a campaign,
     # even with -q): its warnings only, its own default (INFO) with -v. It sets its level
     # when first imported, from dask's config, so the config says it; a distributed
