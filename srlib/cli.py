@@ -56,11 +56,14 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
         logging.WARNING if verbose else logging.ERROR)
     # dask.distributed logs each cluster's start and stop at INFO (30 lines a campaign,
     # even with -q): its warnings only, its own default (INFO) with -v. It sets its level
-    # when first imported, from dask's config, so the config says it; a distributed
+    # when first imported, from dask's config: the config says it (through the
+    # environment while dask is not imported, so --help stays light), and a distributed
     # already imported is told.
-    import dask
-
-    dask.config.set({"distributed.logging.distributed": "info" if verbose else "warning"})
+    distributed = "info" if verbose else "warning"
+    if "dask" in sys.modules:
+        sys.modules["dask"].config.set({"distributed.logging.distributed": distributed})
+    else:
+        os.environ["DASK_DISTRIBUTED__LOGGING__DISTRIBUTED"] = distributed
     if "distributed" in sys.modules:
         logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
 
