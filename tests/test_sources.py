@@ -176,6 +176,7 @@ def _busy_front(target: str, busy: int) -> Iterator[tuple[str, list[int]]]:
             if len(statuses) < busy:
                 statuses.append(503)
                 self.send_response(503)
+                self.send_header("Retry-After", "3600")  # obeyed, it would hold the job
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return

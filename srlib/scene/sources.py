@@ -283,12 +283,14 @@ def boa_offset(item: pystac.Item) -> float:
 # ------------------------------------------------------------------ search
 
 
-#: Retries of a STAC API call: 5, waiting 1, 2, 4, 8 s between them (or the server's
-#: Retry-After), on a refused or reset connection, a timeout and the statuses that say
-#: "try again" (a restarting or throttling server); searches are reads, so POST too.
+#: Retries of a STAC API call: 5, waiting 1, 2, 4, 8 s between them, on a refused or
+#: reset connection, a timeout and the statuses that say "try again" (a restarting or
+#: throttling server); searches are reads, so POST too. A server's Retry-After is not
+#: obeyed: urllib3 would sleep as long as it says (an hour holds the job an hour), where
+#: a ``pdr`` request that still fails goes back to pending with its own backoff.
 STAC_RETRY: dict[str, Any] = {
     "total": 5, "backoff_factor": 0.5, "status_forcelist": (429, 500, 502, 503, 504),
-    "allowed_methods": None, "respect_retry_after_header": True, "raise_on_status": False}
+    "allowed_methods": None, "respect_retry_after_header": False, "raise_on_status": False}
 
 
 def _client(catalog: str):
