@@ -326,7 +326,9 @@ def _why(err: BaseException) -> str:
         head = f"HTTP {status}" if status else type(err).__name__
         return f"{head}: {said}" if said else f"{head} (no message)"
     text = str(reason)
-    cause = text.split("): ", 1)[-1]  # after "HTTPConnection(host=..., port=...)"
+    # after the connection's name: "HTTPConnection(host=..., port=...): " (urllib3 2.1+)
+    # or "<urllib3.connection.HTTPConnection object at 0x...>: " (2.0)
+    cause = re.sub(r"^(<[^<>]*>|\w+\([^()]*\)): ", "", text)
     return f"{cause} (after {STAC_RETRY['total']} retries)"
 
 
