@@ -44,7 +44,6 @@ def mean2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
     Rounded half away from zero in integer arithmetic: exact on every platform.
     """
     padded = _pad_even(block, nodata)
-    quads = _quads(padded)
     dtype = block.dtype if block.dtype != bool else np.int16
     if not (padded == nodata).any():  # the common case: every pixel valid
         # the sum of each column pair of the row-pair sums: two passes over the block
@@ -56,6 +55,7 @@ def mean2x2(block: np.ndarray, nodata: int = OUTPUT_NODATA) -> np.ndarray:
         total += 2
         total >>= 2
         return total.astype(dtype)
+    quads = _quads(padded)
     valid = [q != nodata for q in quads]
     total = np.zeros(quads[0].shape, dtype=np.int32)
     count = np.zeros(quads[0].shape, dtype=np.int32)

@@ -255,10 +255,13 @@ def _grid_of(array_dir: str) -> tuple[tuple[int, int], str]:
     return tuple(meta["chunks"]), meta.get("dimension_separator") or "."
 
 
-@functools.lru_cache(maxsize=256)
 def _grid(array_dir: str, store_id: str) -> tuple[tuple[int, int], str]:
-    """:func:`_grid_of`, read once per store (``store_id``) and array: region writes."""
-    return _grid_of(array_dir)
+    """Return :func:`_grid_of` for region writes, from :func:`_meta` (cached per store).
+
+    The ``.zarray`` itself where srlib does not handle the array's chunks.
+    """
+    meta = _meta(array_dir, store_id)
+    return (meta.chunks, meta.sep) if meta is not None else _grid_of(array_dir)
 
 
 def _chunk_keys(grid: tuple[tuple[int, int], str], y: slice, x: slice) -> list[str]:
