@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -210,6 +212,40 @@ def test_meta_measurement_sees_attention_maps():
     spec = srlib.load_model("swin2sr", random_weights=True, img_size=32, window_size=32,
                             embed_dim=8, depths=(1,), num_heads=(8,), scale=2)
     assert peak_elements(spec, 32) >= 8 * (32 * 32) ** 2
+
+
+def test_bicubic_counts_its_own_largest_tensor_without_a_meta_pass():
+    """Its count is the largest tensor its forward really makes (every op's output,
+    seen by a dispatch mode), and planning a batch loads no meta kernels (torch._dynamo
+    comes with them: ~1.5 s of every job's process)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Largest(TorchDispatchMode):
+        peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.peak = max(self.peak, t.numel())
+            return out
+
+    for scale in (1, 2, 3, 10):
+        spec = srlib.load_model("bicubic", scale=scale)
+        module = spec.build()
+        for patch in (5, 33, 66):
+            x = torch.empty((1, len(spec.bands_in), patch, patch), device="meta")
+            with Largest() as seen, torch.inference_mode():  # meta: the one-strip path
+                module(x)
+            assert module.peak_elements(patch) == seen.peak, (scale, patch)
+            assert peak_elements(spec, patch) >= seen.peak
+    code = ("import sys, srlib; from srlib.engine.batching import check_batch_size; "
+            "check_batch_size(srlib.load_model('bicubic'), 256, None); "
+            "print('torch._dynamo' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.stdout.strip() == "False", run.stderr
 
 
 def test_unsafe_batch_size_is_refused_before_any_compute(scene):

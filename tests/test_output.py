@@ -167,6 +167,10 @@ def test_writer_killed_mid_write_resumes_to_identical_bytes(tmp_path, monkeypatc
         srlib.to_cog(store, tmp_path / "x.tif")
     assert not (tmp_path / "x.tif").exists()
 
+    # what a kill inside a write leaves (srlib.files' temporaries) is swept on resume
+    torn = [store / "red" / ".0.0.123-456.partial", progress / ".r.json.123-456.partial"]
+    for t in torn:
+        t.write_bytes(b"torn")
     written = []
     original = srlib.product.zarr_store._write_region
     monkeypatch.setattr(srlib.product.zarr_store, "_write_region",
@@ -176,7 +180,7 @@ def test_writer_killed_mid_write_resumes_to_identical_bytes(tmp_path, monkeypatc
     assert len(written) == 16 - done_before  # only the missing regions were computed
     clean = srlib.to_zarr(sr, tmp_path / "clean.zarr")
     assert _chunk_files(store) == _chunk_files(clean)
-    assert not progress.exists()
+    assert not progress.exists() and not list(store.rglob("*.partial"))
 
 
 def test_cog_is_valid_tiled_and_equal_to_the_zarr(tmp_path, scene):

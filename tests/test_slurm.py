@@ -185,13 +185,16 @@ def test_srlib_dr_runs_as_a_slurm_job_then_its_finalisation(cluster, tmp_path):
         # default, for its derivatives) stays
         temp = out / f".{name}.tif.x1y2.tmp.tif"
         temp.write_bytes(b"\0" * 1024)
+        torn = out / f".{name}.stac.json.123-456.partial"  # (srlib.files' temporaries)
+        torn.write_text("{")
         by_hand = {**env, "PG_URL": f"sqlite:///{meta}", "AWS_ACCESS_KEY_ID": "slurmtest",
                    "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
         again = subprocess.run([str(Path(sys.prefix) / "bin" / "srlib"), "finalise", "--job",
                                 job, "--out", str(out)], capture_output=True, text=True,
                                env=by_hand)
         assert again.returncode == 0, again.stderr
-        assert "removed 1 leftover(s)" in again.stdout and not temp.exists(), again.stdout
+        assert "removed 2 leftover(s)" in again.stdout, again.stdout
+        assert not temp.exists() and not torn.exists()
         assert (out / f"{name}.zarr").is_dir()
         # no scene that day: dr fails, its finalisation still runs (afterany) and fails
         args[args.index("20200219")] = "20200102"

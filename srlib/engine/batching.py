@@ -25,8 +25,17 @@ _PEAKS: dict[tuple[str, int], int] = {}
 
 
 def _measure_on_meta(spec: ModelSpec, patch: int) -> int:
-    """Largest module output (elements per sample) in a meta-device forward pass."""
-    module = copy.deepcopy(spec.build()).to("meta")
+    """Largest module output (elements per sample) in a meta-device forward pass.
+
+    A module that counts its own (a ``peak_elements(patch)`` method, as
+    :class:`~srlib.models.bicubic.Bicubic`) is asked instead: PyTorch loads its meta
+    kernels on their first use, ~1.5 s of every process that plans a batch.
+    """
+    module = spec.build()
+    own = getattr(module, "peak_elements", None)
+    if callable(own):
+        return int(own(patch))
+    module = copy.deepcopy(module).to("meta")
     # fused attention (SDPA) hides its attention map from the hooks, and its math backend
     # makes one too: measure the explicit path
     for m in module.modules():

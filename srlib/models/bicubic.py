@@ -71,6 +71,16 @@ class Bicubic(nn.Module):
         self.register_buffer("channels", torch.tensor(channels, dtype=torch.long), persistent=False)
         self.register_buffer("taps", torch.from_numpy(cubic_weights(scale)), persistent=False)
 
+    def peak_elements(self, patch: int) -> int:
+        """Elements per sample of the largest tensor :meth:`forward` makes.
+
+        For a ``patch`` px input: the output, the padded input or the rows upsampled, on
+        the one-strip path (the CPU's strips are smaller). srlib's batch limits take it
+        instead of a meta-device pass, whose first use costs a process ~1.5 s.
+        """
+        c, s = len(self.channels), self.scale
+        return c * max((patch * s) ** 2, (patch + 4) ** 2, patch * s * (patch + 4))
+
     def _along(self, xp: torch.Tensor, dim: int, out: torch.Tensor) -> None:
         """Upsample ``xp``, padded by 2 along ``dim`` (2 or 3), into ``out`` (scaled)."""
         n = xp.shape[dim] - 4

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from ..errors import ModelError
+from ..files import write_atomic
 from ..hashing import sha256_file
 from .registry import BuildRequest, get_architecture
 from .spec import ModelSpec
@@ -221,7 +222,4 @@ def record_metrics(path: str | os.PathLike, results: list[dict[str, Any]]) -> Pa
                                                      "ergas": r["wald"]["ergas"]}
                       for r in results if r["method"] != model},
     }
-    tmp = card_path.with_name(f".{card_path.name}.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, card_path)
-    return card_path
+    return write_atomic(card_path, json.dumps(card, indent=2) + "\n")

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, SrlibError
+from ..files import PARTIAL, write_atomic
 
 __all__ = ["Finalised", "finalise_job", "job_products", "job_usage"]
 
@@ -200,9 +201,7 @@ def _record_in_item(cog: Path, manifest: dict[str, Any], job: str,
                   "srlib:slurm_job": str(job)})
     if usage.get("end") and usage["end"] not in ("Unknown", "None"):
         props["processing:datetime"] = usage["end"]
-    tmp = item_path.with_name(f".{item_path.name}.tmp")
-    tmp.write_text(json.dumps(item, indent=2))
-    os.replace(tmp, item_path)
+    write_atomic(item_path, json.dumps(item, indent=2))
     update_record(cog, item_path)
     target = manifest.get("identity", {}).get("publish")
     if target:
@@ -221,10 +220,8 @@ def _preview(cog: Path, manifest: dict[str, Any]) -> str | None:
 
 def _leftovers(cog: Path, manifest: dict[str, Any]) -> list[Path]:
     """Return a delivered product's temporary files, and its store unless it was kept."""
-    from ..product.manifest import manifest_path
-
     found = [p for pattern in (f".{cog.name}.*.tmp.*", f".{cog.stem}.staging*",
-                               f".{manifest_path(cog).name}.tmp")
+                               f".{cog.stem}*{PARTIAL}")
              for p in cog.parent.glob(pattern)]
     store = cog.with_suffix(".zarr")
     recorded = manifest.get("job") or {}

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from ..config import Settings
 from ..errors import InputError, QCFailed, SrlibError, Terminated
+from ..files import write_atomic
 from ..hashing import sha256_file
 from ..product.manifest import manifest_path, mismatch, read_manifest
 from ..product.qc import QCReport
@@ -409,12 +410,9 @@ class LocalStore:
 
     def put_bytes(self, name: str, data: bytes) -> str:
         """Write ``data`` atomically under ``name``."""
-        tmp = self.root / f".{name}.{uuid.uuid4().hex}.tmp"
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, self.root / name)
+            write_atomic(self.root / name, data)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise PublishError(f"publishing {self.uri(name)} failed: {err}") from err
         return self.uri(name)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..files import write_atomic
 from ..hashing import sha256_file
 
 __all__ = ["MANIFEST_SUFFIX", "file_record", "manifest_path", "mismatch", "read_manifest",
@@ -85,9 +86,7 @@ def write_manifest(
             "created": datetime.now(UTC).isoformat(timespec="seconds"), "files": records}
     if job:
         body["job"] = dict(job)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=str))
-    os.replace(tmp, target)
+    write_atomic(target, json.dumps(body, indent=2, default=str))
     return target
 
 
@@ -103,9 +102,7 @@ def update_record(cog: str | os.PathLike, path: str | os.PathLike) -> bool:
         return False
     body["files"] = [file_record(path) if r.get("name") == name else r
                      for r in body["files"]]
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=str))
-    os.replace(tmp, target)
+    write_atomic(target, json.dumps(body, indent=2, default=str))
     return True
 
 

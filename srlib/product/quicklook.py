@@ -29,6 +29,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from ..bands import OUTPUT_NODATA
+from ..files import replacing
 
 __all__ = ["QUICKLOOKS", "quicklook_figure", "quicklook_path", "write_quicklooks", "zoom_window"]
 
@@ -197,8 +198,7 @@ def write_quicklooks(ds: xr.Dataset, cog_path: str | os.PathLike, *,
         fig = quicklook_figure(ds, cog_path, kind=kind, max_size=max_size, crop=crop)
         FigureCanvasAgg(fig)
         path = quicklook_path(cog_path, kind)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, bbox_inches="tight")
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
         paths.append(path)
     return paths

@@ -24,6 +24,7 @@ import rasterio
 import rio_stac
 
 from ..bands import OUTPUT_BANDS, Quality
+from ..files import write_atomic
 from ..hashing import multihash
 
 __all__ = ["describe_product", "product_item", "quality_classes", "write_product_item"]
@@ -138,10 +139,7 @@ def write_product_item(cog_path: str | os.PathLike, **kwargs: Any) -> Path:
     path = Path(cog_path)
     target = path.with_name(f"{path.stem}.stac.json")
     item = product_item(path, **kwargs)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2))
-    os.replace(tmp, target)
-    return target
+    return write_atomic(target, json.dumps(item.to_dict(include_self_link=False), indent=2))
 
 
 def describe_product(cog_path: str | os.PathLike, *, ds: Any = None, quicklooks: bool = True,

@@ -44,6 +44,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..engine.memory import frozen_heap, tune_malloc
 from ..errors import IncompleteStoreError, InputError
+from ..files import PARTIAL, write_atomic
 from ..progress import report
 from . import zarr_v2
 from .encoding import ENCODINGS, OVERVIEWS, TILE, Encoding, encoding
@@ -306,9 +307,7 @@ def _spill_tiles(path: str, store_id: str, region: tuple[slice, slice], marker: 
                 fh.write(data)
     index = {"store_id": store_id, "bands": names, "tile": t, "codec": CODEC,
              "tiles": tiles}
-    tmp = name.with_suffix(f".json.{os.getpid()}-{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(index))
-    os.replace(tmp, name.with_suffix(".json"))
+    write_atomic(name.with_suffix(".json"), json.dumps(index))
 
 
 #: Region writes running in this process, per store (see :func:`wait_for_writers`)
@@ -384,10 +383,7 @@ def _write_region_now(path: str, store_id: str, region: tuple[slice, slice], mar
     from ..failpoints import hit
 
     hit("zarr", marker)
-    tmp = f"{marker}.{os.getpid()}-{threading.get_ident()}.tmp"  # unique per writer
-    with open(tmp, "w") as fh:
-        json.dump({"chunks": written}, fh)
-    os.replace(tmp, marker)
+    write_atomic(marker, json.dumps({"chunks": written}))
     return 1
 
 
@@ -551,8 +547,13 @@ def _check_whole(path: Path) -> None:
 
 
 def _remove_partials(path: Path) -> None:
-    """Delete the temporary files and folders (``*.partial``) a killed writer left behind."""
-    for leftover in sorted(path.rglob("*.partial"), reverse=True):
+    """Delete the ``*.partial`` files and folders a killed writer left behind.
+
+    In the store, among its region markers and among its spilled COG tiles.
+    """
+    found = [p for folder in (path, _progress_dir(path), spill_dir(path))
+             for p in folder.rglob(f"*{PARTIAL}")]
+    for leftover in sorted(found, reverse=True):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:

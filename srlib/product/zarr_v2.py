@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,18 +20,13 @@ from typing import Any
 import numcodecs.abc
 import numpy as np
 
+from ..files import write_atomic
+
 __all__ = ["create_array", "create_group", "update_attrs", "write_chunk"]
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` at ``path`` through a ``*.partial`` file renamed into place."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _dump(path: Path, doc: Any) -> None:
-    _replace(path, json.dumps(doc, indent=2).encode())
+    write_atomic(path, json.dumps(doc, indent=2))
 
 
 def _fill_json(value: Any, dtype: np.dtype) -> Any:
@@ -90,4 +83,4 @@ def update_attrs(path: Path, attrs: dict[str, Any]) -> None:
 
 def write_chunk(path: Path, key: str, data: np.ndarray) -> None:
     """Write one uncompressed chunk (C order, the array's dtype) at ``key``."""
-    _replace(path / key, np.ascontiguousarray(data).tobytes())
+    write_atomic(path / key, np.ascontiguousarray(data).tobytes())

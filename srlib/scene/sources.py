@@ -175,6 +175,14 @@ class ScopedRioDriver(RioDriver):
         return _NamedReader(super().open(src, ctx), src.uri)
 
 
+#: rasterio's warp says this of every block it resamples into memory (odc-loader's
+#: destination is a bare array): noise. A filter of its own, not ``catch_warnings``
+#: around each read: that saves and restores the process's filters, so reads in
+#: parallel threads undid each other's and the line reached every AOI job's log.
+warnings.filterwarnings("ignore", "Dataset has no geotransform", NotGeoreferencedWarning,
+                        r"rasterio\.warp")
+
+
 class _NamedReader:
     """Delegates to odc-loader's reader; a failed read raises SourceError with the href."""
 
@@ -194,10 +202,7 @@ class _NamedReader:
 
         try:
             hit("read", self._uri)
-            with warnings.catch_warnings():
-                # rasterio's warp says this of every in-memory block it resamples: noise
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                return self._reader.read(*args, **kwargs)
+            return self._reader.read(*args, **kwargs)
         except Exception as err:
             raise SourceError(
                 f"cannot read {self._uri} (after GDAL's retries): {err}. The asset is missing, "
