@@ -23,7 +23,8 @@ demo: install
 # PostgreSQL and SLURM (Debian packages) for the tests that start them on loopback:
 # installed with apt-get when run as root, else named with the command to install them.
 # The extra environments (dependency floors, Python 3.12, 3.13: scripts/test-envs) are
-# installed in the background (niced) while the main suite runs, then run their subset.
+# installed in the background (niced) while the main suite runs, then run their subset
+# (the three at once) beside the GDAL 3.9 tests.
 test: install
 	scripts/test-services
 	@mkdir -p .envs; nice -n 19 scripts/test-envs install > .envs/install.log 2>&1 & envs=$$!; \
@@ -31,8 +32,8 @@ test: install
 	    && $(BIN)/python -m pytest; rc=$$?; \
 	  wait $$envs; installed=$$?; grep -v "is ignored" .envs/install.log; \
 	  [ $$rc -eq 0 ] && [ $$installed -eq 0 ]
-	scripts/test-envs run
-	$(MAKE) test-gdal
+	@scripts/test-envs run & envs=$$!; $(MAKE) --no-print-directory test-gdal; gdal=$$?; \
+	  wait $$envs && [ $$gdal -eq 0 ]
 
 test-envs: install
 	scripts/test-envs
