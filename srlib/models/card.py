@@ -196,8 +196,7 @@ def write_model_card(spec: ModelSpec, path: str | os.PathLike, *,
         card["rate_mpx_per_s"] = rate_mpx_per_s
     if spec.compile:
         card["compile"] = True
-    path.write_text(json.dumps(card, indent=2) + "\n")
-    return path
+    return write_atomic(path, json.dumps(card, indent=2) + "\n")
 
 
 def record_metrics(path: str | os.PathLike, results: list[dict[str, Any]]) -> Path:

@@ -27,6 +27,7 @@ from rio_cogeo.cogeo import cog_validate
 from ..bands import OUTPUT_NODATA, Quality
 from ..config import QCThresholds, Settings
 from ..errors import InputError, QCFailed
+from ..files import write_atomic
 from ..progress import report
 
 __all__ = ["DEFAULT_THRESHOLDS", "CheckResult", "QCReport", "check_quality", "check_readable",
@@ -89,7 +90,7 @@ class QCReport:
         """Serialise to JSON; also write it to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, default=_jsonable)
         if path is not None:
-            Path(path).write_text(text)
+            write_atomic(path, text)
         return text
 
     def to_table(self, *, width: int = 64) -> str:

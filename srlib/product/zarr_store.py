@@ -893,7 +893,7 @@ def _reopen_damaged(path: Path, missing: dict[str, list[str]],
             for ix in range(len(first_chunks[1])):
                 name = f"{iy}-{ix}"
                 if name not in damaged:
-                    (progress / name).write_text(json.dumps({"chunks": {}}))
+                    write_atomic(progress / name, json.dumps({"chunks": {}}))
 
 
 def _open(path: Path) -> xr.Dataset:
